@@ -460,3 +460,14 @@ def resolve_model(name: str) -> ModelSpec:
         close = [k for k in idx if tail and tail in k][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `tuneplan models` for the list"
     raise TuneplanError(f"unknown model {name!r}{hint}")
+
+
+def resolve_config(name: str) -> tuple[ModelSpec, dict[str, Any]]:
+    """Like :func:`resolve_model`, but also return the raw config dict (for trace/probe)."""
+    key = name.strip().lower()
+    idx = _name_index()
+    if key in idx:
+        hf_id = idx[key]
+        return _catalog_spec(hf_id), dict(catalog()[hf_id].config)
+    spec = resolve_model(name)
+    return spec, load_config_file(name)

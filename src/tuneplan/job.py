@@ -17,7 +17,7 @@ QUANT_TYPES = ("nf4", "fp4", "int8")
 PRECISIONS = ("bf16", "fp16", "fp32", "amp", "mixed")
 OPTIMIZERS = (
     "adamw",
-    "adamw-fused",
+    "adamw-foreach",
     "adamw-8bit",
     "paged-adamw",
     "paged-adamw-8bit",

@@ -15,7 +15,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -432,7 +432,7 @@ def _name_index() -> dict[str, str]:
     return idx
 
 
-@lru_cache(maxsize=None)
+@cache
 def _catalog_spec(hf_id: str) -> ModelSpec:
     return spec_from_config(catalog()[hf_id].config, name=hf_id)
 

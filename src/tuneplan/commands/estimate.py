@@ -1,0 +1,88 @@
+"""`tuneplan estimate` and `tuneplan models`: the memory breakdown and the model catalog."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from tuneplan.cli import add_job_arguments, job_from_args, print_json
+from tuneplan.memory import MemoryEstimate, estimate_memory
+from tuneplan.models import catalog, param_counts, resolve_model
+from tuneplan.units import GiB, fmt_gib, fmt_params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("estimate", help="per-GPU memory breakdown of one training step (GiB)",
+                       description="Estimate per-GPU memory of a fine-tuning step, by component.")
+    p.add_argument("model", help="catalog id or alias (see `tuneplan models`), or a path to config.json")
+    add_job_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
+    p.set_defaults(func=run_estimate)
+
+    m = sub.add_parser("models", help="list the bundled model catalog")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    m.set_defaults(func=run_models)
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    spec = resolve_model(args.model)
+    est = estimate_memory(spec, job_from_args(args))
+    if args.json:
+        print_json(est.to_dict())
+    else:
+        render_estimate(est, Console())
+    return 0
+
+
+def render_estimate(est: MemoryEstimate, console: Console) -> None:
+    """Print the breakdown table, total and assumptions."""
+    job = est.job
+    m, t, p = job.method, job.training, job.parallel
+    title = (f"{est.model.name}: {m.kind}" + (f" r={m.rank}" if m.is_adapter else "")
+             + f", batch {t.micro_batch} x {t.seq_len} tokens"
+             + (f", {p.num_gpus} GPUs {p.sharding}" if p.num_gpus > 1 else ""))
+    table = Table(title=title, caption="memory per GPU, GiB = 2^30 bytes")
+    table.add_column("component")
+    table.add_column("GiB", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("assumes")
+    for c in est.components:
+        table.add_row(c.label, fmt_gib(c.bytes), f"{c.bytes / est.peak_bytes:.0%}", c.note)
+    table.add_section()
+    table.add_row(f"[bold]Peak ({est.peak_phase})[/bold]", f"[bold]{fmt_gib(est.peak_bytes)}[/bold]", "100%",
+                  f"{fmt_params(est.trainable_params)} of {fmt_params(est.total_params)} params trainable")
+    console.print(table)
+    phases = ", ".join(f"{k} {v / GiB:.2f}" for k, v in est.phase_bytes)
+    console.print(f"Phase peaks (GiB, allocated, before overhead): {phases}")
+    if est.cpu_bytes:
+        console.print(f"CPU RAM for offload: {fmt_gib(est.cpu_bytes)} GiB")
+    console.print("Assumes:")
+    for a in est.assumptions:
+        console.print(f"  - {a}")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    rows = []
+    for hf_id, m in catalog().items():
+        spec = m.spec
+        pc = param_counts(spec)
+        rows.append({
+            "hf_id": hf_id, "aliases": list(m.aliases), "model_type": spec.model_type,
+            "params": pc.total, "active_params": pc.active, "published_params": m.published_params,
+            "layers": spec.num_layers, "hidden": spec.hidden_size, "vocab": spec.vocab_size,
+            "moe": f"{spec.num_experts}x{spec.experts_per_token}" if spec.is_moe else "",
+            "max_position": spec.max_position, "count_note": m.count_note,
+        })
+    if args.json:
+        print_json(rows)
+        return 0
+    table = Table(title=f"Bundled models ({len(rows)})", caption="params counted from config.json; text decoder only")
+    for col in ("id", "alias", "type", "params", "active", "layers", "hidden", "vocab", "experts"):
+        table.add_column(col, justify="right" if col in ("params", "active", "layers", "hidden", "vocab") else "left")
+    for r in rows:
+        table.add_row(r["hf_id"], (r["aliases"] or [""])[-1], r["model_type"], fmt_params(r["params"]),
+                      fmt_params(r["active_params"]), str(r["layers"]), str(r["hidden"]), str(r["vocab"]), r["moe"])
+    Console().print(table)
+    return 0

@@ -1,0 +1,189 @@
+"""Memory estimator: components against hand-computed values, and invariants."""
+
+import math
+
+import pytest
+
+import tuneplan
+from tuneplan.errors import TuneplanError
+from tuneplan.job import Job, Method, Parallel, Training
+from tuneplan.memory import estimate_memory, layer_activations, logits_bytes, static_memory, trainable
+from tuneplan.models import resolve_model
+
+LLAMA8 = resolve_model("llama-3.1-8b")  # dense, GQA, untied
+MIXTRAL = resolve_model("mixtral-8x7b")  # MoE
+QWEN05 = resolve_model("qwen2.5-0.5b")  # tied embeddings, qkv bias
+
+
+def job(kind="lora", **kw):
+    m_keys = {"rank", "targets", "quant", "double_quant", "trainable_layers", "lora_dropout", "train_embeddings"}
+    p_keys = {"num_gpus", "sharding", "offload_optimizer", "offload_params"}
+    return Job(Method(kind=kind, **{k: v for k, v in kw.items() if k in m_keys}),
+               Training(**{k: v for k, v in kw.items() if k not in m_keys | p_keys}),
+               Parallel(**{k: v for k, v in kw.items() if k in p_keys}))
+
+
+# ---- hand-computed components -------------------------------------------------------
+
+def test_llama8b_lora_adapter_count():
+    # r=16 on q,k,v,o,gate,up,down: 16*((4096+4096)*2 + (4096+1024)*2 + (4096+14336)*3) per layer
+    per_layer = 16 * (8192 * 2 + 5120 * 2 + 18432 * 3)
+    assert trainable(LLAMA8, Method("lora", rank=16)).total == 32 * per_layer == 41_943_040
+
+
+def test_llama8b_qlora_weights_and_constants():
+    st = static_memory(LLAMA8, job("qlora"))
+    linear_per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336
+    other = 2 * 128256 * 4096 + 32 * 2 * 4096 + 4096  # embed + lm_head + norms (bf16)
+    assert st.weights == 32 * linear_per_layer // 2 + 2 * other
+    # double quant: 1 byte per 64-block + fp32 per 256 blocks + 256-entry code, offset, nf4 code
+    def consts(n):
+        blocks = n // 64
+        return blocks + 4 * math.ceil(blocks / 256) + 1024 + 4 + 64
+    per_layer = (2 * consts(4096 * 4096) + 2 * consts(4096 * 1024) + 3 * consts(4096 * 14336))
+    assert st.quant_constants == 32 * per_layer
+    no_dq = static_memory(LLAMA8, job("qlora", double_quant=False))
+    assert no_dq.quant_constants == 32 * (linear_per_layer // 64 * 4 + 7 * 64)
+    assert no_dq.quant_constants > 3.9 * st.quant_constants  # DQ saves ~0.37 bit/param
+
+
+def test_llama8b_qlora_int8_weights():
+    st = static_memory(LLAMA8, job("qlora", quant="int8"))
+    linear_per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336
+    assert st.quant_constants == 32 * 4 * (4096 + 1024 + 1024 + 4096 + 14336 + 14336 + 4096)
+    assert st.weights == 32 * linear_per_layer + 2 * (2 * 128256 * 4096 + 32 * 2 * 4096 + 4096)
+
+
+def test_llama8b_full_activation_per_token_per_layer():
+    # bf16, sdpa, full FT: 2 RMSNorms (fp32 input 4h + normalised 2h), shared q/k/v input 2h,
+    # q,k,v,out 2*(4096+1024+1024+4096) + fp32 lse 4*32, o_proj input 2*4096,
+    # MLP input 2h, gate/act/up 3*2*14336, down input 2*14336
+    h, inter = 4096, 14336
+    expected = 2 * 6 * h + 2 * h + 2 * (4096 + 1024 + 1024 + 4096) + 4 * 32 + 2 * 4096 + 2 * h + 8 * inter
+    assert layer_activations(LLAMA8, job("full", checkpointing="none"), 0).saved == expected == 209_024
+
+
+def test_logits_bytes_hand_computed():
+    t = Training(micro_batch=1, seq_len=1000)
+    fwd, kept, bwd = logits_bytes(LLAMA8, t)
+    v = 128256
+    assert fwd == 1000 * v * (2 + 4 + 4)  # bf16 logits + fp32 upcast + fp32 log-probs
+    assert kept == 1000 * v * (2 + 4)
+    assert bwd == kept + 1000 * v * 8  # + nll grad and log_softmax input grad (fp32)
+
+
+def test_tied_full_finetune_static():
+    st = static_memory(QWEN05, job("full", precision="bf16"))
+    n = 494_032_768  # tied: embedding counted once
+    assert st.weights == 2 * n and st.gradients == 2 * n
+    assert st.optimizer == 4 * n  # torch AdamW states in the bf16 param dtype
+    mixed = static_memory(QWEN05, job("full", precision="mixed"))
+    assert mixed.master == 4 * n and mixed.optimizer == 8 * n
+
+
+def test_moe_lora_attention_only():
+    tr = trainable(MIXTRAL, Method("lora", rank=16, targets=("q_proj", "k_proj", "v_proj", "o_proj")))
+    assert tr.total == 32 * 16 * (8192 * 2 + 5120 * 2)
+    all_lin = trainable(MIXTRAL, Method("lora", rank=16))
+    # every expert gets its own adapter: 8 x (gate, up, down)
+    assert all_lin.total == tr.total + 32 * 8 * 16 * (18432 * 3)
+    est = estimate_memory(MIXTRAL, job("lora"))
+    assert est.component("weights") == 2 * 46_702_792_704
+
+
+@pytest.mark.parametrize("opt,per_param", [("sgd", 0), ("sgd-momentum", 4), ("lion", 4), ("adamw", 8)])
+def test_optimizer_bytes_per_adapter_param(opt, per_param):
+    st = static_memory(LLAMA8, job("lora", optimizer=opt))
+    assert st.optimizer == per_param * 41_943_040
+
+
+def test_adamw_8bit_blockwise():
+    st = static_memory(LLAMA8, job("lora", optimizer="adamw-8bit"))
+    tr = trainable(LLAMA8, Method("lora"))
+    expected = sum(2 * (n + 4 * math.ceil(n / 256)) * k for n, _, _, k in tr.tensors)
+    assert st.optimizer == expected
+    assert 2.0 * 41_943_040 < st.optimizer < 2.1 * 41_943_040
+
+
+def test_adafactor_is_factored():
+    full = static_memory(LLAMA8, job("full", optimizer="adafactor"))
+    assert full.optimizer < 0.01 * static_memory(LLAMA8, job("full")).optimizer
+
+
+# ---- invariants ------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [LLAMA8, MIXTRAL, QWEN05])
+@pytest.mark.parametrize("kind", ["full", "lora", "qlora", "dora", "freeze"])
+def test_grows_with_seq_len_and_batch(spec, kind):
+    base = estimate_memory(spec, job(kind, seq_len=1024)).peak_bytes
+    assert estimate_memory(spec, job(kind, seq_len=2048)).peak_bytes > base
+    assert estimate_memory(spec, job(kind, seq_len=1024, micro_batch=2)).peak_bytes > base
+
+
+@pytest.mark.parametrize("spec", [LLAMA8, MIXTRAL, QWEN05])
+@pytest.mark.parametrize("kind", ["full", "lora", "qlora"])
+def test_checkpointing_lowers_activations(spec, kind):
+    none = estimate_memory(spec, job(kind, checkpointing="none", seq_len=4096))
+    ckpt = estimate_memory(spec, job(kind, checkpointing="full", seq_len=4096))
+    no_acts = sum(layer_activations(spec, none.job, i).saved for i in range(spec.num_layers)) * 4096
+    assert ckpt.peak_bytes <= none.peak_bytes  # equal when gradients, not activations, set the peak
+    assert ckpt.component("activations") < no_acts
+
+
+@pytest.mark.parametrize("spec", [LLAMA8, MIXTRAL, QWEN05])
+def test_qlora_below_lora_below_full(spec):
+    peaks = [estimate_memory(spec, job(k)).peak_bytes for k in ("qlora", "lora", "full")]
+    assert peaks[0] < peaks[1] < peaks[2]
+
+
+def test_components_sum_to_peak():
+    for kind in ("full", "lora", "qlora", "dora", "freeze"):
+        est = estimate_memory(LLAMA8, job(kind, checkpointing="none"))
+        assert sum(c.bytes for c in est.components) == est.peak_bytes
+
+
+def test_eager_attention_is_quadratic():
+    def acts(s, attn):
+        return layer_activations(LLAMA8, job("full", seq_len=s, attention=attn), 0).saved
+    assert acts(8192, "eager") - acts(4096, "eager") > 1000  # per token grows with s
+    assert acts(8192, "sdpa") == acts(4096, "sdpa")  # per token constant
+
+
+def test_sharding_and_offload():
+    one = estimate_memory(LLAMA8, job("full"))
+    z3 = estimate_memory(LLAMA8, job("full", num_gpus=8, sharding="zero3"))
+    z1 = estimate_memory(LLAMA8, job("full", num_gpus=8, sharding="zero1"))
+    assert z3.peak_bytes < z1.peak_bytes < one.peak_bytes
+    off = estimate_memory(LLAMA8, job("full", num_gpus=8, sharding="zero3", offload_optimizer=True))
+    assert off.component("optimizer") == 0 and off.cpu_bytes > 0
+
+
+def test_fused_ce_shrinks_logits():
+    plain = estimate_memory(LLAMA8, job("qlora", seq_len=8192))
+    fused = estimate_memory(LLAMA8, job("qlora", seq_len=8192, fused_ce=True))
+    assert fused.peak_bytes < plain.peak_bytes
+
+
+def test_freeze_trains_last_layers_only():
+    tr = trainable(LLAMA8, Method("freeze", trainable_layers=2))
+    per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    assert tr.total == 2 * per_layer
+
+
+# ---- errors and API --------------------------------------------------------------
+
+def test_bad_method_settings():
+    with pytest.raises(TuneplanError, match="larger than the hidden size"):
+        estimate_memory(QWEN05, job("lora", rank=2048))
+    with pytest.raises(TuneplanError, match="match no module"):
+        estimate_memory(QWEN05, job("lora", targets=("nope_proj",)))
+    with pytest.raises(TuneplanError, match="exceeds"):
+        estimate_memory(QWEN05, job("freeze", trainable_layers=99))
+
+
+def test_python_api():
+    est = tuneplan.estimate("llama-3.1-8b", method="qlora", seq_len=4096, micro_batch=2, targets="attn")
+    assert est.job.method.kind == "qlora" and est.job.training.seq_len == 4096
+    assert est.peak_bytes == sum(c.bytes for c in est.components)
+    with pytest.raises(TuneplanError, match="unknown setting"):
+        tuneplan.estimate("llama-3.1-8b", sequence=4)

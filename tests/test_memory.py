@@ -187,3 +187,12 @@ def test_python_api():
     assert est.peak_bytes == sum(c.bytes for c in est.components)
     with pytest.raises(TuneplanError, match="unknown setting"):
         tuneplan.estimate("llama-3.1-8b", sequence=4)
+
+
+@pytest.mark.parametrize("spec", [LLAMA8, MIXTRAL, QWEN05])
+@pytest.mark.parametrize("kind", ["full", "lora", "qlora", "dora", "freeze"])
+def test_fast_peak_matches_full_estimate(spec, kind):
+    from tuneplan.memory import peak_bytes
+    for kw in ({}, {"checkpointing": "none"}, {"num_gpus": 4, "sharding": "zero3"}, {"grad_accum": 4}):
+        j = job(kind, **kw)
+        assert peak_bytes(spec, j) == estimate_memory(spec, j).peak_bytes

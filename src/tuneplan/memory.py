@@ -13,7 +13,8 @@ Steady state means optimizer states already exist (step >= 2), as in any real ru
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
@@ -198,6 +199,7 @@ class Trainable:
         return self.base + self.adapter
 
 
+@lru_cache(maxsize=16384)
 def trainable(spec: ModelSpec, method: Method) -> Trainable:
     """Count trainable parameters for the method.
 
@@ -315,7 +317,13 @@ def _optimizer_bytes(tensors: tuple[tuple[int, int, int, int], ...], optimizer: 
 
 def static_memory(spec: ModelSpec, job: Job) -> Static:
     """Weights, constants, adapters, gradients, optimizer states and master weights (bytes)."""
-    m, t = job.method, job.training
+    t = job.training
+    return _static(spec, job.method, t.precision, t.optimizer, t.framework)
+
+
+@lru_cache(maxsize=16384)
+def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str) -> Static:
+    t = Training(precision=precision, optimizer=optimizer, framework=framework)
     pc = param_counts(spec)
     tr = trainable(spec, m)
     pb = param_bytes(t)
@@ -519,6 +527,25 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
     return fwd, kept, bwd
 
 
+@lru_cache(maxsize=16384)
+def stack_activations(spec: ModelSpec, method: Method, training: Training) -> tuple[int, LayerActs]:
+    """(saved bytes per token summed over the layers that keep activations, worst single layer).
+
+    freeze keeps activations only for the trained top layers: nothing below them needs a
+    gradient, so their forward builds no graph.
+    """
+    job = Job(method, training)
+    total = 0
+    worst = LayerActs(0, 0)
+    for layer, n in _layer_groups(spec):
+        la = layer_activations(spec, job, layer)
+        count = _trained_layer_count(spec, method, layer, n) if method.kind == "freeze" else n
+        total += la.saved * count
+        if la.saved + la.transient > worst.saved + worst.transient:
+            worst = la
+    return total, worst
+
+
 # ---------------------------------------------------------------- peak
 
 
@@ -526,27 +553,24 @@ def _sharded(n: int, stage_needed: int, stage: int, world: int) -> int:
     return math.ceil(n / world) if stage >= stage_needed else n
 
 
-def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
-    """Per-GPU memory breakdown and peak of one steady-state training step.
+@dataclass(frozen=True)
+class _Moments:
+    """Bytes per component at each candidate peak moment of the step (before overhead)."""
 
-    Args:
-        spec: model architecture.
-        job: method, training settings and parallel setup.
+    base: tuple[tuple[str, int], ...]
+    candidates: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+    cpu: int
+    autocast_copies: int
 
-    Returns:
-        MemoryEstimate with components summing to the peak (bytes).
 
-    Raises:
-        TuneplanError: the method does not apply to this model (rank, targets, layers).
-    """
+def _moments(spec: ModelSpec, job: Job) -> _Moments:
+    """Per-GPU bytes of each component at each moment of a steady-state step."""
     m, t, p = job.method, job.training, job.parallel
     check_method(spec, m)
     st = static_memory(spec, job)
     world, stage = p.num_gpus, p.shard_stage
     c = compute_bytes(t)
     tokens = t.micro_batch * t.seq_len
-    tr = trainable(spec, m)
-
     # --- static, per GPU after sharding / offload
     cpu = 0
     weights = _sharded(st.weights, 3, stage, world)
@@ -570,15 +594,8 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
 
     # --- activations
     ckpt = t.checkpointing
-    acts_full = 0  # all layers' saved tensors, no checkpointing
-    worst_layer = LayerActs(0, 0)
+    acts_full, worst_layer = stack_activations(spec, m, replace(t, micro_batch=1))
     first_trained = spec.num_layers - m.trainable_layers if m.kind == "freeze" else 0
-    for layer, n in _layer_groups(spec):
-        la = layer_activations(spec, job, layer)
-        count = _trained_layer_count(spec, m, layer, n) if m.kind == "freeze" else n
-        acts_full += la.saved * count
-        if la.saved + la.transient > worst_layer.saved + worst_layer.transient:
-            worst_layer = la
     stored_layers = spec.num_layers - first_trained
     h = spec.hidden_size
     final_norm = 4 * h + (c * h if m.kind in ("full", "freeze") else 0)
@@ -604,8 +621,8 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     lg_fwd, lg_kept, lg_bwd = logits_bytes(spec, t)
 
     # --- phases: each candidate moment is a list of (component key, bytes)
-    base = [("weights", weights), ("quant_constants", quant), ("adapters", adapters), ("param_gather", gather),
-            ("optimizer", optimizer), ("master_weights", master), ("ddp_buckets", ddp_buckets)]
+    base = (("weights", weights), ("quant_constants", quant), ("adapters", adapters), ("param_gather", gather),
+            ("optimizer", optimizer), ("master_weights", master), ("ddp_buckets", ddp_buckets))
     accum_grads = grads if t.grad_accum > 1 else 0
     # gradients that exist when the top decoder layer's backward runs (no accumulation):
     # lm_head/embedding (if trained) and that layer's own
@@ -615,29 +632,64 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     layer_grads = (grads - head_grads) // max(1, spec.num_layers - first_trained)
     kept = saved + head_saved + autocast_copies
     one_layer = (recompute if ckpt != "none" else worst_layer.saved * tokens)
-    candidates = {
+    candidates = (
         # end of forward: everything saved, loss being computed
-        "forward": [("gradients", accum_grads), ("activations", kept), ("logits", lg_fwd)],
+        ("forward", (("gradients", accum_grads), ("activations", kept), ("logits", lg_fwd))),
         # start of backward: cross-entropy gradients next to the kept log-probs
-        "backward": [("gradients", accum_grads), ("activations", kept), ("logits", lg_bwd)],
+        ("backward", (("gradients", accum_grads), ("activations", kept), ("logits", lg_bwd))),
         # top of the decoder stack: head gradients + the top layer's, every saved tensor
         # (or checkpoint) still alive, the top layer recomputed, its backward working set
-        "backward_top": [("gradients", max(accum_grads, head_grads + layer_grads)),
-                         ("activations", saved + autocast_copies + (recompute if ckpt != "none" else 0)),
-                         ("working", transient)],
+        ("backward_top", (("gradients", max(accum_grads, head_grads + layer_grads)),
+                          ("activations", saved + autocast_copies + (recompute if ckpt != "none" else 0)),
+                          ("working", transient))),
         # bottom of the stack: all gradients, only the first layer's activations left
-        "backward_end": [("gradients", grads), ("activations", one_layer), ("working", transient)],
-        "optimizer": [("gradients", grads), ("optimizer_temp", opt_temp)],
-    }
-    totals = {k: sum(b for _, b in base) + sum(b for _, b in v) for k, v in candidates.items()}
+        ("backward_end", (("gradients", grads), ("activations", one_layer), ("working", transient))),
+        ("optimizer", (("gradients", grads), ("optimizer_temp", opt_temp))),
+    )
+    return _Moments(base, candidates, cpu, autocast_copies)
+
+
+def _with_overhead(allocated: int) -> int:
+    """Allocated bytes -> what the device must hold: + allocator overhead + CUDA context."""
+    return allocated + int(allocated * cal.ALLOCATOR_OVERHEAD) + cal.CUDA_CONTEXT_BYTES
+
+
+def peak_bytes(spec: ModelSpec, job: Job) -> int:
+    """Peak per-GPU bytes only (the planner's fast path; same figure as estimate_memory)."""
+    mo = _moments(spec, job)
+    base = sum(b for _, b in mo.base)
+    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates))
+
+
+def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
+    """Per-GPU memory breakdown and peak of one steady-state training step.
+
+    Args:
+        spec: model architecture.
+        job: method, training settings and parallel setup.
+
+    Returns:
+        MemoryEstimate with components summing to the peak (bytes).
+
+    Raises:
+        TuneplanError: the method does not apply to this model (rank, targets, layers).
+    """
+    m, t, p = job.method, job.training, job.parallel
+    mo = _moments(spec, job)
+    tr = trainable(spec, m)
+    world, stage, ckpt = p.num_gpus, p.shard_stage, t.checkpointing
+    base_total = sum(b for _, b in mo.base)
+    totals = {k: base_total + sum(b for _, b in parts) for k, parts in mo.candidates}
     phases = (("forward", totals["forward"]),
               ("backward", max(totals["backward"], totals["backward_top"], totals["backward_end"])),
               ("optimizer", totals["optimizer"]))
     peak_key = max(totals, key=lambda k: totals[k])
     peak_phase = "backward" if peak_key.startswith("backward") else peak_key
-    parts = dict(base)
-    for k, b in candidates[peak_key]:
+    parts = dict(mo.base)
+    for k, b in dict(mo.candidates)[peak_key]:
         parts[k] = parts.get(k, 0) + b
+    autocast_copies = mo.autocast_copies
+    cpu = mo.cpu
 
     notes = {
         "weights": ({"qlora": f"{m.quant.upper()} packed" if m.quant != "int8" else "int8"}.get(
@@ -666,11 +718,11 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     }
     comps = [Component(k, labels[k], int(b), notes[k]) for k, b in parts.items() if b > 0]
     allocated = sum(x.bytes for x in comps)
-    alloc_over = int(allocated * cal.ALLOCATOR_OVERHEAD)
+    peak = _with_overhead(allocated)
+    alloc_over = peak - allocated - cal.CUDA_CONTEXT_BYTES
     comps.append(Component("allocator", "Allocator overhead", alloc_over,
                            f"{cal.ALLOCATOR_OVERHEAD:.0%} of allocated (caching allocator)"))
     comps.append(Component("cuda_context", "CUDA context", cal.CUDA_CONTEXT_BYTES, "driver, kernels, cuBLAS workspace"))
-    peak = allocated + alloc_over + cal.CUDA_CONTEXT_BYTES
     return MemoryEstimate(
         model=spec, job=job, components=tuple(comps), peak_bytes=int(peak), peak_phase=peak_phase,
         phase_bytes=tuple((k, int(v)) for k, v in phases), trainable_params=tr.total,

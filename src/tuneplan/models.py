@@ -110,6 +110,14 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
 
+    def __hash__(self) -> int:
+        # Specs key the estimator's caches; hash the fields once, not on every lookup.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0 and any(self.moe_layers)
@@ -182,6 +190,7 @@ def mlp_linears(spec: ModelSpec, intermediate: int, group: str = "mlp", count: i
     )
 
 
+@lru_cache(maxsize=65536)
 def layer_linears(spec: ModelSpec, layer: int) -> tuple[Linear, ...]:
     """All weight matrices of decoder layer `layer` (0-based)."""
     out = attention_linears(spec)

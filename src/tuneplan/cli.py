@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,7 @@ from tuneplan.job import (
     Training,
     parse_targets,
 )
+from tuneplan.models import HUB_ENV
 
 # Modules with a register(subparsers) function, one per command group.
 COMMAND_MODULES = [
@@ -59,10 +61,14 @@ def _method_name(text: str) -> str:
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by estimate, trace, plan and probe (what the job is)."""
+    p.add_argument("--hub", action="store_true",
+                   help="allow fetching config.json of a model not in the catalog from the Hugging Face Hub "
+                        "(HF_ENDPOINT, HF_TOKEN honoured; cached)")
     g = p.add_argument_group("method")
     g.add_argument("--method", type=_method_name, default="lora",
                    help=f"{' | '.join(METHODS)} (also qlora-nf4, qlora-fp4, qlora-8bit); default lora")
-    g.add_argument("--rank", "-r", type=_int, default=16, help="LoRA/DoRA rank (default 16)")
+    g.add_argument("--rank", "-r", type=_int, default=16,
+                   help="LoRA/DoRA rank (default 16; rsLoRA only rescales, same memory)")
     g.add_argument("--targets", default="all-linear",
                    help="LoRA targets: all-linear | attn | qv | mlp | comma list of module names")
     g.add_argument("--quant", default=None, help=f"qlora base-weight format: {' | '.join(QUANT_TYPES)} (default nf4)")
@@ -130,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "hub", False):
+        os.environ[HUB_ENV] = "1"
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

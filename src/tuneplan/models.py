@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from importlib import resources
@@ -446,29 +449,69 @@ def _catalog_spec(hf_id: str) -> ModelSpec:
     return spec_from_config(catalog()[hf_id].config, name=hf_id)
 
 
+HUB_ENV = "TUNEPLAN_HUB"  # set to 1 (or pass --hub) to allow fetching config.json from the Hub
+
+
+def hub_enabled() -> bool:
+    """Hub look-ups are off unless asked for: no network at run time by default."""
+    return os.environ.get(HUB_ENV, "") not in ("", "0", "false", "no")
+
+
+def fetch_hub_config(repo_id: str, revision: str = "main", timeout: float = 20.0) -> dict[str, Any]:
+    """Download a model's config.json from the Hugging Face Hub (no weights).
+
+    The endpoint follows huggingface_hub's HF_ENDPOINT variable (default
+    https://huggingface.co); HF_TOKEN is sent for gated repos. The file is cached under
+    $XDG_CACHE_HOME/tuneplan/hub so later runs work offline.
+
+    Raises:
+        TuneplanError: not found, gated without a token, network failure or bad JSON.
+    """
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise TuneplanError(f"{repo_id!r} is not a Hub repo id (owner/name)")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneplan" / "hub" / repo_id / revision
+    cached = cache / "config.json"
+    if cached.exists():
+        return load_config_file(cached)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/{repo_id}/resolve/{revision}/config.json"
+    req = urllib.request.Request(url, headers={"User-Agent": "tuneplan"})
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            text = resp.read().decode("utf-8")
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise TuneplanError(f"{repo_id} is gated or private on the Hub; set HF_TOKEN") from None
+        if e.code == 404:
+            raise TuneplanError(f"{repo_id} has no config.json on the Hub (HTTP 404)") from None
+        raise TuneplanError(f"Hub answered HTTP {e.code} for {repo_id}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise TuneplanError(f"cannot reach the Hub for {repo_id}: {getattr(e, 'reason', e)}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TuneplanError(f"config.json of {repo_id} is not valid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise TuneplanError(f"config.json of {repo_id} must hold a JSON object")
+    cache.mkdir(parents=True, exist_ok=True)
+    cached.write_text(text)
+    return cfg
+
+
 def resolve_model(name: str) -> ModelSpec:
     """Turn a user's model argument into a ModelSpec.
 
-    Accepts a catalog HF id or alias (case-insensitive), or a path to a config.json
-    (or a folder holding one).
+    Accepts a catalog HF id or alias (case-insensitive), a path to a config.json (or a
+    folder holding one), or, when Hub look-ups are enabled (--hub / TUNEPLAN_HUB=1), any
+    Hub repo id.
 
     Raises:
         TuneplanError: unknown name (with close matches) or unreadable config.
     """
-    key = name.strip().lower()
-    idx = _name_index()
-    if key in idx:
-        return _catalog_spec(idx[key])
-    p = Path(name)
-    if p.suffix == ".json" or p.is_dir() or p.exists():
-        cfg = load_config_file(p)
-        return spec_from_config(cfg, name=str(p))
-    close = difflib.get_close_matches(key, list(idx), n=3, cutoff=0.5)
-    if not close:  # try the name part of an HF id
-        tail = re.sub(r"^[^/]+/", "", key)
-        close = [k for k in idx if tail and tail in k][:3]
-    hint = f"; did you mean {', '.join(close)}?" if close else "; run `tuneplan models` for the list"
-    raise TuneplanError(f"unknown model {name!r}{hint}")
+    return resolve_config(name)[0]
 
 
 def resolve_config(name: str) -> tuple[ModelSpec, dict[str, Any]]:
@@ -478,5 +521,19 @@ def resolve_config(name: str) -> tuple[ModelSpec, dict[str, Any]]:
     if key in idx:
         hf_id = idx[key]
         return _catalog_spec(hf_id), dict(catalog()[hf_id].config)
-    spec = resolve_model(name)
-    return spec, load_config_file(name)
+    p = Path(name)
+    if p.suffix == ".json" or p.is_dir() or p.exists():
+        cfg = load_config_file(p)
+        return spec_from_config(cfg, name=str(p)), cfg
+    if hub_enabled() and "/" in name:
+        cfg = fetch_hub_config(name.strip())
+        return spec_from_config(cfg, name=name.strip()), cfg
+    close = difflib.get_close_matches(key, list(idx), n=3, cutoff=0.5)
+    if not close:  # try the name part of an HF id
+        tail = re.sub(r"^[^/]+/", "", key)
+        close = [k for k in idx if tail and tail in k][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `tuneplan models` for the list"
+    if "/" in name and not hub_enabled():
+        hint += " (or pass --hub to fetch its config.json from the Hugging Face Hub)"
+    raise TuneplanError(f"unknown model {name!r}{hint}")
+

@@ -1,0 +1,248 @@
+"""config.json + Method -> the real transformers/PEFT model, ready to train (no weights loaded).
+
+The model is built by transformers itself (AutoConfig.for_model + AutoModelForCausalLM.from_config),
+so every tensor the modelling code creates and saves is the real one. Under a
+FakeTensorMode the parameters are fake: shapes, dtypes and storages but no data.
+
+Methods (tuneplan.job.Method):
+  full    every parameter trains;
+  freeze  only the last k decoder layers train (embeddings, final norm, lm_head frozen);
+  lora / dora  PEFT LoraConfig(r, target_modules, use_dora) via get_peft_model, adapters
+          upcast to fp32 (get_peft_model(autocast_adapter_dtype=True), the PEFT default)
+          except for the torchtune profile, which keeps them in the model dtype;
+  qlora   every decoder-layer linear replaced by a bitsandbytes-shaped stand-in
+          (tuneplan.trace.quant), then LoRA on top with PEFT's 4-bit LoRA forward.
+          Embeddings, norms and lm_head stay in the model dtype, as bitsandbytes loading
+          leaves them (llm_int8_skip_modules / lm_head excluded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tuneplan.errors import TuneplanError
+from tuneplan.job import Method, Training
+from tuneplan.trace.quant import Linear4bitStandIn, Linear8bitStandIn
+
+# config.json keys that describe files or loading, not the architecture.
+_DROP_KEYS = ("model_type", "architectures", "quantization_config", "auto_map", "transformers_version",
+              "torch_dtype", "dtype", "_name_or_path")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Parameter dtype and autocast dtype (None = no autocast) for a Training.precision."""
+
+    param_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+
+
+def precision_of(training: Training) -> Precision:
+    """Map tuneplan precision names to what the HF Trainer does.
+
+    bf16/fp16: weights in half precision and the forward under torch.autocast (Trainer
+    with bf16=True wraps the forward in accelerate's autocast); torchtune runs without
+    autocast. amp: fp32 weights, bf16 autocast. fp32: no autocast.
+
+    Raises:
+        TuneplanError: --precision mixed (fp32 master weights live in DeepSpeed/FSDP, not in
+            a single-process step).
+    """
+    p = training.precision
+    if p == "mixed":
+        raise TuneplanError("trace does not model --precision mixed (master weights live in DeepSpeed/FSDP); "
+                            "use bf16 or amp")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if p in half:
+        return Precision(half[p], None if training.framework == "torchtune" else half[p])
+    if p == "amp":
+        return Precision(torch.float32, torch.bfloat16)
+    return Precision(torch.float32, None)
+
+
+def hf_config(config: dict[str, Any], attention: str):
+    """A transformers PretrainedConfig from a config.json dict (no weights, no network)."""
+    from transformers import AutoConfig
+
+    model_type = config.get("model_type")
+    if not model_type:
+        raise TuneplanError("config.json has no model_type; cannot build the model")
+    kwargs = {k: v for k, v in config.items() if k not in _DROP_KEYS}
+    try:
+        cfg = AutoConfig.for_model(model_type, **kwargs)
+    except (KeyError, ValueError) as e:
+        raise TuneplanError(f"transformers cannot build model_type {model_type!r}: {e}") from None
+    cfg.use_cache = False
+    text = getattr(cfg, "get_text_config", lambda: cfg)()
+    text.use_cache = False
+    return cfg
+
+
+def attention_impl(training: Training) -> str:
+    """transformers attn_implementation for --attention (flash runs as SDPA: same O(s) memory)."""
+    return {"sdpa": "sdpa", "flash": "sdpa", "eager": "eager"}[training.attention]
+
+
+def _decoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """(qualified name, module) of every nn.Linear inside the decoder layers (not lm_head)."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and ".layers." in f".{name}" and not name.endswith("lm_head"):
+            out.append((name, mod))
+    return out
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def quantise(model: nn.Module, method: Method, compute_dtype: torch.dtype) -> int:
+    """Replace decoder-layer linears by bitsandbytes-shaped stand-ins; return how many.
+
+    The MoE router ("gate"/"router" with few outputs) is quantised too, as
+    BitsAndBytesConfig does unless listed in llm_int8_skip_modules.
+    """
+    count = 0
+    for name, lin in _decoder_linears(model):
+        dev = lin.weight.device
+        if method.quant == "int8":
+            new = Linear8bitStandIn(lin.in_features, lin.out_features, lin.bias is not None, compute_dtype, dev)
+        else:
+            new = Linear4bitStandIn(lin.in_features, lin.out_features, lin.bias is not None, compute_dtype,
+                                    method.quant_blocksize, method.double_quant, dev)
+        _set_module(model, name, new)
+        count += 1
+    return count
+
+
+def _target_names(model: nn.Module, method: Method) -> list[str]:
+    """Module-name suffixes PEFT should adapt ("all-linear" resolved here so stand-ins count)."""
+    kinds = (nn.Linear, Linear4bitStandIn, Linear8bitStandIn)
+    present = {name.rpartition(".")[2] for name, m in model.named_modules()
+               if isinstance(m, kinds) and ".layers." in f".{name}"}
+    present -= {"gate", "router"} if any(k in present for k in ("gate_proj", "w1", "up_proj")) else set()
+    if method.targets == "all-linear":
+        names = sorted(present)
+    else:
+        aliases = {"gate_proj": ("gate_proj", "gate_up_proj", "w1"), "up_proj": ("up_proj", "gate_up_proj", "w3"),
+                   "down_proj": ("down_proj", "w2"), "q_proj": ("q_proj", "qkv_proj"),
+                   "k_proj": ("k_proj", "qkv_proj"), "v_proj": ("v_proj", "qkv_proj")}
+        names = sorted({a for t in method.targets for a in aliases.get(t, (t,)) if a in present})
+    if not names:
+        raise TuneplanError(f"--targets {method.targets} match no linear layer of this model")
+    return names
+
+
+def _lora_4bit_class():
+    """A PEFT LoRA layer over a quantised stand-in, with peft/tuners/lora/bnb.py Linear4bit.forward."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    class LoraQuantLinear(LoraLinear):
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            result = self.base_layer(x, *args, **kwargs)
+            result = result.clone()  # bnb.py: "for 4bit, we need to defensively clone here"
+            for name in self.active_adapters:
+                if name not in self.lora_A:
+                    continue
+                lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+                # bnb.py tests torch.is_autocast_enabled(), i.e. CUDA autocast; a CUDA run under
+                # autocast skips the fp32 cast, so test the autocast of the device in use.
+                requires_conversion = not torch.is_autocast_enabled(x.device.type)
+                if requires_conversion:
+                    expected = result.dtype
+                    x = self._cast_input_dtype(x, lora_A.weight.dtype)
+                output = lora_B(lora_A(self.lora_dropout[name](x)))
+                if requires_conversion:
+                    output = output.to(expected)
+                result = result + output * self.scaling[name]
+            return result
+
+    return LoraLinear, LoraQuantLinear
+
+
+def apply_method(model: nn.Module, method: Method, training: Training) -> nn.Module:
+    """Set requires_grad / wrap with PEFT for the method; returns the model to train.
+
+    Raises:
+        TuneplanError: the method cannot be traced (e.g. trainable layers > layers).
+    """
+    prec = precision_of(training)
+    if method.kind == "full":
+        model.requires_grad_(True)
+        return model
+    model.requires_grad_(False)
+    if method.kind == "freeze":
+        layers = _layer_list(model)
+        k = method.trainable_layers
+        if k > len(layers):
+            raise TuneplanError(f"--trainable-layers {k} exceeds the model's {len(layers)} layers")
+        for layer in layers[len(layers) - k:]:
+            layer.requires_grad_(True)
+        _train_embeddings(model, method)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if method.kind == "qlora":
+        quantise(model, method, prec.autocast_dtype or prec.param_dtype)
+    cfg = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=method.lora_dropout,
+                     target_modules=_target_names(model, method), use_dora=method.kind == "dora",
+                     bias="none", task_type="CAUSAL_LM")
+    if method.kind == "qlora":
+        _, quant_cls = _lora_4bit_class()
+        cfg._register_custom_module({Linear4bitStandIn: quant_cls, Linear8bitStandIn: quant_cls})
+    peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=training.framework != "torchtune")
+    _train_embeddings(peft_model, method)
+    return peft_model
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.endswith("layers"):
+            return mod
+    raise TuneplanError("cannot find the decoder layers of this model")
+
+
+def _train_embeddings(model: nn.Module, method: Method) -> None:
+    if not method.train_embeddings:
+        return
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.get_input_embeddings().weight.requires_grad_(True)
+    out = inner.get_output_embeddings()
+    if out is not None:
+        out.weight.requires_grad_(True)
+
+
+def build_model(config: dict[str, Any], method: Method, training: Training) -> nn.Module:
+    """Build the model on the current device/mode (call inside FakeTensorMode for a fake model).
+
+    Args:
+        config: config.json contents.
+        method: how it is adapted.
+        training: precision, attention kernel and checkpointing.
+
+    Returns:
+        The model in train mode, checkpointing enabled if asked (use_reentrant=False, the
+        transformers 5 default in PreTrainedModel._activation_checkpointing_enable).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if training.checkpointing == "offload":
+        raise TuneplanError("trace cannot tell host from device memory on a CPU run; "
+                            "use --checkpointing full or none")
+    prec = precision_of(training)
+    cfg = hf_config(config, attention_impl(training))
+    try:
+        model = AutoModelForCausalLM.from_config(cfg, dtype=prec.param_dtype,
+                                                 attn_implementation=attention_impl(training))
+    except ValueError as e:
+        raise TuneplanError(f"transformers cannot build this model: {e}") from None
+    if training.checkpointing == "full":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_method(model, method, training)
+    model.train()
+    return model

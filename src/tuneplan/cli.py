@@ -36,6 +36,7 @@ from tuneplan.models import HUB_ENV
 # Modules with a register(subparsers) function, one per command group.
 COMMAND_MODULES = [
     "tuneplan.commands.estimate",
+    "tuneplan.commands.trace",
 ]
 
 

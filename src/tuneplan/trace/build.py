@@ -242,7 +242,11 @@ def build_model(config: dict[str, Any], method: Method, training: Training) -> n
     except ValueError as e:
         raise TuneplanError(f"transformers cannot build this model: {e}") from None
     if training.checkpointing == "full":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model = apply_method(model, method, training)
     model.train()
     return model

@@ -56,11 +56,12 @@ def test_llama8b_qlora_int8_weights():
 
 def test_llama8b_full_activation_per_token_per_layer():
     # bf16, sdpa, full FT: 2 RMSNorms (fp32 input 4h + normalised 2h), shared q/k/v input 2h,
-    # q,k,v,out 2*(4096+1024+1024+4096) + fp32 lse 4*32, o_proj input 2*4096,
-    # MLP input 2h, gate/act/up 3*2*14336, down input 2*14336
+    # q,k,v,out 2*(4096+1024+1024+4096) + fp32 lse 4*32 (o_proj's input is that out),
+    # MLP input 2h, gate/act/up 3*2*14336, down input 2*14336.
+    # `tuneplan trace` measures 200,840 per token per layer (+8: the two fp32 rsqrt [s, 1]).
     h, inter = 4096, 14336
-    expected = 2 * 6 * h + 2 * h + 2 * (4096 + 1024 + 1024 + 4096) + 4 * 32 + 2 * 4096 + 2 * h + 8 * inter
-    assert layer_activations(LLAMA8, job("full", checkpointing="none"), 0).saved == expected == 209_024
+    expected = 2 * 6 * h + 2 * h + 2 * (4096 + 1024 + 1024 + 4096) + 4 * 32 + 2 * h + 8 * inter
+    assert layer_activations(LLAMA8, job("full", checkpointing="none"), 0).saved == expected == 200_832
 
 
 def test_logits_bytes_hand_computed():
@@ -68,7 +69,7 @@ def test_logits_bytes_hand_computed():
     fwd, kept, bwd = logits_bytes(LLAMA8, t)
     v = 128256
     assert fwd == 1000 * v * (2 + 4 + 4)  # bf16 logits + fp32 upcast + fp32 log-probs
-    assert kept == 1000 * v * (2 + 4)
+    assert kept == 1000 * v * 4  # Trainer drops the outputs: only fp32 log-probs kept (trace-measured)
     assert bwd == kept + 1000 * v * 8  # + nll grad and log_softmax input grad (fp32)
 
 
@@ -199,21 +200,22 @@ def test_fast_peak_matches_full_estimate(spec, kind):
 
 
 def test_mixtral_full_activation_per_token_per_layer():
-    # norms 2*(4h+2h); shared attn input 2h; q,k,v,out 2*(4096+1024+1024+4096) + lse 4*32;
-    # o_proj input 2*4096; router fp32 probs 4*8; top-2 gathered inputs 2*h*2;
+    # norms 2*(4h+2h); shared attn input 2h; q,k,v,out 2*(4096+1024+1024+4096) + lse 4*32
+    # (o_proj's input is that out); router fp32 probs 4*8; top-2 gathered inputs 2*h*2;
     # per routed copy gate/act/up 3*2*14336, expert output 2*h, down input 2*14336
     h, im, k = 4096, 14336, 2
-    expected = (12 * h + 2 * h + 2 * (4096 + 1024 + 1024 + 4096) + 4 * 32 + 2 * 4096
+    expected = (12 * h + 2 * h + 2 * (4096 + 1024 + 1024 + 4096) + 4 * 32
                 + 4 * 8 + 2 * h * k + k * (3 * 2 * im + 2 * h) + k * 2 * im)
-    assert layer_activations(MIXTRAL, job("full", checkpointing="none"), 0).saved == expected == 348_320
+    assert layer_activations(MIXTRAL, job("full", checkpointing="none"), 0).saved == expected == 340_128
 
 
 def test_tied_qwen_full_activation_and_logits():
     h, q, kv, inter = 896, 14 * 64, 2 * 64, 4864
-    expected = 12 * h + 2 * h + 2 * (q + kv + kv + q) + 4 * 14 + 2 * q + 2 * h + 8 * inter
-    assert layer_activations(QWEN05, job("full", checkpointing="none"), 0).saved == expected == 59_192
+    # trace measures 57,408 per token per layer (+8: fp32 rsqrt); o_proj's input is the SDPA output
+    expected = 12 * h + 2 * h + 2 * (q + kv + kv + q) + 4 * 14 + 2 * h + 8 * inter
+    assert layer_activations(QWEN05, job("full", checkpointing="none"), 0).saved == expected == 57_400
     fwd, kept, bwd = logits_bytes(QWEN05, Training(micro_batch=2, seq_len=512))
-    assert (fwd, kept, bwd) == (1024 * 151936 * 10, 1024 * 151936 * 6, 1024 * 151936 * 14)
+    assert (fwd, kept, bwd) == (1024 * 151936 * 10, 1024 * 151936 * 4, 1024 * 151936 * 12)
 
 
 def test_lora_saves_less_than_full_per_layer():

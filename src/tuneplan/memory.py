@@ -416,7 +416,13 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     act(gate), up and, if down_proj trains, their product; attention per _attention_core.
     With PEFT under autocast each adapted module keeps its own compute-dtype copy of its
     input (peft lora Linear.forward casts x to the fp32 adapter dtype, autocast casts it
-    back for the matmul and saves that copy).
+    back for the matmul and saves that copy). The 4-bit LoRA layer (peft lora/bnb.py
+    Linear4bit.forward) skips that cast under autocast, so its adapters share the input,
+    and bitsandbytes MatMul4Bit saves no input at all. With SDPA/flash attention the
+    o_proj input is the kernel's output, already counted in _attention_core; it costs
+    nothing more unless an adapter copies it. Checked against `tuneplan trace`
+    (benchmarks/results/trace_vs_estimate.md: Qwen2.5-0.5B, Llama-3.2-3B, Llama-3.1-8B,
+    full/LoRA/QLoRA, per-layer saved bytes equal to the byte).
     """
     m, t = job.method, job.training
     c = compute_bytes(t)
@@ -428,7 +434,8 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     norm = 4 * h + (c * h if norm_w_trains else 0)
     if t.precision == "amp":  # residual stream is fp32 under autocast: normalised value fp32 too
         norm = 4 * h + (4 * h if norm_w_trains else 0)
-    per_adapter_copy = m.is_adapter and _autocast(t) and t.framework not in ("unsloth", "torchtune")
+    per_adapter_copy = (m.is_adapter and _autocast(t) and t.framework not in ("unsloth", "torchtune")
+                        and (m.kind != "qlora" or t.precision == "amp"))
 
     def saves_input(lin: Linear) -> bool:
         return full or (m.is_adapter and is_target(lin, m))
@@ -467,7 +474,9 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
         for lin in lat:
             saved += 4 * lin.d_in + input_bytes([lin], lin.d_in)
     saved += _attention_core(spec, t, c, seq)
-    saved += input_bytes(o_proj, spec.attn_out_dim)
+    if t.attention == "eager" or spec.is_mla or per_adapter_copy:
+        # eager makes a contiguous copy of the output; MLA slices padded heads; PEFT copies
+        saved += input_bytes(o_proj, spec.attn_out_dim)
     saved += adapter_extras(attn)
     mlp_width = 0
     if spec.moe_layers and spec.moe_layers[layer]:
@@ -506,9 +515,11 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
 
     transformers ForCausalLMLoss (loss/loss_utils.py) upcasts the compute-dtype logits to
     fp32 and runs cross_entropy: log_softmax keeps its fp32 output for backward. The
-    compute-dtype logits stay referenced by the model output for the whole step. In
-    backward the nll gradient and the log_softmax input gradient (fp32 each) coexist with
-    the kept log-probabilities. Fused/chunked CE (Liger, Unsloth) never materialises more
+    Trainer drops the model outputs before backward (trainer.py compute_loss returns only
+    the loss), so the compute-dtype logits and the fp32 upcast die with the forward and
+    only the fp32 log-probabilities are kept. In backward the nll gradient and the
+    log_softmax input gradient (fp32 each) coexist with them: 12 bytes per logit, as
+    `tuneplan trace` measures (benchmarks/results/trace_vs_estimate.md). Fused/chunked CE (Liger, Unsloth) never materialises more
     than a chunk of fp32 logits; torchtune keeps bf16 logits and upcasts 1/8 at a time.
     """
     tokens = t.micro_batch * t.seq_len
@@ -522,7 +533,7 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
         chunk = math.ceil(tokens / cal.TORCHTUNE_CE_CHUNKS)
         return c * tokens * v + 8 * chunk * v, c * tokens * v, c * tokens * v + 12 * chunk * v
     fwd = (c + 8) * tokens * v if c == 2 else 8 * tokens * v
-    kept = (c + 4) * tokens * v if c == 2 else 4 * tokens * v
+    kept = 4 * tokens * v
     bwd = kept + 8 * tokens * v
     return fwd, kept, bwd
 
@@ -604,6 +615,10 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     autocast_copies = 0
     if t.precision == "amp":  # autocast caches bf16 casts of fp32 weights for the backward
         autocast_copies = 2 * param_counts(spec).linear_in_layers // (world if stage == 3 else 1)
+    if ckpt == "none" and m.is_adapter and _autocast(t) and adapter_bytes(t) != c:
+        # the cached compute-dtype casts of the fp32 adapters are saved by their matmuls
+        # until backward (with checkpointing they die with the forward): measured by trace
+        autocast_copies += c * trainable(spec, m).adapter
     if ckpt == "none":
         saved = acts_full * tokens
         recompute = 0
@@ -630,6 +645,22 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     if m.kind == "full" or m.train_embeddings:
         head_grads = _sharded(param_bytes(t) * spec.vocab_size * spec.hidden_size, 2, stage, world)
     layer_grads = (grads - head_grads) // max(1, spec.num_layers - first_trained)
+    # The input embedding's gradient is the last one made (embedding backward runs after
+    # the first decoder layer's). Untied, it does not exist yet while layer 0 runs its
+    # backward. Tied, lm_head's contribution stands in for it until then, and at the end
+    # the embedding's own [v, h] gradient and its sum with that contribution exist next to
+    # every other gradient (autograd adds the two uses before AccumulateGrad). Measured by
+    # `tuneplan trace`: Llama-3.1-8B (untied) and Qwen2.5-0.5B / Llama-3.2-3B (tied) full
+    # fine-tuning, benchmarks/results/trace_vs_estimate.md.
+    emb_grad = head_grads  # one [v, h] matrix
+    if t.grad_accum > 1:  # the new gradient is added in place to the accumulated one
+        layer0_grads, embed_extra = grads, emb_grad * (2 if spec.tie_embeddings else 1)
+    elif spec.tie_embeddings:
+        layer0_grads, embed_extra = grads, 2 * emb_grad
+    else:
+        layer0_grads, embed_extra = grads - emb_grad, 0
+    if emb_grad:  # the gradient flowing into the embedding output, [tokens, h] in the param dtype
+        embed_extra += param_bytes(t) * h * tokens
     kept = saved + head_saved + autocast_copies
     one_layer = (recompute if ckpt != "none" else worst_layer.saved * tokens)
     candidates = (
@@ -643,7 +674,9 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
                           ("activations", saved + autocast_copies + (recompute if ckpt != "none" else 0)),
                           ("working", transient))),
         # bottom of the stack: all gradients, only the first layer's activations left
-        ("backward_end", (("gradients", grads), ("activations", one_layer), ("working", transient))),
+        ("backward_end", (("gradients", layer0_grads), ("activations", one_layer), ("working", transient))),
+        # embedding backward: every gradient, the embedding's being made
+        ("backward_embed", (("gradients", grads), ("working", embed_extra))),
         ("optimizer", (("gradients", grads), ("optimizer_temp", opt_temp))),
     )
     return _Moments(base, candidates, cpu, autocast_copies)
@@ -681,7 +714,7 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     base_total = sum(b for _, b in mo.base)
     totals = {k: base_total + sum(b for _, b in parts) for k, parts in mo.candidates}
     phases = (("forward", totals["forward"]),
-              ("backward", max(totals["backward"], totals["backward_top"], totals["backward_end"])),
+              ("backward", max(totals[k] for k in totals if k.startswith("backward"))),
               ("optimizer", totals["optimizer"]))
     peak_key = max(totals, key=lambda k: totals[k])
     peak_phase = "backward" if peak_key.startswith("backward") else peak_key

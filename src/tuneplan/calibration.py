@@ -45,5 +45,104 @@ DQ_BLOCKSIZE = 256
 # one chunk at a time (torchtune/modules/loss/ce_chunked_output_loss.py, num_output_chunks=8).
 TORCHTUNE_CE_CHUNKS = 8
 
+# ---------------------------------------------------------------- devices: usable memory
+# What a framework can allocate is less than the marketing figure. Discrete cards: the
+# marketing "GB" of GDDR/HBM parts is binary (24 GB = 24576 MiB of chips); the driver
+# keeps a slice (and ECC, where on, more). The CUDA context itself is NOT taken here: the
+# memory estimate already counts it (CUDA_CONTEXT_BYTES above).
+# Reported totals (torch.cuda.get_device_properties().total_memory / nvidia-smi), as
+# collected in ../shared/catalog/hardware.csv `memory_gib_usable_note`:
+#   RTX 4090: ~24564 of 24576 MiB -> 0.05% reserved (GDDR6X, no ECC);
+#   A100-PCIE-40GB: 40339 of 40960 MiB -> 1.5% reserved (HBM2, ECC on);
+#   H100 SXM: 81559 of 81920 MiB -> 0.44% reserved.
+# Devices with a reported total use it (hardware.csv note, kept in devices.json); the
+# others use the fraction of their memory kind, the largest seen for that kind. Stated, not fitted.
+GPU_RESERVED_FRACTION = {"gddr": 12 / 24576, "hbm": 1 - 40339 / 40960}
+
+# Apple silicon: Metal's recommendedMaxWorkingSetSize (the GPU wired-memory limit,
+# sysctl iogpu.wired_limit_mb = 0 -> default) is 2/3 of RAM on small machines and 3/4 on
+# larger ones. Sources: ggml-org/llama.cpp #2011 / ollama #434 (32 GB M1/M2 Max:
+# 21845.34 MB = 2/3), abetlen/llama-cpp-python #687 (16 GB: 10922.67 MB = 2/3),
+# ggml-org/llama.cpp #1870 (64 GB M2 Max: ~48-49 GB usable = 3/4). The limit can be raised
+# with `sudo sysctl iogpu.wired_limit_mb=...` (not assumed). PyTorch MPS may overshoot it
+# (PYTORCH_MPS_HIGH_WATERMARK_RATIO) but then pages: we treat the limit as the budget.
+MACOS_GPU_FRACTION_SMALL = 2 / 3
+MACOS_GPU_FRACTION_LARGE = 3 / 4
+MACOS_SMALL_RAM_GIB = 36
+
+# DGX Spark (GB10, 128 GB LPDDR5X shared with DGX OS): CUDA reports a 121.69 GiB pool
+# (unslothai/unsloth PR #10283, 2026-09); free memory at boot on headless DGX OS with page
+# cache dropped caps at 101.3-102.2 GiB (MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks #47,
+# 2026-08, driver 580 and 610). We take the low end of what a process can get.
+DGX_SPARK_USABLE_GIB = 101.3
+
+# AMD Strix Halo (Ryzen AI Max+ 395): Variable Graphics Memory assigns at most 96 GB of
+# 128 GB to the GPU (AMD; Framework Desktop BIOS), i.e. 3/4 of RAM. On Linux the GTT pool
+# can be raised further with ttm.pages_limit (ROCm docs "AMD Strix Halo system
+# optimization", 2026-02; community setups reach ~108-124 GiB): not assumed.
+STRIX_HALO_GPU_FRACTION = 0.75
+
+# Fit verdict: below this headroom (share of usable memory left at the peak) a run is
+# "tight": fragmentation, a longer batch or a framework version change can tip it over.
+TIGHT_HEADROOM = 0.10
+
 # ---------------------------------------------------------------- time
-# (step-time efficiency per framework profile; filled in by the plan commit)
+# Step time = executed FLOPs / (peak dense bf16 FLOP/s x efficiency), with memory-bandwidth
+# terms where they dominate. "Efficiency" here is achieved/peak over the FLOPs actually
+# executed (forward, backward, recomputation), i.e. MFU as the issue names it with
+# recomputation counted (HFU in the PaLM paper's terms, Chowdhery et al. 2022, app. B).
+# Published figures these profiles are read from (none fitted to a single run):
+#   - PaLM paper: 46.2% MFU (57.8% HFU) for a heavily tuned pre-training stack - ceiling.
+#   - lmms-engine docs (reference/mfu): FSDP2 + Liger kernels + sequence packing, Qwen2.5-7B
+#     text on A800: 0.50-0.55 MFU - a tuned fine-tuning stack.
+#   - NVIDIA NeMo performance summary 24.12: Llama-2-7B SFT 673 and LoRA 663 model TFLOP/s
+#     per H100 at FP8 (~34% of the 1979 TFLOP/s FP8 dense peak).
+#   - heji-study-blog "MFU" (2026): "typically 30-70% for a well-run training job".
+#   - Unsloth docs (unsloth-benchmarks): "2x" the speed of Hugging Face + FA2 for QLoRA on
+#     Llama 3.1 8B / 3.3 70B (H100, batch 2, r=32) - read as about 1.5-2x the HF figure.
+# HF Trainer + PEFT (eager PyTorch, SDPA, padding, per-op launches): low end of the range.
+# LLaMA-Factory runs the HF Trainer; Axolotl adds Liger/flash/packing defaults; torchtune
+# runs FSDP2 + compiled ops; Unsloth hand-written Triton kernels.
+FRAMEWORK_EFFICIENCY = {
+    "hf": 0.35,
+    "llamafactory": 0.35,
+    "axolotl": 0.40,
+    "torchtune": 0.45,
+    "unsloth": 0.55,
+}
+
+# Achievable share of the spec memory bandwidth for streaming kernels (dequantisation,
+# optimizer updates, weight reads). STREAM-like copies reach ~80-90% of peak on GPUs
+# (e.g. Strix Halo: ~212-215 of 256 GB/s measured, hardware.csv; whylucian/softab docs).
+BANDWIDTH_EFFICIENCY = 0.8
+
+# bitsandbytes 4-bit (QLoRA) matmul: Linear4bit dequantises the packed weight to a bf16
+# buffer (functional.dequantize_4bit), then runs a bf16 GEMM on it: read 0.5 B + write 2 B
+# + read 2 B per weight per use. LLM.int8 (Linear8bitLt): read 1 B + write 2 B + read 2 B.
+# Source: bitsandbytes/nn/modules.py Linear4bit.forward -> bnb.matmul_4bit ->
+# MatMul4Bit (dequantize then torch.nn.functional.linear) for training-size inputs.
+DEQUANT_BYTES_PER_PARAM = {"nf4": 4.5, "fp4": 4.5, "int8": 5.0}
+
+# PCIe payload bandwidth per direction for an x16 link, GB/s (PCI-SIG: 3.0 8 GT/s,
+# 4.0 16 GT/s, 5.0 32 GT/s, 6.0 64 GT/s; 128b/130b encoding) and the share reached by
+# pinned-memory cudaMemcpy (~25 of 31.5 GB/s on PCIe 4.0 x16 in NVIDIA bandwidthTest runs).
+PCIE_X16_GBPS = {3: 15.75, 4: 31.5, 5: 63.0, 6: 121.0}
+PCIE_EFFICIENCY = 0.8
+# Collective bandwidth: NCCL ring all-reduce moves 2(n-1)/n of the data per GPU over the
+# slowest link; links reach ~80% of their per-direction figure (NCCL bus bandwidth).
+LINK_EFFICIENCY = 0.8
+
+# ---------------------------------------------------------------- disk
+# Raw text: ~4 characters (bytes, English UTF-8) per token (OpenAI tokenizer guide:
+# "one token ~ 4 characters of common English text").
+RAW_BYTES_PER_TOKEN = 4
+# Tokenized cache: HF datasets stores tokenizer output as Arrow list<int64> (pyarrow
+# infers int64 from Python ints): input_ids, attention_mask and labels = 3 x 8 bytes.
+TOKENIZED_BYTES_PER_TOKEN = 24
+
+# ---------------------------------------------------------------- cost
+# Defaults the user can override; both are shown with every cost figure.
+DEFAULT_UTILISATION = 0.5  # share of the week an owned machine trains (break-even)
+# US average retail electricity price, 2024-2025: ~0.13 (industrial) to ~0.17 (residential)
+# USD/kWh (EIA Electric Power Monthly, table 5.3). Applied to the device TDP while training.
+ELECTRICITY_USD_PER_KWH = 0.15

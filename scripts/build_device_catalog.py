@@ -1,0 +1,218 @@
+"""Build src/tuneplan/data/devices.json from ../shared/catalog/hardware.csv.
+
+Each CSV row becomes one device entry with the facts the planner needs (memory, memory
+kind, bandwidth, dense bf16 TFLOPS, host link, interconnect, TDP, prices with dates) and
+keeps the row's sources and `unconfirmed` flag. Usable memory is *not* baked in: it is
+derived at load time (tuneplan.hardware) from these facts and the rules in
+tuneplan.calibration, so a changed rule needs no rebuild.
+
+Run: python scripts/build_device_catalog.py [path/to/hardware.csv]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CSV = ROOT.parent / "shared" / "catalog" / "hardware.csv"
+OUT = ROOT / "src" / "tuneplan" / "data" / "devices.json"
+
+# Totals a framework sees, as reported in hardware.csv `memory_gib_usable_note` (GiB).
+# Only figures that name a reported/usable amount; "physical" notes are not reports.
+REPORTED_GIB = {
+    "rtx4090": (24564 / 1024, "hardware.csv: ~24564 MiB reported (from memory, unconfirmed)"),
+    "a100-40gb-pcie": (40339 / 1024, "hardware.csv: torch reports 40339 MiB on A100-PCIE-40GB"),
+    "h100-sxm": (81559 / 1024, "hardware.csv: 81559 MiB reported (from memory, unconfirmed)"),
+    "h200-sxm": (139.0, "hardware.csv: ~139-140 GiB usable (approximate; low end taken)"),
+    "b200": (179.0, "hardware.csv: ~179 GiB reported (from memory, unconfirmed)"),
+    "t4": (15.0, "hardware.csv: ~15 GiB usable (Kaggle, secondary source)"),
+    "mi300x": (192.0, "hardware.csv: ROCm gpu-specs lists 192 GiB VRAM"),
+}
+
+# Largest configuration of machines sold in several memory sizes (the CSV's numeric column).
+# Per-device adjustments: MI250X is two GCDs, each its own device with half the card.
+PER_GCD = {"mi250x": 2}
+
+# Extra short names people type. Ambiguous family names point at the common variant.
+EXTRA_ALIASES = {
+    "rtx4090": ["4090"], "rtx5090": ["5090"], "rtx3090": ["3090"], "rtx4080": ["4080"],
+    "rtx5080": ["5080"], "rtx3060-12gb": ["3060"], "rtx-a6000": ["a6000"], "rtx-a5000": ["a5000"],
+    "rtx6000-ada": ["6000-ada", "rtx-6000-ada"], "rtx-pro-6000-blackwell": ["rtx-pro-6000", "pro-6000"],
+    "a100-80gb-sxm": ["a100", "a100-80gb"], "a100-40gb-sxm": ["a100-40gb"], "h100-sxm": ["h100"],
+    "h200-sxm": ["h200"], "dgx-spark-gb10": ["dgx-spark", "spark", "gb10"],
+    "ryzen-ai-max-395-128gb": ["strix-halo", "ryzen-ai-max-395", "framework-desktop"],
+    "mac-studio-m2-ultra": ["m2-ultra"], "mac-studio-m3-ultra": ["m3-ultra"],
+    "mac-studio-m4-max": ["m4-max"], "macbook-pro-m5-max": ["m5-max"], "macbook-pro-m5": ["m5"],
+    "rx7900xtx": ["7900xtx", "rx-7900-xtx"], "mi300x": ["mi300"],
+}
+
+
+def num(text: str) -> float | None:
+    """First number in a cell ('~29.7 (unconfirmed)' -> 29.7), None for blanks/n/a."""
+    m = re.search(r"(\d+(?:\.\d+)?)", (text or "").replace(",", ""))
+    return float(m.group(1)) if m else None
+
+
+def short_id(csv_id: str) -> str:
+    """rtx4090 -> rtx-4090, rtx3060-12gb -> rtx-3060-12gb; other ids unchanged."""
+    m = re.match(r"^(rtx|rx)(\d{4}.*)$", csv_id)
+    return f"{m.group(1)}-{m.group(2)}" if m else csv_id
+
+
+def usd(text: str) -> float | None:
+    """'$1,599 MSRP' -> 1599; '~$30k' -> 30000; '$8-15K' -> 8000; None if no dollar figure."""
+    m = re.search(r"\$\s?(\d[\d,]*(?:\.\d+)?)\s*(?:-\s*\d[\d,]*(?:\.\d+)?)?\s*([kK])?", text or "")
+    if not m:
+        return None
+    val = float(m.group(1).replace(",", ""))
+    return val * 1000 if m.group(2) else val
+
+
+def cloud_quotes(text: str) -> list[dict]:
+    """'$2.69 RunPod (2026-01); $2.00 GMI (2026-04)' -> [{usd_per_hour, provider, date}, ...].
+
+    A date in parentheses applies to every quote of its ';'-separated segment.
+    Quotes marked unconfirmed or 'from memory' are kept with unconfirmed=True.
+    """
+    out = []
+    all_dates = re.findall(r"\((\d{4}-\d{2}(?:-\d{2})?)", text or "")
+    for seg in (text or "").split(";"):
+        dates = re.findall(r"\((\d{4}-\d{2}(?:-\d{2})?)", seg)
+        date = dates[-1] if dates else ("undated" if "undated" in seg or not all_dates else all_dates[-1])
+        shaky = "unconfirmed" in seg or "from memory" in seg
+        for m in re.finditer(r"\$(\d+(?:\.\d+)?)(?:/(?:GPU|chip)-?h?r?)?\s*([A-Za-z][A-Za-z0-9 .\-]*?)?(?=\s*(?:\(|/|$|,|\$))", seg):
+            provider = (m.group(2) or "").strip()
+            provider = re.sub(r"^(per GPU|/GPU)\s*", "", provider)
+            if not provider:  # 'Lambda $1.10, Vast $1.20': the name comes first
+                before = re.findall(r"([A-Z][\w.]*)\s*$", seg[: m.start()])
+                provider = before[-1] if before else ""
+            out.append({"usd_per_hour": float(m.group(1)), "provider": provider or "unnamed",
+                        "date": date, "unconfirmed": shaky})
+    return out
+
+
+def pcie(inter: str) -> tuple[int | None, int]:
+    """('PCIe 4.0 x16; ...') -> (4, 16). Lanes default to 16."""
+    m = re.search(r"PCIe\s*(\d)(?:\.\d)?(?:\s*x(\d+))?", inter or "")
+    if not m:
+        return None, 16
+    return int(m.group(1)), int(m.group(2) or 16)
+
+
+def link(inter: str, category: str) -> dict:
+    """GPU-to-GPU link: kind, GB/s (as listed: NVLink figures are bidirectional totals), max group."""
+    text = inter or ""
+    tb = re.search(r"NVLink\s*\d?\s*(\d+(?:\.\d+)?)\s*TB/s", text)
+    gb = re.search(r"NVLink[^;]*?(\d+(?:\.\d+)?)\s*GB/s", text)
+    if tb or gb:
+        gbps = float(tb.group(1)) * 1000 if tb else float(gb.group(1))
+        bridge = "bridge" in text.lower() and not re.search(r"NVLink\s*\d\s", text)
+        return {"kind": "nvlink-bridge" if bridge else "nvlink", "gbps": gbps, "group": 2 if bridge else 8}
+    if "XGMI" in text or "Infinity Fabric" in text:
+        m = re.search(r"~?(\d+)\s*GB/s", text)
+        return {"kind": "xgmi", "gbps": float(m.group(1)) if m else 896.0, "group": 8}
+    if "ICI" in text:
+        m = re.search(r"ICI\s*(\d+)\s*GB/s", text)
+        return {"kind": "ici", "gbps": float(m.group(1)) if m else 400.0, "group": 8}
+    if "200GbE" in text:
+        return {"kind": "ethernet", "gbps": 25.0, "group": 2}
+    return {"kind": "pcie", "gbps": 0.0, "group": 8 if category != "unified" else 1}
+
+
+def memory_kind(row: dict) -> str:
+    t = row["memory_type"].upper()
+    if row["category"] == "unified":
+        return "unified"
+    if "HBM" in t:
+        return "hbm"
+    return "gddr"
+
+
+def max_count(row: dict, lk: dict) -> int:
+    cid, cat = row["id"], row["category"]
+    if cat == "unified":
+        return 2 if cid.startswith("dgx-spark") else 1
+    if cat == "consumer":
+        return 4  # a workstation board holds up to four double-width cards
+    if cid in PER_GCD:
+        return 8 * PER_GCD[cid]
+    return 8  # one node / one host
+
+
+def build(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        cid = r["id"]
+        split = PER_GCD.get(cid, 1)
+        mem = num(r["memory_gb_num"])
+        bw = num(r["memory_bandwidth_GBps_num"])
+        tf = num(r["bf16_dense_tflops_num"])
+        basis = "bf16 dense tensor"
+        if tf is None and r["vendor"] == "Apple" and num(r["fp32_tflops"]):
+            tf = num(r["fp32_tflops"])
+            basis = "fp32 (Apple publishes no tensor figure; MPS/MLX half precision runs at about the FP32 rate)"
+        gen, lanes = pcie(r["interconnect"])
+        lk = link(r["interconnect"], r["category"])
+        street, launch = usd(r["street_price_usd"]), usd(r["launch_price_usd"])
+        price, basis_p = (street, "street") if street else ((launch, "launch") if launch else (None, ""))
+        if "-" in r["memory_gb"] or "up to" in r["memory_gb"]:
+            # sold in several sizes; the CSV price is the base size, the memory the largest
+            price, basis_p = None, "base-configuration price only (less memory than listed)"
+        reported = REPORTED_GIB.get(cid)
+        sid = short_id(cid)
+        aliases = sorted({a for a in [cid, *EXTRA_ALIASES.get(cid, [])] if a != sid})
+        out.append({
+            "id": sid,
+            "csv_id": cid,
+            "aliases": aliases,
+            "vendor": r["vendor"],
+            "name": r["name"] + (" (one GCD)" if split > 1 else ""),
+            "category": r["category"],
+            "architecture": r["architecture"],
+            "memory_gib": mem / split if mem else None,
+            "memory_kind": memory_kind(r),
+            "memory_note": r["memory_gb"] + (f"; {r['memory_gib_usable_note']}" if r["memory_gib_usable_note"] else ""),
+            "reported_gib": reported[0] / split if reported else None,
+            "reported_source": reported[1] if reported else "",
+            "bandwidth_gbps": bw / split if bw else None,
+            "bf16_tflops": tf / split if tf else None,
+            "tflops_basis": basis,
+            "tflops_note": r["tflops_note"],
+            "tdp_w": num(r["tdp_w_num"]),
+            "pcie_gen": gen,
+            "pcie_lanes": lanes,
+            "link": lk,
+            "interconnect": r["interconnect"],
+            "max_count": max_count(r, lk),
+            "launch_year": int(num(r["launch_year"])) if num(r["launch_year"]) else None,
+            "price_usd": price / split if price else None,
+            "price_basis": basis_p,
+            "price_note": f"launch: {r['launch_price_usd']}; street: {r['street_price_usd']}",
+            "cloud": [dict(q, usd_per_hour=q["usd_per_hour"]) for q in cloud_quotes(r["cloud_usd_per_gpu_hr"])],
+            "cloud_note": r["cloud_usd_per_gpu_hr"],
+            "sources": r["sources"],
+            "unconfirmed": r["unconfirmed"],
+        })
+    return out
+
+
+def main(argv: list[str]) -> int:
+    src = Path(argv[1]) if len(argv) > 1 else DEFAULT_CSV
+    with src.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    devices = build(rows)
+    ids = [d["id"] for d in devices] + [a for d in devices for a in d["aliases"]]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise SystemExit(f"duplicate device names: {sorted(dupes)}")
+    OUT.write_text(json.dumps({"source": "shared/catalog/hardware.csv", "devices": devices}, indent=1) + "\n")
+    print(f"wrote {len(devices)} devices to {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -37,6 +37,7 @@ from tuneplan.models import HUB_ENV
 COMMAND_MODULES = [
     "tuneplan.commands.estimate",
     "tuneplan.commands.trace",
+    "tuneplan.commands.plan",
 ]
 
 

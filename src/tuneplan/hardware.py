@@ -43,7 +43,7 @@ class Device:
             bidirectional totals) and how many devices it joins.
         max_count: largest count the planner will consider in one machine/node.
         price_usd: purchase price per device (street if known, else launch), None if unknown.
-        cloud: on-demand quotes, first = the one the planner uses.
+        cloud: on-demand quotes (cloud_quote picks the one the planner uses).
     """
 
     id: str
@@ -91,8 +91,15 @@ class Device:
         return _usable(self)[1]
 
     @property
+    def cloud_quote(self) -> CloudQuote | None:
+        """The quote the planner uses: the first confirmed one, else the first."""
+        confirmed = [q for q in self.cloud if not q.unconfirmed]
+        return (confirmed or list(self.cloud) or [None])[0]
+
+    @property
     def cloud_usd_per_hour(self) -> float | None:
-        return self.cloud[0].usd_per_hour if self.cloud else None
+        q = self.cloud_quote
+        return q.usd_per_hour if q else None
 
     @property
     def host_link_gbps(self) -> float:

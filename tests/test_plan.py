@@ -1,0 +1,367 @@
+"""Device catalog, fit verdicts, searches, time/disk/cost arithmetic, plan and matrix commands."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from tuneplan import calibration as cal
+from tuneplan.cli import main
+from tuneplan.cost import estimate_cost
+from tuneplan.disk import estimate_disk
+from tuneplan.errors import TuneplanError
+from tuneplan.fit import FITS, NO, TIGHT, cheapest_change, fit_verdict, verdict_of
+from tuneplan.hardware import devices, resolve_device, resolve_devices
+from tuneplan.job import Job, Method, Parallel, Training
+from tuneplan.matrix import fit_matrix, to_csv
+from tuneplan.memory import peak_bytes
+from tuneplan.models import resolve_model, spec_from_config
+from tuneplan.plan import plan
+from tuneplan.search import max_micro_batch, max_seq_len, min_gpus
+from tuneplan.timing import Dataset, run_time, step_time, token_flops
+from tuneplan.units import GiB
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def job(kind="lora", b=1, s=2048, **kw):
+    par = kw.pop("parallel", Parallel())
+    return Job(Method(kind=kind), Training(micro_batch=b, seq_len=s, **kw), par)
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_catalog_covers_the_kinds_asked_for():
+    devs = devices()
+    assert len(devs) >= 40
+    cats = {d.category for d in devs.values()}
+    assert {"consumer", "workstation", "datacenter", "unified"} <= cats
+    vendors = {d.vendor for d in devs.values()}
+    assert {"NVIDIA", "AMD", "Apple"} <= vendors
+    for name in ("dgx-spark", "strix-halo", "m4-max", "mi300x", "rtx-4090", "h100"):
+        resolve_device(name)
+    for d in devs.values():
+        assert d.sources, d.id
+        assert 0 < d.usable_bytes <= d.memory_gib * GiB, d.id
+        assert d.bandwidth_gbps > 0
+
+
+def test_usable_memory_rules():
+    assert resolve_device("macbook-pro-m5").usable_bytes == int(32 * GiB * 2 / 3)  # small Mac: 2/3
+    assert resolve_device("m4-max").usable_bytes == int(128 * GiB * 3 / 4)  # large Mac: 3/4
+    assert resolve_device("dgx-spark").usable_bytes == int(cal.DGX_SPARK_USABLE_GIB * GiB)
+    assert resolve_device("strix-halo").usable_bytes == int(96 * GiB)
+    assert resolve_device("a100-40gb-pcie").usable_bytes == 40339 * 2**20  # reported total
+    assert resolve_device("rtx-5090").usable_bytes < 32 * GiB
+
+
+def test_resolve_device_spellings_and_errors():
+    assert resolve_device("RTX 4090").id == resolve_device("rtx4090").id == "rtx-4090"
+    with pytest.raises(TuneplanError, match="did you mean"):
+        resolve_device("rtx-4099")
+    assert [d.id for d in resolve_devices("rtx-4090,h100")] == ["rtx-4090", "h100-sxm"]
+    assert all(d.category == "unified" for d in resolve_devices("unified"))
+
+
+# ---------------------------------------------------------------- search
+
+SEARCH_CASES = [
+    ("llama-3.1-8b", "lora", "rtx-4090"),
+    ("llama-3.1-8b", "qlora", "rtx-3060-12gb"),
+    ("qwen2.5-7b", "full", "h100"),
+    ("qwen3-30b-a3b", "qlora", "rtx-5090"),
+    ("llama-3.2-1b", "dora", "m4-max"),
+    ("gemma-2-9b", "freeze", "l40s"),
+]
+
+
+@pytest.mark.parametrize("model,kind,dev", SEARCH_CASES)
+def test_max_batch_fits_and_next_does_not(model, kind, dev):
+    spec, d = resolve_model(model), resolve_device(dev)
+    j = job(kind)
+    b = max_micro_batch(spec, j, d.usable_bytes)
+    assert b >= 1
+    assert peak_bytes(spec, job(kind, b=b)) <= d.usable_bytes
+    assert peak_bytes(spec, job(kind, b=b + 1)) > d.usable_bytes
+
+
+@pytest.mark.parametrize("model,kind,dev", SEARCH_CASES[:4])
+def test_max_seq_len_fits_and_next_does_not(model, kind, dev):
+    spec, d = resolve_model(model), resolve_device(dev)
+    s = max_seq_len(spec, job(kind), d.usable_bytes, multiple=128)
+    assert s >= 128 and s % 128 == 0
+    assert peak_bytes(spec, job(kind, s=s)) <= d.usable_bytes
+    assert peak_bytes(spec, job(kind, s=s + 128)) > d.usable_bytes
+
+
+def test_search_returns_zero_when_nothing_fits():
+    spec = resolve_model("llama-3.1-70b")
+    assert max_micro_batch(spec, job("full"), resolve_device("rtx-4090").usable_bytes) == 0
+    assert max_seq_len(spec, job("full"), resolve_device("rtx-4090").usable_bytes) == 0
+
+
+@pytest.mark.parametrize("model,kind,dev", [("llama-3.1-70b", "lora", "h100"), ("qwen2.5-14b", "full", "a100"),
+                                            ("llama-3.1-70b", "qlora", "rtx-4090")])
+def test_min_gpus_is_minimal(model, kind, dev):
+    spec, d = resolve_model(model), resolve_device(dev)
+    n, j = min_gpus(spec, job(kind), d)
+    assert n > 1 and peak_bytes(spec, j) <= d.usable_bytes
+    for s in ("ddp", "zero1", "zero2", "fsdp"):
+        smaller = replace(j, parallel=Parallel(num_gpus=n - 1, sharding=s if n - 1 > 1 else "ddp"))
+        assert peak_bytes(spec, smaller) > d.usable_bytes
+
+
+def test_min_gpus_none_when_out_of_reach():
+    assert min_gpus(resolve_model("deepseek-v3"), job("full"), resolve_device("rtx-3060-12gb")) is None
+
+
+# ---------------------------------------------------------------- monotonicity
+
+
+def test_peak_and_time_grow_with_batch_and_sequence():
+    spec, d = resolve_model("llama-3.1-8b"), resolve_device("h100")
+    peaks = [peak_bytes(spec, job("lora", b=b)) for b in (1, 2, 4, 8)]
+    assert peaks == sorted(peaks) and len(set(peaks)) == 4
+    peaks = [peak_bytes(spec, job("lora", s=s)) for s in (512, 1024, 4096, 8192)]
+    assert peaks == sorted(peaks)
+    times = [step_time(spec, job("lora", b=b), d).step_s for b in (1, 2, 4, 8)]
+    assert times == sorted(times)
+    per_token = [step_time(spec, job("lora", s=s), d).executed_flops_per_token for s in (512, 2048, 8192)]
+    assert per_token == sorted(per_token)  # attention grows with the span
+
+
+def test_time_grows_with_model_size_and_method_cost():
+    d = resolve_device("a100")
+    sizes = [step_time(resolve_model(m), job("lora"), d).step_s for m in ("qwen2.5-0.5b", "qwen2.5-3b", "qwen2.5-14b")]
+    assert sizes == sorted(sizes)
+    spec = resolve_model("llama-3.1-8b")
+    t = {k: step_time(spec, job(k), d).step_s for k in ("freeze", "lora", "full")}
+    assert t["freeze"] < t["lora"] < t["full"]
+    assert step_time(spec, job("lora", checkpointing="none"), d).step_s < t["lora"]
+
+
+def test_more_gpus_more_throughput_less_epoch_time():
+    spec, d = resolve_model("llama-3.1-8b"), resolve_device("h100")
+    ds = Dataset(100_000_000)
+    epochs = [run_time(spec, job("lora", parallel=Parallel(num_gpus=n)), d, ds).epoch_s for n in (1, 2, 4, 8)]
+    assert epochs == sorted(epochs, reverse=True)
+    assert run_time(spec, job("lora"), d, Dataset(2 * ds.tokens)).epoch_s > run_time(spec, job("lora"), d, ds).epoch_s
+
+
+def test_flops_ratios_full_lora_recompute():
+    spec = resolve_model("llama-3.1-8b")
+    full = token_flops(spec, Method(kind="full"), "none", 1)
+    lora = token_flops(spec, Method(kind="lora"), "none", 1)
+    ck = token_flops(spec, Method(kind="full"), "full", 1)
+    n_mm = full.forward / 2  # matmul params touched per token (attention ~0 at span 1)
+    assert full.executed / n_mm == pytest.approx(6, rel=0.01)
+    assert lora.executed / n_mm == pytest.approx(4, rel=0.05)  # + adapters, lm_head dX only
+    assert (ck.executed - full.executed) / n_mm == pytest.approx(2, rel=0.1)  # recompute: decoder layers
+
+
+def test_moe_uses_active_params():
+    spec = resolve_model("qwen3-30b-a3b")
+    f = token_flops(spec, Method(kind="full"), "none", 1)
+    from tuneplan.models import param_counts
+
+    pc = param_counts(spec)
+    assert f.forward / 2 < 0.2 * pc.total
+    assert f.forward / 2 == pytest.approx(pc.active, rel=0.1)
+
+
+# ---------------------------------------------------------------- time arithmetic by hand
+
+TINY = {"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 8,
+        "num_key_value_heads": 8, "intermediate_size": 4096, "vocab_size": 32000, "tie_word_embeddings": False}
+
+
+def test_step_and_epoch_time_against_hand_computation():
+    spec = spec_from_config(TINY, "tiny")
+    # per layer: q,k,v,o 4*1024*1024 = 4,194,304; gate/up/down 3*1024*4096 = 12,582,912
+    # -> 16,777,216 matrix params, forward 2x = 33,554,432 FLOPs per token
+    # attention at s=2048, causal: 2 * (2049/2) * (1024 + 1024) = 4,196,352 per layer
+    # lm_head 2 * 32000 * 1024 = 65,536,000
+    layer_fwd = 33_554_432 + 4_196_352
+    fwd = 2 * layer_fwd + 65_536_000  # 141,037,568
+    bwd = 2 * (2 * 33_554_432 + 2 * 4_196_352) + 2 * 65_536_000  # full: dX + dW everywhere
+    rec = 2 * layer_fwd  # checkpointing: one more forward of both layers
+    tf = token_flops(spec, Method(kind="full"), "full", 2048)
+    assert (tf.forward, tf.backward, tf.recompute) == (fwd, bwd, rec)
+    assert fwd + bwd + rec == 498_614_272
+    # 100 TFLOPS at 50%, effectively infinite bandwidth: compute-bound
+    dev = replace(resolve_device("h100"), bf16_tflops=100.0, bandwidth_gbps=1e12)
+    j = Job(Method(kind="full"), Training(micro_batch=4, seq_len=2048, grad_accum=2))
+    st = step_time(spec, j, dev, efficiency=0.5)
+    micro = 498_614_272 * 8192 / (100e12 * 0.5)  # = 0.0816929... s
+    assert st.micro_s == pytest.approx(micro, rel=1e-6)
+    assert st.step_s == pytest.approx(2 * micro, rel=1e-3)
+    assert st.tokens_per_step == 16384
+    rt = run_time(spec, j, dev, Dataset(1_000_000, epochs=3))
+    assert rt.steps_per_epoch == 62  # ceil(1e6 / 16384) = ceil(61.04)
+    assert rt.epoch_s == pytest.approx(62 * rt.step.step_s)
+    assert rt.run_s == pytest.approx(3 * rt.epoch_s)
+
+
+def test_bandwidth_terms_dominate_when_they_should():
+    spec = resolve_model("llama-3.1-8b")
+    slow = replace(resolve_device("h100"), bandwidth_gbps=10.0)  # 10 GB/s memory
+    st = step_time(spec, job("lora", b=1, s=128), slow)
+    assert st.bound == "weight reads"
+    q = step_time(spec, job("qlora"), resolve_device("rtx-5090"))
+    assert dict(q.terms)["QLoRA dequantisation"] > 0
+    off = step_time(spec, Job(Method(kind="full"), Training(), Parallel(num_gpus=2, sharding="zero3",
+                                                                         offload_params=True,
+                                                                         offload_optimizer=True)),
+                    resolve_device("rtx-4090"))
+    assert dict(off.terms)["param offload"] > dict(off.terms)["compute"] * 0.1
+
+
+def test_device_without_flops_cannot_be_timed():
+    with pytest.raises(TuneplanError, match="no published TFLOPS"):
+        step_time(resolve_model("llama-3.2-1b"), job(), resolve_device("m5-max"))
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_verdict_thresholds():
+    assert verdict_of(80, 100) == FITS
+    assert verdict_of(91, 100) == TIGHT
+    assert verdict_of(100, 100) == TIGHT
+    assert verdict_of(101, 100) == NO
+
+
+def test_fit_verdicts_and_cheapest_change():
+    spec = resolve_model("llama-3.1-8b")
+    ok = fit_verdict(spec, job("lora"), resolve_device("rtx-4090"))
+    assert ok.verdict == FITS and ok.change is None and ok.headroom >= 0.1
+    bad = fit_verdict(spec, job("full"), resolve_device("rtx-4090"))
+    assert bad.verdict == NO and bad.breaker[0] in ("Optimizer states", "Weights", "Gradients")
+    assert bad.change and bad.change_peak_bytes <= resolve_device("rtx-4090").usable_bytes
+    # batch too large: the cheapest fix is a smaller micro-batch, global batch kept
+    big = fit_verdict(spec, job("lora", b=16), resolve_device("rtx-4090"))
+    assert big.verdict == NO and big.change.startswith("micro-batch")
+    t = big.change_job.training
+    assert t.micro_batch * t.grad_accum >= 16
+
+
+def test_cheapest_change_offers_more_gpus_when_only_that_works():
+    spec, d = resolve_model("llama-3.1-70b"), resolve_device("rtx-4090")
+    label, j, pk = cheapest_change(spec, job("qlora"), d)
+    assert "x rtx-4090" in label and j.parallel.num_gpus > 1 and pk <= d.usable_bytes
+
+
+def test_no_offload_suggestion_on_unified_memory():
+    spec, d = resolve_model("llama-3.1-405b"), resolve_device("m4-max")
+    v = fit_verdict(spec, job("full"), d)
+    assert v.verdict == NO
+    assert v.change is None or "CPU RAM" not in v.change
+
+
+# ---------------------------------------------------------------- disk and cost
+
+
+def test_disk_adapter_vs_full_checkpoints():
+    spec = resolve_model("llama-3.1-8b")
+    a = estimate_disk(spec, job("lora"), 1_000_000, saves=3)
+    f = estimate_disk(spec, job("full"), 1_000_000, saves=3)
+    assert a.adapter_only and not f.adapter_only
+    assert a.checkpoints == 3 * a.checkpoint_each
+    assert f.checkpoint_each > 20 * a.checkpoint_each
+    assert a.dataset_raw + a.dataset_tokenized == 28 * 1_000_000
+    assert a.base_model == 2 * 8_030_261_248  # bf16 safetensors
+
+
+def test_cost_against_hand_computation():
+    d = replace(resolve_device("rtx-4090"), price_usd=2000.0, tdp_w=500.0)
+    c = estimate_cost(d, 2, 10 * 3600, utilisation=0.5, usd_per_kwh=0.2)
+    rate = d.cloud_usd_per_hour
+    assert c.cloud_usd == pytest.approx(rate * 2 * 10)
+    assert c.power_usd == pytest.approx(1.0 * 10 * 0.2)  # 2 x 500 W for 10 h
+    weekly = 168 * 0.5 * (rate * 2 - 1.0 * 0.2)
+    assert c.breakeven_weeks == pytest.approx(4000 / weekly)
+    with pytest.raises(TuneplanError):
+        estimate_cost(d, 1, 3600, utilisation=0)
+
+
+# ---------------------------------------------------------------- plan and matrix
+
+
+def test_plan_ranks_fitting_setups():
+    spec = resolve_model("llama-3.1-8b")
+    devs = resolve_devices("rtx-4090,rtx-3060-12gb,h100,a100")
+    res = plan(spec, job("qlora"), Dataset(10_000_000), devs, rank_by="time")
+    times = [s.run.run_s for s in res.setups]
+    assert times == sorted(times) and times
+    for s in res.setups:
+        assert s.peak_bytes <= s.device.usable_bytes
+    by_cost = plan(spec, job("qlora"), Dataset(10_000_000), devs, rank_by="cost")
+    costs = [s.cost.cloud_usd for s in by_cost.setups if s.cost.cloud_usd is not None]
+    assert costs == sorted(costs)
+
+
+def test_matrix_cells_agree_with_direct_search():
+    specs = [resolve_model("llama-3.1-8b"), resolve_model("qwen2.5-0.5b")]
+    devs = resolve_devices("rtx-4090,h100,m4-max")
+    cells = fit_matrix(specs, ["full", "lora", "qlora"], devs, job())
+    assert len(cells) == 2 * 3 * 3
+    for c in cells:
+        d = resolve_device(c.device)
+        assert c.max_micro_batch == max_micro_batch(resolve_model(c.model), job(c.method), d.usable_bytes)
+        assert (c.max_micro_batch >= 1) == (c.verdict != NO)
+    assert to_csv(cells).count("\n") == len(cells) + 1
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_devices_command(capsys):
+    code, out, _ = run(capsys, "devices", "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data) >= 40 and all("usable_bytes" in d and "sources" in d for d in data)
+    code, out, _ = run(capsys, "devices", "--category", "unified")
+    assert code == 0 and "GiB" in out
+
+
+def test_plan_command_json(capsys):
+    code, out, _ = run(capsys, "plan", "llama-3.2-1b", "--method", "qlora", "--samples", "10k", "--mean-tokens", "512",
+                       "--devices", "rtx-4090,h100", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["dataset_tokens"] == 5_120_000 and data["setups"]
+    assert {"time", "cost", "verdict"} <= set(data["setups"][0])
+    code, out, _ = run(capsys, "plan", "llama-3.2-1b", "--dataset-tokens", "1M", "--devices", "rtx-4090")
+    assert code == 0 and "Disk (GiB)" in out and "Assumes" in out
+
+
+def test_matrix_command_csv_png(capsys, tmp_path):
+    csv_p, png_p = tmp_path / "m.csv", tmp_path / "m.png"
+    code, out, _ = run(capsys, "matrix", "--models", "llama-3.2-1b,llama-3.1-8b", "--devices", "rtx-4090,h100",
+                       "--csv", str(csv_p), "--png", str(png_p))
+    assert code == 0 and csv_p.read_text().startswith("model,method,device")
+    pytest.importorskip("matplotlib")
+    assert png_p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["plan", "llama-3.1-8b", "--devices", "rtx-4099", "--dataset-tokens", "1M"], "unknown device"),
+    (["plan", "llama-3.1-8b"], "dataset size"),
+    (["plan", "llama-3.1-8b", "--samples", "10k"], "go together"),
+    (["plan", "llama-3.1-8b", "--dataset-tokens", "1M", "--utilisation", "2", "--devices", "h100"], "utilisation"),
+    (["matrix", "--methods", "fulll"], "unknown method"),
+    (["matrix", "--models", "llama-3.1-8x"], "did you mean"),
+    (["devices", "--category", "gaming"], "no devices"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, msg):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_count_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "llama-3.1-8b", "--dataset-tokens", "lots"])
+    assert e.value.code == 2

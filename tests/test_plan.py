@@ -365,3 +365,13 @@ def test_bad_count_is_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["plan", "llama-3.1-8b", "--dataset-tokens", "lots"])
     assert e.value.code == 2
+
+
+def test_estimate_gpu_verdict_line(capsys):
+    code, out, _ = run(capsys, "estimate", "llama-3.1-8b", "--method", "full", "--gpu", "rtx-4090")
+    assert code == 0 and "Fit: rtx-4090: does not fit" in out and "cheapest fix" in out
+    code, out, _ = run(capsys, "estimate", "llama-3.1-8b", "--method", "lora", "--gpu", "h100", "--json")
+    data = json.loads(out)
+    assert data["fit"]["verdict"] == "fits" and data["fit"]["usable_bytes"] > data["peak_bytes"]
+    code, _, err = run(capsys, "estimate", "llama-3.1-8b", "--gpu", "rtx-4099")
+    assert code == 2 and "unknown device" in err

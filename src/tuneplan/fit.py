@@ -16,6 +16,7 @@ from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory, peak_bytes
 from tuneplan.models import ModelSpec
+from tuneplan.units import GiB
 
 FITS, TIGHT, NO = "fits", "tight", "no"
 
@@ -64,12 +65,26 @@ class FitVerdict:
     change_job: Job | None
     change_peak_bytes: int | None
 
+    def summary(self) -> str:
+        """One line: verdict, peak vs usable (GiB = 2**30 bytes), what breaks it, the fix."""
+        d = self.device
+        head = {FITS: "fits", TIGHT: "tight (<10% headroom)", NO: "does not fit"}[self.verdict]
+        text = (f"{d.id}: {head}: peak {self.peak_bytes / GiB:.2f} GiB of {self.usable_bytes / GiB:.2f} GiB usable "
+                f"({self.headroom:+.0%} headroom)")
+        if self.breaker and self.verdict == NO:
+            text += f"; largest component {self.breaker[0]} {self.breaker[1] / GiB:.2f} GiB"
+        if self.change:
+            text += f"; cheapest fix: {self.change} -> {self.change_peak_bytes / GiB:.2f} GiB"
+        elif self.verdict == NO:
+            text += f"; no single fix found within {d.max_count} x {d.id}"
+        return text
+
     def to_dict(self) -> dict:
         return {
             "device": self.device.id, "verdict": self.verdict, "peak_bytes": self.peak_bytes,
             "usable_bytes": self.usable_bytes, "headroom": self.headroom,
             "breaker": {"component": self.breaker[0], "bytes": self.breaker[1]} if self.breaker else None,
-            "change": self.change, "change_peak_bytes": self.change_peak_bytes,
+            "change": self.change, "change_peak_bytes": self.change_peak_bytes, "summary": self.summary(),
             "usable_rule": self.device.usable_rule,
         }
 

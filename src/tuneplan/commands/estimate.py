@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneplan.cli import add_job_arguments, job_from_args, print_json
+from tuneplan.fit import fit_verdict
+from tuneplan.hardware import resolve_device
 from tuneplan.memory import MemoryEstimate, estimate_memory
 from tuneplan.models import catalog, param_counts, resolve_model
 from tuneplan.units import GiB, fmt_gib, fmt_params
@@ -18,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Estimate per-GPU memory of a fine-tuning step, by component.")
     p.add_argument("model", help="catalog id or alias (see `tuneplan models`), or a path to config.json")
     add_job_arguments(p)
+    p.add_argument("--gpu", metavar="DEVICE", help="also give the fit verdict on this device (`tuneplan devices`)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
     p.set_defaults(func=run_estimate)
 
@@ -28,11 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_estimate(args: argparse.Namespace) -> int:
     spec = resolve_model(args.model)
-    est = estimate_memory(spec, job_from_args(args))
+    device = resolve_device(args.gpu) if args.gpu else None
+    job = job_from_args(args)
+    est = estimate_memory(spec, job)
+    verdict = fit_verdict(spec, job, device) if device else None
     if args.json:
-        print_json(est.to_dict())
+        print_json(est.to_dict() | ({"fit": verdict.to_dict()} if verdict else {}))
     else:
-        render_estimate(est, Console())
+        console = Console()
+        render_estimate(est, console)
+        if verdict:
+            colour = {"fits": "green", "tight": "yellow", "no": "red"}[verdict.verdict]
+            console.print(f"[{colour}]Fit: {verdict.summary()}[/{colour}]")
     return 0
 
 

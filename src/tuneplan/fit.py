@@ -16,6 +16,7 @@ from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory, peak_bytes
 from tuneplan.models import ModelSpec
+from tuneplan.search import max_micro_batch, max_seq_len
 from tuneplan.units import GiB
 
 FITS, TIGHT, NO = "fits", "tight", "no"
@@ -64,6 +65,8 @@ class FitVerdict:
     change: str | None
     change_job: Job | None
     change_peak_bytes: int | None
+    max_micro_batch: int | None = None
+    max_seq_len: int | None = None
 
     def summary(self) -> str:
         """One line: verdict, peak vs usable (GiB = 2**30 bytes), what breaks it, the fix."""
@@ -77,6 +80,10 @@ class FitVerdict:
             text += f"; cheapest fix: {self.change} -> {self.change_peak_bytes / GiB:.2f} GiB"
         elif self.verdict == NO:
             text += f"; no single fix found within {d.max_count} x {d.id}"
+        if self.max_micro_batch is not None:
+            t = self.job.training
+            text += (f"; largest micro-batch at {t.seq_len} tokens: {self.max_micro_batch}, longest sequence at "
+                     f"micro-batch {t.micro_batch}: {self.max_seq_len:,} tokens")
         return text
 
     def to_dict(self) -> dict:
@@ -84,7 +91,8 @@ class FitVerdict:
             "device": self.device.id, "verdict": self.verdict, "peak_bytes": self.peak_bytes,
             "usable_bytes": self.usable_bytes, "headroom": self.headroom,
             "breaker": {"component": self.breaker[0], "bytes": self.breaker[1]} if self.breaker else None,
-            "change": self.change, "change_peak_bytes": self.change_peak_bytes, "summary": self.summary(),
+            "change": self.change, "change_peak_bytes": self.change_peak_bytes,
+            "max_micro_batch": self.max_micro_batch, "max_seq_len": self.max_seq_len, "summary": self.summary(),
             "usable_rule": self.device.usable_rule,
         }
 
@@ -205,8 +213,14 @@ def cheapest_change(spec: ModelSpec, job: Job, device: Device) -> tuple[str, Job
     return None
 
 
-def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True) -> FitVerdict:
-    """Verdict of `job` on one `device` (per GPU), with the breaking component and a fix."""
+def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True, limits: bool = False) -> FitVerdict:
+    """Verdict of `job` on one `device` (per GPU), with the breaking component and a fix.
+
+    Args:
+        suggest: look for the cheapest change when it does not fit.
+        limits: also search the largest micro-batch and the longest sequence (multiple of
+            128) that fit at the job's other settings.
+    """
     est = estimate_memory(spec, job)
     usable = device.usable_bytes
     peak = est.peak_bytes
@@ -218,5 +232,10 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True)
     change = None
     if v == NO and suggest:
         change = cheapest_change(spec, job, device)
+    mb = ms = None
+    if limits:
+        mb = max_micro_batch(spec, job, usable)
+        ms = max_seq_len(spec, job, usable, multiple=128)
     return FitVerdict(device, job, v, peak, usable, (usable - peak) / usable, breaker,
-                      change[0] if change else None, change[1] if change else None, change[2] if change else None)
+                      change[0] if change else None, change[1] if change else None, change[2] if change else None,
+                      mb, ms)

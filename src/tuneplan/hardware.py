@@ -147,6 +147,10 @@ def _usable(d: Device) -> tuple[int, str]:
         return int(phys * cal.STRIX_HALO_GPU_FRACTION), (
             f"Strix Halo: at most {cal.STRIX_HALO_GPU_FRACTION:.0%} of {d.memory_gib:.0f} GiB assignable to the GPU "
             "(Variable Graphics Memory); Linux GTT tuning can give more")
+    if d.category == "cloud-tpu":
+        frac = cal.GPU_RESERVED_FRACTION["hbm"]
+        return int(phys * (1 - frac)), (f"{d.memory_gib:g} GiB HBM less {frac:.2%} (HBM rule); JAX/XLA, not PyTorch: "
+                                        "the memory estimate assumes a PyTorch/CUDA step, treat it as a rough guide")
     if d.reported_gib:
         return int(d.reported_gib * GiB), f"reported total {d.reported_gib:.1f} GiB ({d.reported_source})"
     frac = cal.GPU_RESERVED_FRACTION["hbm" if d.memory_kind == "hbm" else "gddr"]

@@ -34,7 +34,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     device = resolve_device(args.gpu) if args.gpu else None
     job = job_from_args(args)
     est = estimate_memory(spec, job)
-    verdict = fit_verdict(spec, job, device) if device else None
+    verdict = fit_verdict(spec, job, device, limits=True) if device else None
     if args.json:
         print_json(est.to_dict() | ({"fit": verdict.to_dict()} if verdict else {}))
     else:

@@ -370,7 +370,7 @@ def test_bad_count_is_usage_error(capsys):
 def test_estimate_gpu_verdict_line(capsys):
     code, out, _ = run(capsys, "estimate", "llama-3.1-8b", "--method", "full", "--gpu", "rtx-4090")
     assert code == 0 and "Fit: rtx-4090: does not fit" in out and "cheapest fix" in out
-    assert "largest micro-batch at 2048 tokens: 0" in out
+    assert "largest micro-batch at 2048 tokens: 0" in " ".join(out.split())
     code, out, _ = run(capsys, "estimate", "llama-3.1-8b", "--method", "lora", "--gpu", "h100", "--json")
     data = json.loads(out)
     assert data["fit"]["verdict"] == "fits" and data["fit"]["usable_bytes"] > data["peak_bytes"]

@@ -1,8 +1,12 @@
-"""Analytical estimate vs fake-tensor trace: allocated peak error over a grid of configs.
+"""Analytical estimate vs fake-tensor trace: allocated peak error over three sets of configs.
 
-Grid: 3 models x {full, lora, qlora} x checkpointing {full, none} x seq-len {1024, 4096},
-micro-batch 1, bf16, fused AdamW, SDPA, HF profile. Compared quantity: the estimate's
-allocated bytes (no CUDA context / allocator overhead) against the traced peak.
+grid: 3 models x {full, lora, qlora} x checkpointing {full, none} x seq-len {1024, 4096},
+    micro-batch 1, bf16, fused AdamW, SDPA, HF profile (the first fitting round);
+variants: other architectures (qk-norm, fused qkv, Gemma norms) and settings (DoRA, freeze,
+    dropout, fp32, amp, int8, optimizers, batch, targets; the second fitting round);
+held-out: configs traced once, after the fitting, to check it generalises.
+Compared quantity: the estimate's allocated bytes (no CUDA context / allocator overhead)
+against the traced peak.
 
     python benchmarks/trace_vs_estimate.py            # trace everything (~10 min on 2 cores)
     python benchmarks/trace_vs_estimate.py --reuse    # re-estimate against saved traces
@@ -33,55 +37,122 @@ SEQ_LENS = (1024, 4096)
 RESULTS = Path(__file__).parent / "results"
 
 
-def configs() -> list[tuple[str, str, str, int]]:
-    return [(m, k, c, s) for m in MODELS for k in METHODS for c in CHECKPOINTING for s in SEQ_LENS]
+# (model, Method kwargs, Training kwargs)
+Case = tuple[str, dict, dict]
 
 
-def key(model: str, kind: str, ckpt: str, seq: int) -> str:
-    return f"{model}|{kind}|{ckpt}|{seq}"
+def grid() -> list[Case]:
+    return [(m, {"kind": k}, {"seq_len": s, "checkpointing": c})
+            for m in MODELS for k in METHODS for c in CHECKPOINTING for s in SEQ_LENS]
 
 
-def job_for(kind: str, ckpt: str, seq: int) -> Job:
-    return Job(Method(kind=kind), Training(seq_len=seq, checkpointing=ckpt))
+def _c(model: str, method: dict, **training) -> Case:
+    return (model, method, {"seq_len": 2048, "checkpointing": "none"} | training)
 
 
-def run_traces(cache: dict) -> dict:
+VARIANTS: list[Case] = [
+    _c("qwen3-0.6b", {"kind": "lora"}), _c("qwen3-0.6b", {"kind": "full"}),
+    _c("qwen3-0.6b", {"kind": "full"}, checkpointing="full"),
+    _c("smollm2-360m", {"kind": "qlora"}),
+    _c("mistral-7b", {"kind": "lora"}, checkpointing="full"), _c("mistral-7b", {"kind": "qlora"}),
+    _c("phi-3.5-mini", {"kind": "lora"}), _c("phi-3.5-mini", {"kind": "full"}),
+    _c("phi-3.5-mini", {"kind": "qlora"}, checkpointing="full"),
+    _c("gemma-3-1b", {"kind": "lora"}), _c("gemma-3-1b", {"kind": "full"}),
+    _c("gemma-2-2b", {"kind": "lora"}, attention="eager"),
+    _c("llama-3.2-1b", {"kind": "lora"}, micro_batch=2),
+    _c("llama-3.2-1b", {"kind": "lora", "rank": 64, "targets": ("q_proj", "k_proj", "v_proj", "o_proj")}),
+    _c("llama-3.2-1b", {"kind": "dora"}), _c("llama-3.2-1b", {"kind": "dora"}, checkpointing="full"),
+    _c("llama-3.2-1b", {"kind": "freeze", "trainable_layers": 4}),
+    _c("llama-3.2-1b", {"kind": "lora"}, seq_len=1024, attention="eager"),
+    _c("llama-3.2-1b", {"kind": "full"}, precision="fp32"),
+    _c("llama-3.2-1b", {"kind": "full"}, checkpointing="full", precision="amp"),
+    _c("llama-3.2-1b", {"kind": "lora"}, precision="amp"),
+    _c("llama-3.2-1b", {"kind": "full"}, checkpointing="full", optimizer="adamw-foreach"),
+    _c("llama-3.2-1b", {"kind": "full"}, checkpointing="full", optimizer="sgd-momentum"),
+    _c("llama-3.2-1b", {"kind": "lora", "lora_dropout": 0.1}),
+    _c("llama-3.2-1b", {"kind": "qlora", "quant": "int8"}),
+    _c("llama-3.2-1b", {"kind": "qlora", "double_quant": False}, checkpointing="full"),
+    _c("llama-3.2-1b", {"kind": "lora", "train_embeddings": True}, checkpointing="full"),
+]
+
+HELD_OUT: list[Case] = [
+    _c("qwen2.5-1.5b", {"kind": "dora"}, checkpointing="full", seq_len=4096),
+    _c("qwen2.5-1.5b", {"kind": "full"}, seq_len=1024, micro_batch=4),
+    _c("qwen3-1.7b", {"kind": "qlora"}, micro_batch=2),
+    _c("qwen3-4b", {"kind": "lora", "rank": 8, "targets": ("q_proj", "v_proj")}, seq_len=8192,
+       checkpointing="full"),
+    _c("smollm2-1.7b", {"kind": "full"}, precision="fp32", seq_len=1024),
+    _c("tinyllama", {"kind": "lora", "lora_dropout": 0.05}, checkpointing="full"),
+    _c("mistral-nemo", {"kind": "qlora"}, seq_len=1024),
+    _c("llama-3.2-3b", {"kind": "freeze", "trainable_layers": 2}, seq_len=4096),
+    _c("gemma-3-4b", {"kind": "lora"}, seq_len=1024),
+    _c("phi-4", {"kind": "qlora", "rank": 32}, checkpointing="full", seq_len=4096),
+    _c("qwen2.5-7b", {"kind": "lora"}, optimizer="sgd", seq_len=1024),
+    _c("llama-3.1-8b", {"kind": "qlora", "double_quant": False}, micro_batch=2, seq_len=2048,
+       checkpointing="full"),
+]
+
+
+def job_for(method: dict, training: dict) -> Job:
+    return Job(Method(**method), Training(**training))
+
+
+def key(case: Case) -> str:
+    model, method, training = case
+    if set(method) == {"kind"} and set(training) == {"seq_len", "checkpointing"}:  # the grid
+        return f"{model}|{method['kind']}|{training['checkpointing']}|{training['seq_len']}"
+    return json.dumps([model, method, training], sort_keys=True)
+
+
+def describe(case: Case) -> str:
+    model, method, training = case
+    m = " ".join(f"{k}={v if not isinstance(v, (list, tuple)) else ','.join(v)}"
+                 for k, v in method.items() if k != "kind")
+    t = " ".join(f"{k}={v}" for k, v in training.items() if k not in ("seq_len", "checkpointing"))
+    return f"{method['kind']} {m}".strip(), t
+
+
+def run_traces(cases: list[Case], cache: dict) -> dict:
     from tuneplan.trace.run import run_trace
 
-    todo = [c for c in configs() if key(*c) not in cache]
-    for i, (model, kind, ckpt, seq) in enumerate(todo, 1):
+    todo = [c for c in cases if key(c) not in cache]
+    for i, case in enumerate(todo, 1):
+        model = case[0]
         _, cfg = resolve_config(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = run_trace(cfg, job_for(kind, ckpt, seq), name=model)
-        cache[key(model, kind, ckpt, seq)] = r.to_dict()
-        print(f"[{i}/{len(todo)}] {model} {kind} ckpt={ckpt} seq={seq}: {r.peak_bytes / 2**30:.2f} GiB "
-              f"({r.peak_phase}) in {r.elapsed_s:.1f} s", file=sys.stderr, flush=True)
+            r = run_trace(cfg, job_for(case[1], case[2]), name=model)
+        cache[key(case)] = r.to_dict()
+        print(f"[{i}/{len(todo)}] {model} {' '.join(describe(case))} {case[2]['seq_len']}: "
+              f"{r.peak_bytes / 2**30:.2f} GiB ({r.peak_phase}) in {r.elapsed_s:.1f} s", file=sys.stderr, flush=True)
     return cache
 
 
-def table(cache: dict) -> tuple[str, list[float]]:
+def table(cases: list[Case], cache: dict, title: str) -> tuple[str, list[float]]:
     lines = [
-        "| model | method | ckpt | seq | trace GiB | estimate GiB | error | trace phase | est. phase | largest gap |",
-        "|---|---|---|---:|---:|---:|---:|---|---|---|",
+        f"### {title}", "",
+        "| model | method | ckpt | seq | other | trace GiB | estimate GiB | error | trace phase | est. phase "
+        "| largest gap |",
+        "|---|---|---|---:|---|---:|---:|---:|---|---|---|",
     ]
     errors = []
-    for model, kind, ckpt, seq in configs():
-        tr = cache[key(model, kind, ckpt, seq)]
+    for case in cases:
+        model, method, training = case
+        tr = cache[key(case)]
         spec, _ = resolve_config(model)
-        est = estimate_memory(spec, job_for(kind, ckpt, seq))
+        est = estimate_memory(spec, job_for(method, training))
         alloc = estimate_allocated(est)
         err = (alloc - tr["peak_bytes"]) / tr["peak_bytes"]
         errors.append(err)
         gap = max(rows(tr["at_peak"], est), key=lambda r: abs(r.estimate - r.trace))
-        lines.append(f"| {model} | {kind} | {ckpt} | {seq} | {tr['peak_bytes'] / 2**30:.2f} | {alloc / 2**30:.2f} "
-                     f"| {err:+.1%} | {tr['peak_phase']} | {est.peak_phase} | {gap.key} "
-                     f"{(gap.estimate - gap.trace) / 2**30:+.2f} GiB |")
+        meth, other = describe(case)
+        lines.append(f"| {model} | {meth} | {training['checkpointing']} | {training['seq_len']} | {other} "
+                     f"| {tr['peak_bytes'] / 2**30:.2f} | {alloc / 2**30:.2f} | {err:+.1%} | {tr['peak_phase']} "
+                     f"| {est.peak_phase} | {gap.key} {(gap.estimate - gap.trace) / 2**30:+.2f} GiB |")
     abs_err = [abs(e) for e in errors]
     lines.append("")
     lines.append(f"{len(errors)} configs: median |error| {statistics.median(abs_err):.1%}, "
-                 f"worst {max(abs_err):.1%} (estimate allocated bytes vs traced peak; bf16, batch 1, "
-                 "fused AdamW, SDPA, HF profile).")
+                 f"worst {max(abs_err):.1%}.")
     return "\n".join(lines), errors
 
 
@@ -93,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     raw = RESULTS / "traces.json"
     cache = json.loads(raw.read_text()) if (args.reuse and raw.exists()) else {}
     start = time.perf_counter()
-    cache = run_traces(cache)
-    raw.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-    text, _ = table(cache)
+    sets = (("Grid: 3 models x full/LoRA/QLoRA x checkpointing x 2 seq-lens (bf16, batch 1, fused AdamW, "
+             "SDPA; first fitting round)", grid()),
+            ("Variants: other architectures and settings (second fitting round)", VARIANTS),
+            ("Held-out: traced once after fitting, not used to change the estimator", HELD_OUT))
+    for _, cases in sets:
+        cache = run_traces(cases, cache)
+        raw.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    text = "\n\n".join(table(cases, cache, title)[0] for title, cases in sets)
     print(text)
     header = ("# Analytical estimate vs fake-tensor trace\n\n"
               "Generated by `python benchmarks/trace_vs_estimate.py` (tuneplan trace: real transformers/PEFT "

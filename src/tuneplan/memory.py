@@ -350,9 +350,13 @@ def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framewor
     # gradients: same dtype as the parameter they belong to
     gradients = pb * tr.base + ab * tr.adapter
     state_bytes = 4 if t.precision == "mixed" else pb
-    adapter_tensors = tuple(x for x in tr.tensors) if m.is_adapter and not m.train_embeddings else None
-    if adapter_tensors is not None:
-        optimizer = _optimizer_bytes(adapter_tensors, t.optimizer, ab)
+    if m.is_adapter:
+        # adapter states follow the (fp32) adapter dtype; trained embeddings (the last
+        # tensor trainable() lists) keep states in the model dtype (trace: Llama-3.2-1B LoRA
+        # + --train-embeddings)
+        n_base = 1 if m.train_embeddings else 0
+        optimizer = _optimizer_bytes(tr.tensors[:len(tr.tensors) - n_base], t.optimizer, ab)
+        optimizer += _optimizer_bytes(tr.tensors[len(tr.tensors) - n_base:], t.optimizer, state_bytes)
     else:
         optimizer = _optimizer_bytes(tr.tensors, t.optimizer, state_bytes)
     master = 4 * tr.base if t.precision == "mixed" else 0
@@ -432,7 +436,11 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     lins = layer_linears(spec, layer)
     norm_w_trains = full
     norm = 4 * h + (c * h if norm_w_trains else 0)
-    if t.precision == "amp":  # residual stream is fp32 under autocast: normalised value fp32 too
+    if t.precision == "amp" or spec.model_type.startswith("gemma"):
+        # amp: the residual stream is fp32, so is the normalised value. Gemma's RMSNorm
+        # multiplies the fp32 normalised value by (1 + weight) before casting back
+        # (modeling_gemma3.py Gemma3RMSNorm), so a trained weight keeps it in fp32
+        # (trace: Gemma-3-1B full fine-tuning).
         norm = 4 * h + (4 * h if norm_w_trains else 0)
     per_adapter_copy = (m.is_adapter and _autocast(t) and t.framework not in ("unsloth", "torchtune")
                         and (m.kind != "qlora" or t.precision == "amp"))
@@ -467,15 +475,24 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     attn = [lin for lin in lins if lin.group == "attn"]
     first_attn = [lin for lin in attn if lin.name != "o_proj" and lin.d_in == h]
     o_proj = [lin for lin in attn if lin.name == "o_proj"]
-    saved = 2 * norm
+    saved = spec.norms_per_layer * norm  # Gemma 2/3 add post-attention and post-MLP norms
     saved += input_bytes(first_attn, h)
+    if spec.qk_norm:  # per-head RMSNorm of q and k (Qwen3, Gemma 3, OLMo 2): same saves as a norm
+        saved += (norm // h) * (spec.q_dim + spec.kv_dim)
+    if spec.fused and t.attention != "eager" and not spec.is_mla:
+        # Phi-3 slices q, k, v out of one qkv_proj output; SDPA saves v, a view, which keeps
+        # the whole [q + 2 kv] storage alive (trace: Phi-3.5-mini)
+        saved += c * (spec.q_dim + spec.kv_dim)
     if spec.is_mla:  # latent projections: q_b and kv_b read normalised latents
         lat = [lin for lin in attn if lin.name in ("q_b_proj", "kv_b_proj")]
         for lin in lat:
             saved += 4 * lin.d_in + input_bytes([lin], lin.d_in)
     saved += _attention_core(spec, t, c, seq)
-    if t.attention == "eager" or spec.is_mla or per_adapter_copy:
-        # eager makes a contiguous copy of the output; MLA slices padded heads; PEFT copies
+    if t.attention == "eager" or spec.is_mla or spec.fused or per_adapter_copy:
+        # eager makes a contiguous copy of the output; MLA slices padded heads; PEFT copies.
+        # Phi-3's rotary concatenates rotated and pass-through halves, so q is head-major,
+        # the SDPA output follows q's layout (CPU kernel and flash's empty_like(q) alike) and
+        # transpose(1, 2).contiguous() copies it (trace: Phi-3.5-mini full fine-tuning).
         saved += input_bytes(o_proj, spec.attn_out_dim)
     saved += adapter_extras(attn)
     mlp_width = 0
@@ -615,6 +632,8 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     autocast_copies = 0
     if t.precision == "amp":  # autocast caches bf16 casts of fp32 weights for the backward
         autocast_copies = 2 * param_counts(spec).linear_in_layers // (world if stage == 3 else 1)
+        # and lm_head's bf16 cast is saved by its matmul (trace: Llama-3.2-1B LoRA, amp)
+        autocast_copies += 2 * spec.vocab_size * spec.hidden_size // (world if stage == 3 else 1)
     if ckpt == "none" and m.is_adapter and _autocast(t) and adapter_bytes(t) != c:
         # the cached compute-dtype casts of the fp32 adapters are saved by their matmuls
         # until backward (with checkpointing they die with the forward): measured by trace

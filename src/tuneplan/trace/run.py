@@ -153,6 +153,27 @@ def _swappable_fake_params(mode):
         yield
 
 
+@contextlib.contextmanager
+def _cuda_dropout():
+    """Run dropout as the fused kernel CUDA uses: it saves a 1-byte mask.
+
+    aten dropout (ATen/native/Dropout.cpp) takes the fused native_dropout only on CUDA/XPU
+    (is_fused_kernel_acceptable); on the CPU it multiplies by a noise tensor of the input's
+    dtype and saves that (4 bytes per element in fp32). The trace stands in for a GPU.
+    """
+    from unittest import mock
+
+    orig = torch.nn.functional.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if training and 0.0 < p < 1.0 and not inplace and input.numel():
+            return torch.ops.aten.native_dropout(input, p, True)[0]
+        return orig(input, p, training, inplace)
+
+    with mock.patch.object(torch.nn.functional, "dropout", dropout):
+        yield
+
+
 def _vocab_size(model: nn.Module) -> int:
     return model.get_input_embeddings().num_embeddings
 
@@ -230,7 +251,7 @@ def run_trace(config: dict[str, Any], job: Job, *, name: str = "model", fake: bo
     say = progress or (lambda _s: None)
     mode = FakeTensorMode() if fake else contextlib.nullcontext()
     torch.manual_seed(0)
-    with mode, _single_sequence_batches():
+    with mode, _single_sequence_batches(), _cuda_dropout():
         say("building model")
         with _swappable_fake_params(mode if fake else None):
             model = build_model(config, job.method, t)

@@ -377,3 +377,11 @@ def test_estimate_gpu_verdict_line(capsys):
     assert data["fit"]["max_micro_batch"] >= 1 and data["fit"]["max_seq_len"] >= 2048
     code, _, err = run(capsys, "estimate", "llama-3.1-8b", "--gpu", "rtx-4099")
     assert code == 2 and "unknown device" in err
+
+
+def test_support_notes_for_apple_and_tpu():
+    from tuneplan.fit import support_notes
+
+    assert any("MLX" in n for n in support_notes(resolve_device("m4-max"), job("qlora")))
+    assert any("JAX" in n for n in support_notes(resolve_device("tpu-v5e"), job("lora")))
+    assert support_notes(resolve_device("h100"), job("qlora")) == ()

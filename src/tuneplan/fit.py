@@ -22,6 +22,23 @@ from tuneplan.units import GiB
 FITS, TIGHT, NO = "fits", "tight", "no"
 
 
+def support_notes(device: Device, job: Job) -> tuple[str, ...]:
+    """Software caveats of running this job on this device (the memory figures still apply)."""
+    out = []
+    m, t = job.method, job.training
+    if device.vendor == "Apple":
+        out.append(f"{device.id}: PyTorch runs on MPS (no CUDA); figures assume the CUDA memory layout.")
+        if m.kind == "qlora":
+            out.append("bitsandbytes 4/8-bit needs CUDA or ROCm; on Apple silicon QLoRA means MLX (mlx-lm).")
+        if t.framework == "unsloth":
+            out.append("Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon.")
+    elif device.vendor == "AMD" and t.framework == "unsloth":
+        out.append("Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there.")
+    if device.category == "cloud-tpu":
+        out.append("TPUs train through JAX/XLA or torch-xla; bitsandbytes, PEFT on CUDA and Unsloth do not apply.")
+    return tuple(out)
+
+
 def verdict_of(peak: int, usable: int) -> str:
     """fits / tight / no from bytes."""
     if peak > usable:

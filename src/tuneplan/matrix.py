@@ -21,6 +21,7 @@ from tuneplan.search import MAX_BATCH, max_micro_batch
 from tuneplan.units import GiB
 
 NA = "n/a"
+ANNOTATE_MAX = 4000  # cells; past this the PNG shows colours only (text rendering dominates the time)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def to_csv(cells: list[Cell]) -> str:
 
 
 def write_png(cells: list[Cell], path: str, title: str) -> None:
-    """Heatmap: rows model/method, columns devices; colour = verdict, number = largest micro-batch.
+    """Heatmap: rows model/method, columns devices; colour = verdict, number = largest micro-batch
+    (numbers only up to ANNOTATE_MAX cells).
 
     Raises:
         TuneplanError: matplotlib is not installed (pip install 'tuneplan[plot]').
@@ -113,7 +115,10 @@ def write_png(cells: list[Cell], path: str, title: str) -> None:
     ax.imshow([[v + 1 for v in r] for r in grid], cmap=cmap, vmin=0, vmax=3, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), [f"{m.split('/')[-1]} · {k}" for m, k in rows], fontsize=7)
-    for i in range(len(rows)):
+    annotate = len(rows) * len(cols) <= ANNOTATE_MAX
+    if not annotate:
+        title += " (numbers omitted: too many cells; see the CSV)"
+    for i in range(len(rows) if annotate else 0):
         for k in range(len(cols)):
             if text[i][k]:
                 ax.text(k, i, text[i][k], ha="center", va="center", fontsize=6)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from tuneplan import calibration as cal
 from tuneplan.cost import CostEstimate, estimate_cost
 from tuneplan.errors import TuneplanError
-from tuneplan.fit import verdict_of
+from tuneplan.fit import support_notes, verdict_of
 from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import peak_bytes
@@ -43,6 +43,7 @@ class Setup:
             "checkpointing": t.checkpointing, "sharding": p.sharding, "offload_optimizer": p.offload_optimizer,
             "offload_params": p.offload_params, "verdict": self.verdict, "peak_bytes": self.peak_bytes,
             "usable_bytes": self.device.usable_bytes, "time": self.run.to_dict(), "cost": self.cost.to_dict(),
+            "notes": list(support_notes(self.device, self.job)),
         }
 
 

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneplan.cli import add_job_arguments, job_from_args, print_json
-from tuneplan.fit import fit_verdict
+from tuneplan.fit import fit_verdict, support_notes
 from tuneplan.hardware import resolve_device
 from tuneplan.memory import MemoryEstimate, estimate_memory
 from tuneplan.models import catalog, param_counts, resolve_model
@@ -43,6 +43,8 @@ def run_estimate(args: argparse.Namespace) -> int:
         if verdict:
             colour = {"fits": "green", "tight": "yellow", "no": "red"}[verdict.verdict]
             console.print(f"[{colour}]Fit: {verdict.summary()}[/{colour}]")
+            for note in support_notes(device, job):
+                console.print(f"  note: {note}")
     return 0
 
 

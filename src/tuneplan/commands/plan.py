@@ -13,6 +13,7 @@ from tuneplan import calibration as cal
 from tuneplan.cli import add_job_arguments, job_from_args, print_json
 from tuneplan.disk import estimate_disk
 from tuneplan.errors import TuneplanError
+from tuneplan.fit import support_notes
 from tuneplan.hardware import devices, resolve_devices
 from tuneplan.matrix import fit_matrix, to_csv, write_png
 from tuneplan.models import catalog, resolve_model
@@ -115,7 +116,9 @@ def run_devices(args: argparse.Namespace) -> int:
                   caption="memory per device in GiB (2^30 bytes); usable = what a framework can allocate, before "
                           "its CUDA context; TFLOPS dense bf16 (Apple: FP32); * = some facts unconfirmed")
     for col in ("id", "name", "kind", "GiB", "usable", "GB/s", "TFLOPS", "price", "cloud $/h (date)"):
-        table.add_column(col, justify="right" if col in ("GiB", "usable", "GB/s", "TFLOPS", "price") else "left")
+        table.add_column(col, justify="right" if col in ("GiB", "usable", "GB/s", "TFLOPS", "price") else "left",
+                         no_wrap=col == "id", max_width=28 if col == "name" else None,
+                         overflow="ellipsis" if col == "name" else "fold")
     for d in devs:
         q = d.cloud_quote
         cloud = f"{q.usd_per_hour:.2f} {q.provider} ({q.date or 'undated'}{'?' if q.unconfirmed else ''})" if q else "-"
@@ -177,11 +180,15 @@ def run_plan(args: argparse.Namespace) -> int:
                   f"{disk.checkpoint_each / GiB:.2f} ({'adapter' if disk.adapter_only else 'full'}), merged export "
                   f"{disk.merged_model / GiB:.1f}; total {disk.total / GiB:.1f}")
     if res.setups:
-        console.print("Assumes:")
+        console.print(f"Assumes (for #1, {res.setups[0].device.id}; each device its own peak and bandwidth):")
         for a in res.setups[0].run.step.assumptions:
             console.print(f"  - {a}")
-        console.print("  - Tuning picks the largest micro-batch that fits (up to --max-batch) with and without "
-                      "checkpointing; grad-accum keeps the global batch.")
+        console.print("  - Tuning picks the largest micro-batch that fits with 10% headroom (up to --max-batch), with "
+                      "and without checkpointing; gradient accumulation keeps the job's global batch where it is "
+                      "larger (--batch x --grad-accum x --gpus), else the global batch grows.")
+        notes = dict.fromkeys(n for s in res.setups[: args.top] for n in support_notes(s.device, s.job))
+        for n in notes:
+            console.print(f"  - Note: {n}")
     return 0
 
 

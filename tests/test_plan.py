@@ -385,3 +385,18 @@ def test_support_notes_for_apple_and_tpu():
     assert any("MLX" in n for n in support_notes(resolve_device("m4-max"), job("qlora")))
     assert any("JAX" in n for n in support_notes(resolve_device("tpu-v5e"), job("lora")))
     assert support_notes(resolve_device("h100"), job("qlora")) == ()
+
+
+def test_cheapest_device_or_cluster():
+    from tuneplan.search import cheapest
+
+    spec = resolve_model("llama-3.1-70b")
+    devs = resolve_devices("rtx-4090,rtx-a6000,h100,a100")
+    opts = cheapest(spec, job("qlora"), devs, by="purchase")
+    prices = [o.purchase_usd for o in opts if o.purchase_usd is not None]
+    assert prices == sorted(prices) and opts
+    for o in opts:
+        assert o.peak_bytes <= o.device.usable_bytes
+    res = plan(spec, job("qlora"), Dataset(1_000_000), devs, rank_by="purchase")
+    buy = [s.cost.purchase_usd for s in res.setups if s.cost.purchase_usd is not None]
+    assert buy == sorted(buy)

@@ -88,13 +88,14 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset, devices: list[Device], ran
          max_gpus: int | None = None, tune: bool = True, max_batch: int = 16,
          utilisation: float = cal.DEFAULT_UTILISATION, usd_per_kwh: float = cal.ELECTRICITY_USD_PER_KWH,
          efficiency: float | None = None) -> PlanResult:
-    """Rank every fitting setup by run time ("time") or cloud cost of the run ("cost").
+    """Rank every fitting setup by run time ("time"), cloud cost of the run ("cost") or
+    purchase price of the devices ("purchase").
 
     Devices without a FLOPS figure are listed as unfit ("no FLOPS figure"); setups without
     a cloud price sort after priced ones when ranking by cost.
     """
-    if rank_by not in ("time", "cost"):
-        raise TuneplanError(f"unknown ranking {rank_by!r}; use time or cost")
+    if rank_by not in ("time", "cost", "purchase"):
+        raise TuneplanError(f"unknown ranking {rank_by!r}; use time, cost or purchase")
     setups: list[Setup] = []
     unfit: list[tuple[str, str]] = []
     for d in devices:
@@ -129,7 +130,7 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset, devices: list[Device], ran
     def key(s: Setup):
         if rank_by == "time":
             return (s.run.run_s, s.count)
-        c = s.cost.cloud_usd
+        c = s.cost.cloud_usd if rank_by == "cost" else s.cost.purchase_usd
         return (c is None, c if c is not None else 0.0, s.run.run_s)
 
     return PlanResult(tuple(sorted(setups, key=key)), tuple(unfit), rank_by)

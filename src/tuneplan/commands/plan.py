@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_job_arguments(p)
     _add_dataset_arguments(p)
     p.add_argument("--devices", default="all", help="comma list of devices, a category, or all (default)")
-    p.add_argument("--rank-by", choices=("time", "cost"), default="time", help="order by run time or cloud cost")
+    p.add_argument("--rank-by", choices=("time", "cost", "purchase"), default="time",
+                   help="order by run time, cloud cost of the run, or purchase price of the devices")
     p.add_argument("--top", type=int, default=15, help="rows to show (default 15)")
     p.add_argument("--max-gpus", type=int, default=None, help="cap on devices per setup (default: device max)")
     p.add_argument("--max-batch", type=int, default=16, help="largest micro-batch the tuner tries (default 16)")
@@ -156,8 +157,8 @@ def run_plan(args: argparse.Namespace) -> int:
                                        "at the first confirmed catalog quote (? = unconfirmed); break-even at "
                                        f"{args.utilisation:.0%} utilisation, ${args.usd_per_kwh}/kWh")
     for col in ("#", "setup", "batch x accum", "ckpt", "peak/usable", "fit", "tok/s", "epoch", "run",
-                "cloud $", "break-even", "bound"):
-        table.add_column(col, justify="right" if col in ("#", "tok/s", "epoch", "run", "cloud $") else "left")
+                "cloud $", "buy $", "break-even", "bound"):
+        table.add_column(col, justify="right" if col in ("#", "tok/s", "epoch", "run", "cloud $", "buy $") else "left")
     for i, s in enumerate(res.setups[: args.top], 1):
         t, p = s.job.training, s.job.parallel
         setup = f"{s.count} x {s.device.id}" + (f" {p.sharding}" if s.count > 1 else "")
@@ -167,7 +168,8 @@ def run_plan(args: argparse.Namespace) -> int:
         table.add_row(str(i), setup, f"{t.micro_batch} x {t.grad_accum}", t.checkpointing,
                       f"{s.peak_bytes / GiB:.1f}/{s.device.usable_bytes / GiB:.1f}", s.verdict,
                       f"{s.run.step.tokens_per_s:,.0f}", fmt_duration(s.run.epoch_s), fmt_duration(s.run.run_s),
-                      _money(s.cost.cloud_usd) + ("?" if "unconfirmed" in s.cost.cloud_quote else ""), "-" if be is None else ("never" if be == float("inf") else f"{be:.0f} wk"),
+                      _money(s.cost.cloud_usd) + ("?" if "unconfirmed" in s.cost.cloud_quote else ""),
+                      _money(s.cost.purchase_usd), "-" if be is None else ("never" if be == float("inf") else f"{be:.0f} wk"),
                       s.run.step.bound)
     console.print(table)
     if not res.setups:

@@ -400,3 +400,9 @@ def test_cheapest_device_or_cluster():
     res = plan(spec, job("qlora"), Dataset(1_000_000), devs, rank_by="purchase")
     buy = [s.cost.purchase_usd for s in res.setups if s.cost.purchase_usd is not None]
     assert buy == sorted(buy)
+
+
+def test_fix_that_keeps_the_method():
+    v = fit_verdict(resolve_model("llama-3.1-70b"), job("lora"), resolve_device("h100"))
+    assert v.verdict == NO and "qlora" in v.change.lower()
+    assert v.keep_method_change and "x h100-sxm" in v.keep_method_change

@@ -84,6 +84,7 @@ class FitVerdict:
     change_peak_bytes: int | None
     max_micro_batch: int | None = None
     max_seq_len: int | None = None
+    keep_method_change: str | None = None
 
     def summary(self) -> str:
         """One line: verdict, peak vs usable (GiB = 2**30 bytes), what breaks it, the fix."""
@@ -95,6 +96,8 @@ class FitVerdict:
             text += f"; largest component {self.breaker[0]} {self.breaker[1] / GiB:.2f} GiB"
         if self.change:
             text += f"; cheapest fix: {self.change} -> {self.change_peak_bytes / GiB:.2f} GiB"
+        if self.keep_method_change:
+            text += f"; keeping {self.job.method.kind}: {self.keep_method_change}"
         elif self.verdict == NO:
             text += f"; no single fix found within {d.max_count} x {d.id}"
         if self.max_micro_batch is not None:
@@ -109,7 +112,8 @@ class FitVerdict:
             "usable_bytes": self.usable_bytes, "headroom": self.headroom,
             "breaker": {"component": self.breaker[0], "bytes": self.breaker[1]} if self.breaker else None,
             "change": self.change, "change_peak_bytes": self.change_peak_bytes,
-            "max_micro_batch": self.max_micro_batch, "max_seq_len": self.max_seq_len, "summary": self.summary(),
+            "max_micro_batch": self.max_micro_batch, "max_seq_len": self.max_seq_len,
+            "keep_method_change": self.keep_method_change, "summary": self.summary(),
             "usable_rule": self.device.usable_rule,
         }
 
@@ -247,12 +251,17 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True,
         top = max((c for c in est.components if c.key not in ("cuda_context", "allocator")), key=lambda c: c.bytes)
         breaker = (top.label, top.bytes)
     change = None
+    keep = None
     if v == NO and suggest:
         change = cheapest_change(spec, job, device)
+        if change and change[1].method.kind != job.method.kind:
+            keep = next((c.label for c in candidate_changes(job, device)
+                         if c.job.method.kind == job.method.kind and (pk := _peak(spec, c.job)) is not None
+                         and pk <= usable), None)
     mb = ms = None
     if limits:
         mb = max_micro_batch(spec, job, usable)
         ms = max_seq_len(spec, job, usable, multiple=128)
     return FitVerdict(device, job, v, peak, usable, (usable - peak) / usable, breaker,
                       change[0] if change else None, change[1] if change else None, change[2] if change else None,
-                      mb, ms)
+                      mb, ms, keep)

@@ -64,6 +64,39 @@ def test_tracker_retags_categories():
         assert tr.current["activations"] == 0 and tr.current["gradients"] == 40
 
 
+def test_tracker_matches_torch_memtracker_on_a_real_step():
+    """torch's own MemTracker (torch/distributed/_tools/mem_tracker.py) sees the same peak.
+
+    MemTracker hooks every parameter's gradient, so it needs all of them trainable: full FT.
+    """
+    mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
+    from tuneplan.trace.build import build_model
+    from tuneplan.trace.run import _single_sequence_batches, make_optimizer
+
+    job = Job(Method(kind="full"), Training(seq_len=64, checkpointing="none"))
+    torch.manual_seed(0)
+    with _single_sequence_batches():
+        model = build_model(TINY, job.method, job.training)
+        opt = make_optimizer(list(model.parameters()), job.training)
+        mt = mem_tracker.MemTracker()
+        mt.track_external(model, opt)
+        with mt:
+            for step in range(2):
+                if step:
+                    mt.reset_mod_stats()
+                ids = torch.randint(0, 512, (1, 64))
+                labels = ids.clone()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, labels=labels).loss
+                loss.backward()
+                del loss, ids, labels
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        theirs = mt.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    ours = run_trace(TINY, job, fake=False, block=1)
+    assert ours.peak_bytes == theirs
+
+
 # ---------------------------------------------------------------- fake vs real
 
 

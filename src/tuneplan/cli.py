@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from rich.console import Console
+
 from tuneplan import __version__
 from tuneplan.errors import TuneplanError
 from tuneplan.job import (
@@ -119,6 +121,15 @@ def job_from_args(args: argparse.Namespace) -> Job:
     parallel = Parallel(num_gpus=args.gpus, sharding=args.sharding, offload_optimizer=args.offload_optimizer,
                         offload_params=args.offload_params)
     return Job(method, training, parallel)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; when output is not a terminal (a pipe, a file, CI), use a wide page so
+    tables are not squeezed into 80 columns (COLUMNS still wins when set)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=200)
+    return console
 
 
 def print_json(obj: Any) -> None:

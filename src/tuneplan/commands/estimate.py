@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from tuneplan.cli import add_job_arguments, job_from_args, print_json
+from tuneplan.cli import add_job_arguments, job_from_args, make_console, print_json
 from tuneplan.fit import fit_verdict, support_notes
 from tuneplan.hardware import resolve_device
 from tuneplan.memory import MemoryEstimate, estimate_memory
@@ -38,7 +38,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(est.to_dict() | ({"fit": verdict.to_dict()} if verdict else {}))
     else:
-        console = Console()
+        console = make_console()
         render_estimate(est, console)
         if verdict:
             colour = {"fits": "green", "tight": "yellow", "no": "red"}[verdict.verdict]
@@ -96,5 +96,5 @@ def run_models(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(r["hf_id"], (r["aliases"] or [""])[-1], r["model_type"], fmt_params(r["params"]),
                       fmt_params(r["active_params"]), str(r["layers"]), str(r["hidden"]), str(r["vocab"]), r["moe"])
-    Console().print(table)
+    make_console().print(table)
     return 0

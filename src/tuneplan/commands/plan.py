@@ -6,11 +6,10 @@ import argparse
 import re
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from tuneplan import calibration as cal
-from tuneplan.cli import add_job_arguments, job_from_args, print_json
+from tuneplan.cli import add_job_arguments, job_from_args, make_console, print_json
 from tuneplan.disk import estimate_disk
 from tuneplan.errors import TuneplanError
 from tuneplan.fit import support_notes
@@ -126,7 +125,7 @@ def run_devices(args: argparse.Namespace) -> int:
         table.add_row(d.id + ("*" if d.unconfirmed else ""), d.name, d.category, f"{d.memory_gib:g}",
                       f"{d.usable_bytes / GiB:.1f}", f"{d.bandwidth_gbps:g}",
                       f"{d.bf16_tflops:g}" if d.bf16_tflops else "-", _money(d.price_usd), cloud)
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 
@@ -148,7 +147,7 @@ def run_plan(args: argparse.Namespace) -> int:
                     "setups": [s.to_dict() for s in res.setups],
                     "unfit": [{"device": d, "why": w} for d, w in res.unfit], "disk": disk.to_dict()})
         return 0
-    console = Console()
+    console = make_console()
     m = job.method
     title = (f"{spec.name}: {m.kind}" + (f" r={m.rank}" if m.is_adapter else "")
              + f", seq {job.training.seq_len}, {ds.tokens:,} tokens x {ds.epochs:g} epoch(s), "
@@ -238,7 +237,7 @@ def run_matrix(args: argparse.Namespace) -> int:
             colour, mark = style[c.verdict]
             out.append(f"[{colour}]{mark}{' ' + str(c.max_micro_batch) if c.max_micro_batch else ''}[/{colour}]")
         table.add_row(model.split("/")[-1], method, *out)
-    console = Console()
+    console = make_console()
     console.print(table)
     if args.csv:
         console.print(f"CSV written to {args.csv}")

@@ -245,6 +245,11 @@ def run_trace(config: dict[str, Any], job: Job, *, name: str = "model", fake: bo
     notes = list(ASSUMPTIONS)
     if t.framework not in ("hf", "torchtune"):
         notes.append(f"framework {t.framework} traced as the plain HF Trainer + PEFT step.")
+    if job.method.kind == "qlora":
+        notes.append("bitsandbytes layers are stand-ins with the same storage (packed uint8 NF4/FP4 + absmax, "
+                     "double-quant state; or int8 + fp32 row scales) and the same dequantise-then-matmul "
+                     "temporaries; embeddings, norms and lm_head stay in the model dtype (no "
+                     "prepare_model_for_kbit_training fp32 upcast).")
     if t.fused_ce:
         notes.append("--fused-ce is not traced: the step runs transformers' full-logits cross-entropy.")
     start = time.perf_counter()

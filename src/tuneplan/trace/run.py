@@ -301,6 +301,9 @@ def run_trace(config: dict[str, Any], job: Job, *, name: str = "model", fake: bo
         for h in handles:
             h.remove()
         trainable, total = _count(model)
+        if any(p.ndim == 3 for p in model.parameters()):
+            notes.append("MoE experts are fused 3-D parameters in transformers 5: PEFT targets (all-linear) and "
+                         "the QLoRA stand-in leave them as they are (bf16, no adapters).")
         resident = {k: v for k, v in tracker.current.items() if v}
         result = TraceResult(
             model=name, peak_bytes=tracker.peak.total, peak_phase=tracker.peak.phase,

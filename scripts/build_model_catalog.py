@@ -127,6 +127,8 @@ def row_config(row: dict[str, str], mtype: str) -> dict:
                        first_k_dense_replace=3, moe_layer_freq=1, topk_method="noaux_tc", q_lora_rank=1536,
                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
             cfg.pop("head_dim", None)
+    if mtype == "gemma2":  # softcaps 50/30 per the catalog notes (Gemma2Config defaults)
+        cfg.update(attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
     if mtype == "llama4_text":  # every layer is MoE in Scout; the dense width is unused
         cfg["intermediate_size_mlp"] = 16384
     return cfg

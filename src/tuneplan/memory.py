@@ -112,6 +112,16 @@ def adapter_bytes(training: Training) -> int:
     return 4
 
 
+def experts_quantised(framework: str) -> bool:
+    """Whether QLoRA quantises routed MoE experts.
+
+    bitsandbytes replaces nn.Linear modules; transformers 5 stores experts as fused 3-D
+    parameters, which it skips, so they stay bf16 (bitsandbytes issue #1849; PR #1965 adds
+    Experts4bit, unreleased). Unsloth quantises them with its own patch (unsloth-zoo PR #527).
+    """
+    return framework == "unsloth"
+
+
 def _autocast(training: Training) -> bool:
     """HF Trainer with bf16=True/fp16=True runs the forward under torch.autocast."""
     return training.precision == "amp" or (training.framework != "torchtune" and training.precision in ("bf16", "fp16"))
@@ -134,11 +144,16 @@ _TARGET_ALIASES = {
 def is_target(lin: Linear, method: Method) -> bool:
     """Whether a LoRA/DoRA adapter is attached to this matrix.
 
-    "all-linear" follows PEFT (every linear layer but the output layer); the MoE router
-    is left out (tiny, and usually excluded in practice).
+    "all-linear" follows PEFT (every nn.Linear but the output layer). Routed MoE experts
+    are fused 3-D parameters in transformers 5 (MixtralExperts, Qwen3MoeExperts,
+    GptOssExperts, DeepseekV3NaiveMoe, Llama4TextExperts), not nn.Linear, so all-linear
+    leaves them alone; the target name "experts" adapts them, one rank-r adapter per
+    expert and matrix (PEFT target_parameters). The router is never adapted here.
     """
     if lin.group == "router":
         return False
+    if lin.group == "expert":
+        return method.targets != "all-linear" and "experts" in method.targets
     if method.targets == "all-linear":
         return True
     for t in method.targets:
@@ -324,16 +339,20 @@ def static_memory(spec: ModelSpec, job: Job) -> Static:
 @lru_cache(maxsize=16384)
 def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str) -> Static:
     t = Training(precision=precision, optimizer=optimizer, framework=framework)
+    largest = max((lin.d_in * lin.d_out for layer, _ in _layer_groups(spec) for lin in layer_linears(spec, layer)
+                   if lin.group != "expert" or experts_quantised(framework)), default=0)
     pc = param_counts(spec)
     tr = trainable(spec, m)
     pb = param_bytes(t)
-    largest = max(lin.d_in * lin.d_out for layer, _ in _layer_groups(spec) for lin in layer_linears(spec, layer))
     layer_params = max(sum(lin.params for lin in layer_linears(spec, layer)) for layer, _ in _layer_groups(spec))
     quant_consts = 0
     if m.kind == "qlora":
         weights = 0
         for layer, n in _layer_groups(spec):
             for lin in layer_linears(spec, layer):
+                if lin.group == "expert" and not experts_quantised(framework):
+                    weights += 2 * lin.params * n  # fused 3-D experts stay bf16
+                    continue
                 store, consts = quantised_bytes(lin.d_in * lin.d_out, m)
                 if m.quant == "int8":
                     consts = 4 * lin.d_out
@@ -400,10 +419,13 @@ def _attention_core(spec: ModelSpec, t: Training, c: int, seq: int) -> int:
     flash_attn_interface.py). transformers eager attention (modeling_llama.py
     eager_attention_forward) repeats k/v to all heads, upcasts the softmax to fp32 and
     keeps the probabilities: fp32 softmax output + its bf16 cast, s per head per token.
+    Gemma 2's score soft-capping (modeling_gemma2.py: scores / cap -> tanh -> * cap) keeps
+    tanh's output, one more compute-dtype s x s matrix per head.
     """
     if t.attention == "eager":
         qkv = c * (spec.q_dim + 2 * spec.num_heads * (spec.v_head_dim if spec.is_mla else spec.head_dim))
-        return qkv + (4 + c) * spec.num_heads * seq
+        probs = 4 + c + (c if spec.attn_softcap else 0)
+        return qkv + probs * spec.num_heads * seq
     v_dim = spec.num_heads * spec.v_head_dim if spec.is_mla else spec.kv_dim
     k_dim = spec.q_dim if spec.is_mla else spec.kv_dim
     return c * (spec.q_dim + k_dim + v_dim + spec.attn_out_dim) + 4 * spec.num_heads
@@ -500,8 +522,9 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
         k, e = spec.experts_per_token, spec.num_experts
         im = spec.moe_intermediate_size
         experts = [lin for lin in lins if lin.group == "expert"]
-        # router: fp32 softmax of E logits kept; top-k weights; tokens gathered per expert
-        saved += 4 * e + c * h * k  # gathered expert inputs (index_select copies)
+        # router: fp32 probabilities; the per-expert gathered token copies are kept only
+        # when the experts' gate/up weights need gradients (traced: Mixtral, Qwen3-MoE LoRA)
+        saved += 4 * e + input_bytes([lin for lin in experts if lin.name != "down_proj"], h, k)
         saved += k * c * im * 3 + k * c * h  # gate, act, up per routed copy; expert output before weighting
         saved += input_bytes([lin for lin in experts if lin.name == "down_proj"], im, k)
         saved += adapter_extras(experts, k / max(1, 1))
@@ -527,6 +550,7 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     return LayerActs(int(saved), int(transient))
 
 
+@lru_cache(maxsize=16384)
 def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
     """(forward peak, kept into backward, backward peak) bytes of logits + cross-entropy.
 
@@ -551,6 +575,9 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
         return c * tokens * v + 8 * chunk * v, c * tokens * v, c * tokens * v + 12 * chunk * v
     fwd = (c + 8) * tokens * v if c == 2 else 8 * tokens * v
     kept = 4 * tokens * v
+    if spec.final_softcap:  # Gemma 2: logits / cap -> tanh -> * cap; tanh keeps its output
+        fwd += c * tokens * v
+        kept += c * tokens * v
     bwd = kept + 8 * tokens * v
     return fwd, kept, bwd
 
@@ -803,9 +830,14 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
         out.append(f"Adapters on {_targets_text(m.targets)} (rank {m.rank}) stored in "
                    f"{'fp32 (PEFT autocast_adapter_dtype)' if adapter_bytes(t) == 4 else 'the model dtype'}.")
     if m.kind == "qlora":
-        out.append("Embeddings, norms and lm_head stay in bf16; every decoder linear (incl. experts) is quantised.")
-    if spec.is_moe and m.is_adapter and m.targets == "all-linear":
-        out.append("all-linear adapts every expert matrix (one adapter per expert); the router is not adapted.")
+        out.append("Embeddings, norms and lm_head stay in bf16; every decoder nn.Linear is quantised.")
+        if spec.is_moe:
+            out.append("Routed experts " + ("are quantised (Unsloth's patch)." if experts_quantised(t.framework) else
+                       "stay bf16: transformers 5 fuses them into 3-D parameters, which bitsandbytes skips."))
+    if spec.is_moe and m.is_adapter:
+        out.append("Routed experts are adapted (one adapter per expert, PEFT target_parameters)."
+                   if m.targets != "all-linear" and "experts" in m.targets else
+                   "Routed experts get no adapters (fused 3-D parameters; add 'experts' to --targets to adapt them).")
     if p.num_gpus > 1:
         out.append(f"{p.num_gpus} GPUs with {p.sharding}; activations are per GPU and not sharded.")
     if t.optimizer.startswith("paged"):

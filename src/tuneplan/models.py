@@ -96,6 +96,8 @@ class ModelSpec:
     fused: bool = False
     attn_sinks: bool = False
     sliding_window: int | None = None
+    attn_softcap: float | None = None  # Gemma 2: tanh soft-capping of attention scores
+    final_softcap: float | None = None  # Gemma 2: tanh soft-capping of the output logits
     # MoE
     num_experts: int = 0
     experts_per_token: int = 0
@@ -332,6 +334,9 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         qkv_bias=attn_bias, o_bias=bool(_get(cfg, "attention_bias", default=False)) and mtype not in _QKV_BIAS,
         qk_norm=mtype in _QK_NORM, norms_per_layer=4 if mtype in _FOUR_NORMS else 2,
         fused=mtype in _FUSED, sliding_window=_get(cfg, "sliding_window"),
+        # Gemma2Config defaults both caps (50, 30); Gemma 3 sets them to None
+        attn_softcap=_get(cfg, "attn_logit_softcapping", default=50.0 if mtype == "gemma2" else None),
+        final_softcap=_get(cfg, "final_logit_softcapping", default=30.0 if mtype == "gemma2" else None),
     )
     return _with_moe_and_mla(spec, cfg, mtype, layers)
 

@@ -233,3 +233,18 @@ def test_lora_saves_less_than_full_per_layer():
     full = layer_activations(LLAMA8, job("full", checkpointing="none"), 0).saved
     attn_only = layer_activations(LLAMA8, job("lora", targets=("q_proj", "v_proj"), checkpointing="none"), 0).saved
     assert attn_only < full  # frozen o/gate/up/down keep no inputs; frozen norms keep no normalised copy
+
+
+def test_gemma2_has_no_sdpa_and_softcaps():
+    gemma = resolve_model("gemma-2-2b")
+    assert gemma.attn_softcap == 50.0 and gemma.final_softcap == 30.0
+    sdpa = layer_activations(gemma, job("lora", checkpointing="none", attention="sdpa"), 0).saved
+    eager = layer_activations(gemma, job("lora", checkpointing="none", attention="eager"), 0).saved
+    assert sdpa == eager  # transformers 5 runs Gemma 2 with eager attention
+    flash = layer_activations(gemma, job("lora", checkpointing="none", attention="flash"), 0).saved
+    assert flash < eager
+    # eager keeps fp32 softmax + bf16 probs + bf16 tanh(scores/cap) per head: (4 + 2 + 2) * heads * s
+    eager_4k = layer_activations(gemma, job("lora", checkpointing="none", attention="eager", seq_len=4096), 0).saved
+    assert eager_4k - eager == (4 + 2 + 2) * 8 * 2048
+    est = estimate_memory(gemma, job("lora"))
+    assert any("no SDPA" in a for a in est.assumptions)

@@ -411,6 +411,20 @@ class LayerActs:
     transient: int
 
 
+# transformers 5 refuses SDPA for these (PreTrainedModel._check_and_adjust_attn_impl:
+# "does not support an attention implementation through
+# torch.nn.functional.scaled_dot_product_attention yet"); seen when `tuneplan trace` builds them.
+_NO_SDPA = {"gemma2", "gpt_oss"}
+
+
+def attention_kernel(spec: ModelSpec, t: Training) -> str:
+    """The attention implementation that actually runs: sdpa falls back to eager where
+    transformers has no SDPA path for the architecture."""
+    if t.attention == "sdpa" and spec.model_type in _NO_SDPA:
+        return "eager"
+    return t.attention
+
+
 def _attention_core(spec: ModelSpec, t: Training, c: int, seq: int) -> int:
     """Bytes per token saved inside attention (after q/k/v projections).
 
@@ -422,7 +436,7 @@ def _attention_core(spec: ModelSpec, t: Training, c: int, seq: int) -> int:
     Gemma 2's score soft-capping (modeling_gemma2.py: scores / cap -> tanh -> * cap) keeps
     tanh's output, one more compute-dtype s x s matrix per head.
     """
-    if t.attention == "eager":
+    if attention_kernel(spec, t) == "eager":
         qkv = c * (spec.q_dim + 2 * spec.num_heads * (spec.v_head_dim if spec.is_mla else spec.head_dim))
         probs = 4 + c + (c if spec.attn_softcap else 0)
         return qkv + probs * spec.num_heads * seq
@@ -451,6 +465,7 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     full/LoRA/QLoRA, per-layer saved bytes equal to the byte).
     """
     m, t = job.method, job.training
+    t = replace(t, attention=attention_kernel(spec, t))  # what actually runs
     c = compute_bytes(t)
     h = spec.hidden_size
     seq = t.seq_len
@@ -783,7 +798,7 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
         "optimizer_temp": "foreach AdamW full-size temporary",
         "activations": {"none": "no checkpointing", "full": "checkpointed layer inputs + one recomputed layer",
                         "offload": "layer inputs offloaded to CPU + one recomputed layer"}[ckpt]
-        + f", {t.attention} attention" + (", autocast weight copies" if autocast_copies else ""),
+        + f", {attention_kernel(spec, t)} attention" + (", autocast weight copies" if autocast_copies else ""),
         "logits": "fused/chunked CE" if (t.fused_ce or t.framework in ("unsloth", "torchtune"))
         else "bf16 logits + fp32 cross-entropy",
         "working": "backward working set of one layer" + (", dequantised weight" if m.kind == "qlora" else ""),
@@ -834,6 +849,9 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
         if spec.is_moe:
             out.append("Routed experts " + ("are quantised (Unsloth's patch)." if experts_quantised(t.framework) else
                        "stay bf16: transformers 5 fuses them into 3-D parameters, which bitsandbytes skips."))
+    if attention_kernel(spec, t) != t.attention:
+        out.append(f"transformers has no SDPA attention for {spec.model_type}: eager attention (s x s scores) is assumed; "
+                   "--attention flash for FlashAttention-2.")
     if spec.is_moe and m.is_adapter:
         out.append("Routed experts are adapted (one adapter per expert, PEFT target_parameters)."
                    if m.targets != "all-linear" and "experts" in m.targets else

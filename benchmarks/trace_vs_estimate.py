@@ -4,7 +4,9 @@ grid: 3 models x {full, lora, qlora} x checkpointing {full, none} x seq-len {102
     micro-batch 1, bf16, fused AdamW, SDPA, HF profile (the first fitting round);
 variants: other architectures (qk-norm, fused qkv, Gemma norms) and settings (DoRA, freeze,
     dropout, fp32, amp, int8, optimizers, batch, targets; the second fitting round);
-held-out: configs traced once, after the fitting, to check it generalises.
+held-out: configs traced once, after the fitting, to check it generalises;
+MoE + soft-capping: fused-expert MoE models and Gemma 2's tanh caps (third fitting round),
+    with its own held-out set.
 Compared quantity: the estimate's allocated bytes (no CUDA context / allocator overhead)
 against the traced peak.
 
@@ -93,6 +95,22 @@ HELD_OUT: list[Case] = [
 ]
 
 
+MOE_ROUND: list[Case] = [
+    _c("mixtral-8x7b", {"kind": "lora"}, seq_len=1024),
+    _c("mixtral-8x7b", {"kind": "qlora"}, seq_len=1024, checkpointing="full"),
+    _c("qwen3-30b-a3b", {"kind": "lora"}, seq_len=1024),
+    _c("qwen3-30b-a3b", {"kind": "full"}, seq_len=1024, checkpointing="full"),
+    _c("gemma-2-2b", {"kind": "lora"}, attention="eager"),
+]
+
+MOE_HELD_OUT: list[Case] = [
+    _c("qwen3-30b-a3b", {"kind": "qlora"}),
+    _c("mixtral-8x7b", {"kind": "full"}, seq_len=1024),
+    _c("gemma-2-9b", {"kind": "qlora"}, seq_len=1024, attention="eager"),
+    _c("gemma-2-2b", {"kind": "full"}, checkpointing="full", attention="eager"),  # no SDPA for Gemma 2
+]
+
+
 def job_for(method: dict, training: dict) -> Job:
     return Job(Method(**method), Training(**training))
 
@@ -167,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = (("Grid: 3 models x full/LoRA/QLoRA x checkpointing x 2 seq-lens (bf16, batch 1, fused AdamW, "
              "SDPA; first fitting round)", grid()),
             ("Variants: other architectures and settings (second fitting round)", VARIANTS),
-            ("Held-out: traced once after fitting, not used to change the estimator", HELD_OUT))
+            ("Held-out: traced once after fitting, not used to change the estimator", HELD_OUT),
+            ("MoE (fused experts, transformers 5) and Gemma 2 soft-capping (third fitting round)", MOE_ROUND),
+            ("MoE / soft-capping held-out: traced once after the third round", MOE_HELD_OUT))
     for _, cases in sets:
         cache = run_traces(cases, cache)
         raw.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")

@@ -396,12 +396,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise TuneplanError(f"cannot read {p}: {e.strerror or e}") from None
+    return parse_config_text(text, str(p))
+
+
+def parse_config_text(text: str, where: str) -> dict[str, Any]:
+    """Parse config.json text into a dict; `where` names the source in the one-line error."""
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:
-        raise TuneplanError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        raise TuneplanError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     if not isinstance(cfg, dict):
-        raise TuneplanError(f"{p} must hold a JSON object, not {type(cfg).__name__}")
+        raise TuneplanError(f"{where} must hold a JSON object, not {type(cfg).__name__}")
     return cfg
 
 
@@ -495,12 +500,7 @@ def fetch_hub_config(repo_id: str, revision: str = "main", timeout: float = 20.0
         raise TuneplanError(f"Hub answered HTTP {e.code} for {repo_id}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         raise TuneplanError(f"cannot reach the Hub for {repo_id}: {getattr(e, 'reason', e)}") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TuneplanError(f"config.json of {repo_id} is not valid JSON ({e.msg})") from None
-    if not isinstance(cfg, dict):
-        raise TuneplanError(f"config.json of {repo_id} must hold a JSON object")
+    cfg = parse_config_text(text, f"config.json of {repo_id}")
     cache.mkdir(parents=True, exist_ok=True)
     cached.write_text(text)
     return cfg

@@ -122,7 +122,9 @@ def write_png(cells: list[Cell], path: str, title: str) -> None:
         for k in range(len(cols)):
             if text[i][k]:
                 ax.text(k, i, text[i][k], ha="center", va="center", fontsize=6)
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, width=max(40, int(fig_w * 11)))), fontsize=9, loc="left")
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color="#93c47d", label="fits (≥10% headroom)"), Patch(color="#f6c26b", label="tight"),
@@ -131,7 +133,7 @@ def write_png(cells: list[Cell], path: str, title: str) -> None:
               title_fontsize=7)
     fig.tight_layout()
     try:
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
     except OSError as e:
         raise TuneplanError(f"cannot write {path}: {e.strerror or e}") from None
     finally:

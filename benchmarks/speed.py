@@ -36,20 +36,17 @@ def main() -> None:
         estimate_memory(s, j)
         lat.append(time.perf_counter() - t1)
     # throughput with varying batch sizes (what the planner does)
-    n = 0
-    t0 = time.perf_counter()
-    for b in range(1, 9):
-        for s, j in jobs:
-            estimate_memory(s, Job(j.method, Training(seq_len=j.training.seq_len, micro_batch=b)))
-            n += 1
-    full_rate = n / (time.perf_counter() - t0)
-    n = 0
-    t0 = time.perf_counter()
-    for b in range(1, 9):
-        for s, j in jobs:
-            peak_bytes(s, Job(j.method, Training(seq_len=j.training.seq_len, micro_batch=b)))
-            n += 1
-    fast_rate = n / (time.perf_counter() - t0)
+    def rate(fn) -> float:
+        n = 0
+        t0 = time.perf_counter()
+        for b in range(1, 9):
+            for s, j in jobs:
+                fn(s, Job(j.method, Training(seq_len=j.training.seq_len, micro_batch=b)))
+                n += 1
+        return n / (time.perf_counter() - t0)
+
+    full_rate = rate(estimate_memory)
+    fast_rate = rate(peak_bytes)
 
     lines = [
         "# Estimator speed",

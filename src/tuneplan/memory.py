@@ -362,8 +362,6 @@ def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framewor
         weights += 2 * _bias_params(spec)
     else:
         weights = pb * pc.total
-    if m.train_embeddings and m.kind == "qlora":
-        weights += 0  # already bf16 above; trained in place
     ab = adapter_bytes(t)
     adapters = ab * tr.adapter
     # gradients: same dtype as the parameter they belong to
@@ -542,7 +540,7 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
         saved += 4 * e + input_bytes([lin for lin in experts if lin.name != "down_proj"], h, k)
         saved += k * c * im * 3 + k * c * h  # gate, act, up per routed copy; expert output before weighting
         saved += input_bytes([lin for lin in experts if lin.name == "down_proj"], im, k)
-        saved += adapter_extras(experts, k / max(1, 1))
+        saved += adapter_extras(experts, k)  # each token passes through k adapted experts
         mlp_width = k * im
         shared = [lin for lin in lins if lin.group == "shared"]
         if shared:
@@ -694,7 +692,7 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         transient += c * st.largest_matrix
     if m.kind == "dora":  # W + s*B@A materialised in fp32 to compute the column norm
         transient += 2 * 4 * st.largest_matrix
-    lg_fwd, lg_kept, lg_bwd = logits_bytes(spec, t)
+    lg_fwd, _, lg_bwd = logits_bytes(spec, t)
 
     # --- phases: each candidate moment is a list of (component key, bytes)
     base = (("weights", weights), ("quant_constants", quant), ("adapters", adapters), ("param_gather", gather),

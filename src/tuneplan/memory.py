@@ -358,8 +358,7 @@ def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framewor
                     consts = 4 * lin.d_out
                 weights += (store + (2 * lin.d_out if lin.bias else 0)) * lin.count * n
                 quant_consts += consts * lin.count * n
-        weights += 2 * (pc.total - pc.linear_in_layers - _bias_params(spec))  # embeddings, norms: bf16
-        weights += 2 * _bias_params(spec)
+        weights += 2 * (pc.total - pc.linear_in_layers)  # embeddings, norms, lm_head: bf16
     else:
         weights = pb * pc.total
     ab = adapter_bytes(t)
@@ -383,13 +382,6 @@ def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framewor
     if t.optimizer == "adamw-foreach":
         temp = state_bytes * tr.base + ab * tr.adapter
     return Static(weights, quant_consts, adapters, gradients, optimizer, master, temp, largest, layer_params)
-
-
-def _bias_params(spec: ModelSpec) -> int:
-    total = 0
-    for layer, n in _layer_groups(spec):
-        total += sum(lin.count * lin.d_out for lin in layer_linears(spec, layer) if lin.bias) * n
-    return total
 
 
 # ---------------------------------------------------------------- activations

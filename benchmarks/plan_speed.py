@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tuneplan import memory
 from tuneplan.hardware import devices
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.matrix import fit_matrix
 from tuneplan.models import catalog, resolve_model
 from tuneplan.plan import plan
@@ -43,7 +43,7 @@ def main() -> None:
     mx.peak_bytes = se.peak_bytes = counter  # count estimates without changing them
     specs = [m.spec for m in catalog().values()]
     devs = list(devices().values())
-    job = Job(Method(), Training(seq_len=2048))
+    job = Job.from_settings(seq_len=2048)
 
     t0 = time.perf_counter()
     cells = fit_matrix(specs, METHODS, devs, job)
@@ -60,7 +60,7 @@ def main() -> None:
 
     spec = resolve_model("llama-3.1-8b")
     t0 = time.perf_counter()
-    res = plan(spec, Job(Method(kind="qlora"), Training()), Dataset(100_000_000), devs)
+    res = plan(spec, Job.from_settings(method="qlora"), Dataset(100_000_000), devs)
     plan_s = time.perf_counter() - t0
 
     lines = [

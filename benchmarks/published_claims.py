@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tuneplan.fit import fit_verdict
 from tuneplan.hardware import resolve_device
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import resolve_model
 from tuneplan.search import max_micro_batch, max_seq_len
@@ -20,7 +20,7 @@ from tuneplan.units import GiB
 
 
 def J(kind: str, b: int = 1, s: int = 2048, fw: str = "hf", r: int = 16, **kw) -> Job:
-    return Job(Method(kind=kind, rank=r), Training(micro_batch=b, seq_len=s, framework=fw, **kw))
+    return Job.from_settings(method=kind, rank=r, micro_batch=b, seq_len=s, framework=fw, **kw)
 
 
 def fit_row(model: str, j: Job, dev: str) -> str:
@@ -30,7 +30,7 @@ def fit_row(model: str, j: Job, dev: str) -> str:
     seq = max_seq_len(spec, j, d.usable_bytes, multiple=128)
     mb = max_micro_batch(spec, j, d.usable_bytes)
     method = j.method.kind + (f" r={j.method.rank}" if j.method.is_adapter else "")
-    extra = (", fused CE" if t.fused_ce else "") + (f", {t.precision}" if t.precision != "bf16" else "")
+    extra = (", fused CE" if t.loss.fused else "") + (f", {t.precision}" if t.precision != "bf16" else "")
     return (f"| {model} | {method} | {t.framework}, {t.optimizer}, ckpt {t.checkpointing}{extra}, "
             f"b={t.micro_batch} x {t.seq_len} | {dev} | {v.peak_bytes / GiB:.2f} / {v.usable_bytes / GiB:.2f} | "
             f"{v.verdict} ({v.headroom:+.0%}) | {mb} | {seq:,} |")

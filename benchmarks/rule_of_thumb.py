@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import param_counts, resolve_model
 from tuneplan.units import GiB
@@ -40,8 +40,8 @@ def main() -> None:
             est8 = None
             for seq in (2048, 8192):
                 precision = "mixed" if kind == "full-mixed" else "bf16"
-                method = Method(kind=kind.removesuffix("-mixed"))
-                est = estimate_memory(spec, Job(method, Training(seq_len=seq, precision=precision)))
+                job = Job.from_settings(method=kind.removesuffix("-mixed"), seq_len=seq, precision=precision)
+                est = estimate_memory(spec, job)
                 row += [f"{est.peak_bytes / GiB:.1f}", f"{est.peak_bytes / rule:.2f}"]
                 est8 = est
             top = max(est8.components, key=lambda c: c.bytes)

@@ -12,16 +12,16 @@ import statistics
 import time
 from pathlib import Path
 
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory, peak_bytes
 from tuneplan.models import catalog
 
 
 def main() -> None:
     specs = [m.spec for m in catalog().values()]
-    methods = [Method(kind=k) for k in ("full", "lora", "qlora", "dora", "freeze")]
+    methods = ("full", "lora", "qlora", "dora", "freeze")
     seqs = (512, 2048, 8192)
-    jobs = [(s, Job(m, Training(seq_len=q))) for s, m, q in itertools.product(specs, methods, seqs)]
+    jobs = [(s, Job.from_settings(method=m, seq_len=q)) for s, m, q in itertools.product(specs, methods, seqs)]
 
     # cold: first estimate of each (spec, job) pays for the per-spec caches
     t0 = time.perf_counter()
@@ -36,14 +36,14 @@ def main() -> None:
         estimate_memory(s, j)
         lat.append(time.perf_counter() - t1)
     # throughput with varying batch sizes (what the planner does)
+    batched = [(s, Job.from_settings(method=j.method.kind, seq_len=j.training.seq_len, micro_batch=b))
+               for b in range(1, 9) for s, j in jobs]
+
     def rate(fn) -> float:
-        n = 0
         t0 = time.perf_counter()
-        for b in range(1, 9):
-            for s, j in jobs:
-                fn(s, Job(j.method, Training(seq_len=j.training.seq_len, micro_batch=b)))
-                n += 1
-        return n / (time.perf_counter() - t0)
+        for s, j in batched:
+            fn(s, j)
+        return len(batched) / (time.perf_counter() - t0)
 
     full_rate = rate(estimate_memory)
     fast_rate = rate(peak_bytes)

@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import resolve_config
 from tuneplan.trace.compare import estimate_allocated, rows
@@ -112,7 +112,7 @@ MOE_HELD_OUT: list[Case] = [
 
 
 def job_for(method: dict, training: dict) -> Job:
-    return Job(Method(**method), Training(**training))
+    return Job.from_settings(**method, **training)
 
 
 def key(case: Case) -> str:

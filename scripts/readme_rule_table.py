@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import param_counts, resolve_model
 from tuneplan.units import GiB
@@ -25,7 +25,7 @@ def table() -> str:
         spec = resolve_model(name)
         fp16 = 2 * param_counts(spec).total
         for kind, prec, mult in METHODS:
-            peaks = [estimate_memory(spec, Job(Method(kind=kind), Training(seq_len=s, precision=prec))).peak_bytes
+            peaks = [estimate_memory(spec, Job.from_settings(method=kind, seq_len=s, precision=prec)).peak_bytes
                      for s in (2048, 8192)]
             label = kind + (" (mixed precision)" if prec == "mixed" else " (pure bf16)" if kind == "full" else "")
             out.append(f"| {name} ({cls}) | {label} | {mult * fp16 / GiB:.1f} | "

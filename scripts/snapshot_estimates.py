@@ -48,9 +48,10 @@ def _job(settings: dict) -> Job:
     from_settings = getattr(Job, "from_settings", None)
     if from_settings is not None:
         return from_settings(**settings)
+    from dataclasses import fields
+
     from tuneplan import estimate  # noqa: F401  (old layout: build the Job like the API did)
     from tuneplan.job import Method, Parallel, Training, parse_targets  # noqa: F401
-    from dataclasses import fields
 
     s = dict(settings)
     s["kind"] = s.pop("method", "lora")

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tuneplan.job import Job, Method, Training
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
+from tuneplan.memory.components import OVERHEAD
 from tuneplan.models import resolve_model
 
 TRACES = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "traces.json"
-NOT_TRACED = ("allocator", "cuda_context")  # a trace cannot see these
+NOT_TRACED = OVERHEAD  # a trace cannot see the allocator overhead and the CUDA context
 
 
 def _cases():
@@ -38,6 +39,6 @@ def test_there_are_enough_traces():
 
 @pytest.mark.parametrize("model,method,training,traced", list(_cases()))
 def test_estimate_within_1_percent_of_trace(model, method, training, traced):
-    est = estimate_memory(resolve_model(model), Job(Method(**method), Training(**training)))
+    est = estimate_memory(resolve_model(model), Job.from_settings(**method, **training))
     allocated = sum(c.bytes for c in est.components if c.key not in NOT_TRACED)
     assert abs(allocated - traced) / traced < 0.01

@@ -6,7 +6,7 @@ import pytest
 
 import tuneplan
 from tuneplan.errors import TuneplanError
-from tuneplan.job import Job, Method, Parallel, Training
+from tuneplan.job import Job, Method, Training
 from tuneplan.memory import estimate_memory, layer_activations, logits_bytes, static_memory, trainable
 from tuneplan.models import resolve_model
 
@@ -16,11 +16,7 @@ QWEN05 = resolve_model("qwen2.5-0.5b")  # tied embeddings, qkv bias
 
 
 def job(kind="lora", **kw):
-    m_keys = {"rank", "targets", "quant", "double_quant", "trainable_layers", "lora_dropout", "train_embeddings"}
-    p_keys = {"num_gpus", "sharding", "offload_optimizer", "offload_params"}
-    return Job(Method(kind=kind, **{k: v for k, v in kw.items() if k in m_keys}),
-               Training(**{k: v for k, v in kw.items() if k not in m_keys | p_keys}),
-               Parallel(**{k: v for k, v in kw.items() if k in p_keys}))
+    return Job.from_settings(method=kind, **kw)
 
 
 # ---- hand-computed components -------------------------------------------------------

@@ -30,7 +30,7 @@ def run(capsys, *argv):
 
 def job(kind="lora", b=1, s=2048, **kw):
     par = kw.pop("parallel", Parallel())
-    return Job(Method(kind=kind), Training(micro_batch=b, seq_len=s, **kw), par)
+    return replace(Job.from_settings(method=kind, micro_batch=b, seq_len=s, **kw), parallel=par)
 
 
 # ---------------------------------------------------------------- catalog
@@ -242,25 +242,25 @@ def test_fit_verdicts_and_cheapest_change():
     assert ok.verdict == FITS and ok.change is None and ok.headroom >= 0.1
     bad = fit_verdict(spec, job("full"), resolve_device("rtx-4090"))
     assert bad.verdict == NO and bad.breaker[0] in ("Optimizer states", "Weights", "Gradients")
-    assert bad.change and bad.change_peak_bytes <= resolve_device("rtx-4090").usable_bytes
+    assert bad.change and bad.change.peak_bytes <= resolve_device("rtx-4090").usable_bytes
     # batch too large: the cheapest fix is a smaller micro-batch, global batch kept
     big = fit_verdict(spec, job("lora", b=16), resolve_device("rtx-4090"))
-    assert big.verdict == NO and big.change.startswith("micro-batch")
-    t = big.change_job.training
+    assert big.verdict == NO and big.change.description.startswith("micro-batch")
+    t = big.change.job.training
     assert t.micro_batch * t.grad_accum >= 16
 
 
 def test_cheapest_change_offers_more_gpus_when_only_that_works():
     spec, d = resolve_model("llama-3.1-70b"), resolve_device("rtx-4090")
-    label, j, pk = cheapest_change(spec, job("qlora"), d)
-    assert "x rtx-4090" in label and j.parallel.num_gpus > 1 and pk <= d.usable_bytes
+    ch = cheapest_change(spec, job("qlora"), d)
+    assert "x rtx-4090" in ch.description and ch.job.parallel.num_gpus > 1 and ch.peak_bytes <= d.usable_bytes
 
 
 def test_no_offload_suggestion_on_unified_memory():
     spec, d = resolve_model("llama-3.1-405b"), resolve_device("m4-max")
     v = fit_verdict(spec, job("full"), d)
     assert v.verdict == NO
-    assert v.change is None or "CPU RAM" not in v.change
+    assert v.change is None or "CPU RAM" not in v.change.description
 
 
 # ---------------------------------------------------------------- disk and cost
@@ -409,5 +409,5 @@ def test_cheapest_device_or_cluster():
 
 def test_fix_that_keeps_the_method():
     v = fit_verdict(resolve_model("llama-3.1-70b"), job("lora"), resolve_device("h100"))
-    assert v.verdict == NO and "qlora" in v.change.lower()
-    assert v.keep_method_change and "x h100-sxm" in v.keep_method_change
+    assert v.verdict == NO and "qlora" in v.change.description.lower()
+    assert v.keep_method_change and "x h100-sxm" in v.keep_method_change.description

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Job
-from tuneplan.memory import adapter_bytes, param_bytes, static_memory, trainable
+from tuneplan.memory import static_memory, trainable
 from tuneplan.models import ModelSpec, param_counts
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "fp32": 4}
@@ -63,10 +63,10 @@ def estimate_disk(spec: ModelSpec, job: Job, dataset_tokens: int, saves: int = 3
     tr = trainable(spec, job.method)
     adapter_only = job.method.is_adapter and not job.method.train_embeddings
     if adapter_only:
-        weights = adapter_bytes(job.training) * tr.adapter
+        weights = job.training.adapter_bytes * tr.adapter
         what = "adapter weights + optimizer state (resume)"
     else:
-        weights = param_bytes(job.training) * pc.total + (adapter_bytes(job.training) * tr.adapter)
+        weights = job.training.param_bytes * pc.total + (job.training.adapter_bytes * tr.adapter)
         what = "full model weights + optimizer state + master weights (resume)"
     each = weights + st.optimizer + st.master
     merged_b = 2 * pc.total if merged else 0

@@ -8,13 +8,15 @@ the peak includes CUDA context and allocator overhead (tuneplan.memory).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory, peak_bytes
+from tuneplan.memory.components import OVERHEAD
 from tuneplan.models import ModelSpec
 from tuneplan.search import max_micro_batch, max_seq_len
 from tuneplan.units import GiB
@@ -30,10 +32,7 @@ def support_notes(device: Device, job: Job) -> tuple[str, ...]:
         out.append(f"{device.id}: PyTorch runs on MPS (no CUDA); figures assume the CUDA memory layout.")
         if m.kind == "qlora":
             out.append("bitsandbytes 4/8-bit needs CUDA or ROCm; on Apple silicon QLoRA means MLX (mlx-lm).")
-        if t.framework == "unsloth":
-            out.append("Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon.")
-    elif device.vendor == "AMD" and t.framework == "unsloth":
-        out.append("Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there.")
+    out.extend(note for vendor, note in t.profile.device_notes if vendor == device.vendor)
     if device.category == "cloud-tpu":
         out.append("TPUs train through JAX/XLA or torch-xla; bitsandbytes, PEFT on CUDA and Unsloth do not apply.")
     return tuple(out)
@@ -52,11 +51,57 @@ def fits(spec: ModelSpec, job: Job, device: Device) -> bool:
 
 
 @dataclass(frozen=True)
-class Change:
-    """One candidate change: what to tell the user, and the job it gives."""
+class Step:
+    """One setting change, as data: what it is in words and the flat settings it sets.
 
-    label: str
+    Args:
+        kind: batch (smaller micro-batch, same global batch) | setting | gpus | offload.
+        description: plain words, no command-line syntax (shells render the flags).
+        settings: (name, value) pairs in Job.from_settings names.
+    """
+
+    kind: str
+    description: str
+    settings: tuple[tuple[str, Any], ...]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "description": self.description, "settings": dict(self.settings)}
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change to a job (one step, or several applied in order), the job it gives and its peak.
+
+    Args:
+        steps: the setting changes, cheapest first.
+        job: the changed job.
+        peak_bytes: its per-GPU peak (None until evaluated).
+    """
+
+    steps: tuple[Step, ...]
     job: Job
+    peak_bytes: int | None = None
+
+    @property
+    def description(self) -> str:
+        """The steps in words, joined with ' + '."""
+        return " + ".join(s.description for s in self.steps)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every setting the change sets (later steps win)."""
+        out: dict[str, Any] = {}
+        for s in self.steps:
+            out.update(s.settings)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"description": self.description, "settings": self.settings,
+                "steps": [s.to_dict() for s in self.steps], "peak_bytes": self.peak_bytes}
+
+
+def _step(job: Job, kind: str, description: str, **settings: Any) -> Change:
+    return Change((Step(kind, description, tuple(settings.items())),), job.with_settings(**settings))
 
 
 @dataclass(frozen=True)
@@ -68,8 +113,10 @@ class FitVerdict:
         peak_bytes / usable_bytes: bytes per GPU.
         headroom: (usable - peak) / usable; negative when it does not fit.
         breaker: (component label, bytes) of the largest component, when it does not fit or is tight.
-        change: cheapest change that makes it fit (label), None if it fits or nothing found.
-        change_peak_bytes: the peak after that change.
+        change: cheapest change that makes it fit (with its job and peak), None if it fits
+            or nothing was found.
+        max_micro_batch / max_seq_len: largest that fit at the job's other settings (when asked).
+        keep_method_change: when `change` switches method, the cheapest change that keeps it.
     """
 
     device: Device
@@ -79,15 +126,19 @@ class FitVerdict:
     usable_bytes: int
     headroom: float
     breaker: tuple[str, int] | None
-    change: str | None
-    change_job: Job | None
-    change_peak_bytes: int | None
+    change: Change | None
     max_micro_batch: int | None = None
     max_seq_len: int | None = None
-    keep_method_change: str | None = None
+    keep_method_change: Change | None = None
 
-    def summary(self) -> str:
-        """One line: verdict, peak vs usable (GiB = 2**30 bytes), what breaks it, the fix."""
+    def summary(self, describe: Callable[[Change], str] | None = None) -> str:
+        """One line: verdict, peak vs usable (GiB = 2**30 bytes), what breaks it, the fix.
+
+        Args:
+            describe: renders a change (default its plain-words description); the CLI
+                passes one that adds the command-line flags.
+        """
+        describe = describe or (lambda ch: ch.description)
         d = self.device
         head = {FITS: "fits", TIGHT: "tight (<10% headroom)", NO: "does not fit"}[self.verdict]
         text = (f"{d.id}: {head}: peak {self.peak_bytes / GiB:.2f} GiB of {self.usable_bytes / GiB:.2f} GiB usable "
@@ -95,9 +146,9 @@ class FitVerdict:
         if self.breaker and self.verdict == NO:
             text += f"; largest component {self.breaker[0]} {self.breaker[1] / GiB:.2f} GiB"
         if self.change:
-            text += f"; cheapest fix: {self.change} -> {self.change_peak_bytes / GiB:.2f} GiB"
+            text += f"; cheapest fix: {describe(self.change)} -> {self.change.peak_bytes / GiB:.2f} GiB"
         if self.keep_method_change:
-            text += f"; keeping {self.job.method.kind}: {self.keep_method_change}"
+            text += f"; keeping {self.job.method.kind}: {describe(self.keep_method_change)}"
         elif self.verdict == NO:
             text += f"; no single fix found within {d.max_count} x {d.id}"
         if self.max_micro_batch is not None:
@@ -111,93 +162,82 @@ class FitVerdict:
             "device": self.device.id, "verdict": self.verdict, "peak_bytes": self.peak_bytes,
             "usable_bytes": self.usable_bytes, "headroom": self.headroom,
             "breaker": {"component": self.breaker[0], "bytes": self.breaker[1]} if self.breaker else None,
-            "change": self.change, "change_peak_bytes": self.change_peak_bytes,
+            "change": self.change.to_dict() if self.change else None,
             "max_micro_batch": self.max_micro_batch, "max_seq_len": self.max_seq_len,
-            "keep_method_change": self.keep_method_change, "summary": self.summary(),
-            "usable_rule": self.device.usable_rule,
+            "keep_method_change": self.keep_method_change.to_dict() if self.keep_method_change else None,
+            "summary": self.summary(), "usable_rule": self.device.usable_rule,
         }
 
 
-def _with(job: Job, method=None, training=None, parallel=None) -> Job:
-    return Job(method or job.method, training or job.training, parallel or job.parallel)
+def _setting_steps(device: Device) -> list[Callable[[Job], Change | None]]:
+    """Setting changes (not batch size or GPU count), cheapest first; each gives None if n/a."""
 
+    def fused(j: Job) -> Change | None:
+        return None if j.training.loss.fused else _step(j, "setting", "fused cross-entropy", cross_entropy="fused")
 
-def _steps(device: Device) -> list[tuple[str, Callable[[Job], Job | None]]]:
-    """Setting changes (not batch size or GPU count), cheapest first; each returns None if n/a."""
+    def ckpt(j: Job) -> Change | None:
+        if j.training.checkpointing != "none":
+            return None
+        return _step(j, "setting", "gradient checkpointing", checkpointing="full")
 
-    def fused(j: Job) -> Job | None:
-        t = j.training
-        return None if t.fused_ce or t.framework == "unsloth" else _with(j, training=replace(t, fused_ce=True))
+    def opt8(j: Job) -> Change | None:
+        alt = j.training.optim.eight_bit_alternative
+        return _step(j, "setting", "8-bit optimizer states", optimizer=alt) if alt else None
 
-    def ckpt(j: Job) -> Job | None:
-        t = j.training
-        return _with(j, training=replace(t, checkpointing="full")) if t.checkpointing == "none" else None
+    def lora(j: Job) -> Change | None:
+        kind = j.method.kind
+        return _step(j, "setting", f"LoRA instead of {kind}", method="lora") if kind in ("full", "freeze") else None
 
-    def opt8(j: Job) -> Job | None:
-        t = j.training
-        ok = t.optimizer in ("adamw", "adamw-foreach", "paged-adamw")
-        return _with(j, training=replace(t, optimizer="adamw-8bit")) if ok else None
+    def qlora(j: Job) -> Change | None:
+        return _step(j, "setting", "QLoRA 4-bit base", method="qlora") if j.method.kind != "qlora" else None
 
-    def lora(j: Job) -> Job | None:
-        return _with(j, method=replace(j.method, kind="lora")) if j.method.kind in ("full", "freeze") else None
-
-    def qlora(j: Job) -> Job | None:
-        return _with(j, method=replace(j.method, kind="qlora")) if j.method.kind != "qlora" else None
-
-    def off_opt(j: Job) -> Job | None:
+    def off_opt(j: Job) -> Change | None:
         p = j.parallel
-        return None if device.unified or p.offload_optimizer else _with(j, parallel=replace(p, offload_optimizer=True))
+        if device.unified or p.offload_optimizer:
+            return None
+        return _step(j, "offload", "optimizer states in CPU RAM", offload_optimizer=True)
 
-    def off_params(j: Job) -> Job | None:
+    def off_params(j: Job) -> Change | None:
         p = j.parallel
         if device.unified or p.offload_params:
             return None
         sharding = p.sharding if p.shard_stage == 3 else "zero3"
-        return _with(j, parallel=replace(p, sharding=sharding, offload_params=True, offload_optimizer=True))
+        return _step(j, "offload", "parameters + optimizer in CPU RAM (ZeRO-3)", sharding=sharding,
+                     offload_params=True, offload_optimizer=True)
 
-    return [
-        ("chunked cross-entropy (--fused-ce)", fused),
-        ("gradient checkpointing (--checkpointing full)", ckpt),
-        ("8-bit AdamW (--optimizer adamw-8bit)", opt8),
-        ("LoRA instead of full (--method lora)", lora),
-        ("QLoRA 4-bit base (--method qlora)", qlora),
-        ("optimizer states in CPU RAM (--offload-optimizer)", off_opt),
-        ("parameters + optimizer in CPU RAM (--sharding zero3 --offload-params --offload-optimizer)", off_params),
-    ]
+    return [fused, ckpt, opt8, lora, qlora, off_opt, off_params]
 
 
-def _size_changes(job: Job, device: Device) -> list[Change]:
-    """Smaller micro-batches (global batch kept through accumulation), then more GPUs with FSDP."""
+def _size_changes(job: Job, device: Device) -> tuple[list[Change], list[Change]]:
+    """(smaller micro-batches, global batch kept through accumulation; more GPUs with FSDP)."""
     t, p = job.training, job.parallel
-    out: list[Change] = []
+    batch: list[Change] = []
     b = t.micro_batch
     while b > 1:
         b //= 2
         accum = t.grad_accum * -(-t.micro_batch // b)
-        out.append(Change(f"micro-batch {b} (--batch {b} --grad-accum {accum})",
-                          _with(job, training=replace(t, micro_batch=b, grad_accum=accum))))
+        batch.append(_step(job, "batch", f"micro-batch {b} with gradient accumulation {accum}",
+                           micro_batch=b, grad_accum=accum))
+    gpus: list[Change] = []
     for n in (2, 4, 8, 16):
         if p.num_gpus < n <= device.max_count:
             sharding = p.sharding if p.shard_stage == 3 else "fsdp"
-            out.append(Change(f"{n} x {device.id} with FSDP (--gpus {n} --sharding {sharding})",
-                              _with(job, parallel=replace(p, num_gpus=n, sharding=sharding))))
-    return out
+            gpus.append(_step(job, "gpus", f"{n} x {device.id} with FSDP", num_gpus=n, sharding=sharding))
+    return batch, gpus
 
 
 def candidate_changes(job: Job, device: Device) -> list[Change]:
     """Single changes, cheapest first (least loss of speed, quality or money).
 
-    Order: smaller micro-batch (same global batch through accumulation), chunked
+    Order: smaller micro-batch (same global batch through accumulation), fused
     cross-entropy, gradient checkpointing, 8-bit optimizer, LoRA instead of full, QLoRA,
     more GPUs of this kind with FSDP/ZeRO-3, optimizer offload, parameter offload.
     Offload is not offered on unified-memory machines (it frees nothing there).
     """
-    size = _size_changes(job, device)
-    batch = [c for c in size if c.label.startswith("micro-batch")]
-    gpus = [c for c in size if not c.label.startswith("micro-batch")]
-    settings = [Change(label, j) for label, fn in _steps(device) if (j := fn(job)) is not None]
-    cheap = [c for c in settings if "CPU RAM" not in c.label]
-    offload = [c for c in settings if "CPU RAM" in c.label]
+    batch, gpus = _size_changes(job, device)
+    settings = [ch for fn in _setting_steps(device) if (ch := fn(job)) is not None]
+    cheap = [ch for ch in settings if ch.steps[0].kind != "offload"]
+    offload = [ch for ch in settings if ch.steps[0].kind == "offload"]
     return batch + cheap + gpus + offload
 
 
@@ -208,29 +248,34 @@ def _peak(spec: ModelSpec, job: Job) -> int | None:
         return None
 
 
-def cheapest_change(spec: ModelSpec, job: Job, device: Device) -> tuple[str, Job, int] | None:
+def _evaluated(ch: Change, peak: int) -> Change:
+    return Change(ch.steps, ch.job, peak)
+
+
+def cheapest_change(spec: ModelSpec, job: Job, device: Device) -> Change | None:
     """First single change (cheapest first) that fits; else the first cumulative chain.
 
-    The chain applies the setting changes in order (chunked CE, checkpointing, 8-bit
+    The chain applies the setting changes in order (fused CE, checkpointing, 8-bit
     optimizer, LoRA, QLoRA, offload), trying smaller batches and more GPUs at each stage.
-    Returns (label, changed job, new peak bytes) or None when nothing fits.
+    Returns the change with its job and new peak, or None when nothing fits.
     """
     usable = device.usable_bytes
     for ch in candidate_changes(job, device):
         pk = _peak(spec, ch.job)
         if pk is not None and pk <= usable:
-            return ch.label, ch.job, pk
-    cur, labels = job, []
-    for label, fn in _steps(device):
-        nxt = fn(cur)
+            return _evaluated(ch, pk)
+    cur: Change = Change((), job)
+    for fn in _setting_steps(device):
+        nxt = fn(cur.job)
         if nxt is None:
             continue
-        cur, labels = nxt, labels + [label]
-        for extra in [None, *_size_changes(cur, device)]:
-            j = cur if extra is None else extra.job
-            pk = _peak(spec, j)
+        cur = Change(cur.steps + nxt.steps, nxt.job)
+        batch, gpus = _size_changes(cur.job, device)
+        for extra in [None, *batch, *gpus]:
+            ch = cur if extra is None else Change(cur.steps + extra.steps, extra.job)
+            pk = _peak(spec, ch.job)
             if pk is not None and pk <= usable:
-                return " + ".join(labels + ([extra.label] if extra else [])), j, pk
+                return _evaluated(ch, pk)
     return None
 
 
@@ -248,20 +293,17 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True,
     v = verdict_of(peak, usable)
     breaker = None
     if v != FITS:
-        top = max((c for c in est.components if c.key not in ("cuda_context", "allocator")), key=lambda c: c.bytes)
+        top = max((c for c in est.components if c.key not in OVERHEAD), key=lambda c: c.bytes)
         breaker = (top.label, top.bytes)
-    change = None
-    keep = None
+    change = keep = None
     if v == NO and suggest:
         change = cheapest_change(spec, job, device)
-        if change and change[1].method.kind != job.method.kind:
-            keep = next((c.label for c in candidate_changes(job, device)
+        if change and change.job.method.kind != job.method.kind:
+            keep = next((_evaluated(c, pk) for c in candidate_changes(job, device)
                          if c.job.method.kind == job.method.kind and (pk := _peak(spec, c.job)) is not None
                          and pk <= usable), None)
     mb = ms = None
     if limits:
         mb = max_micro_batch(spec, job, usable)
         ms = max_seq_len(spec, job, usable, multiple=128)
-    return FitVerdict(device, job, v, peak, usable, (usable - peak) / usable, breaker,
-                      change[0] if change else None, change[1] if change else None, change[2] if change else None,
-                      mb, ms, keep)
+    return FitVerdict(device, job, v, peak, usable, (usable - peak) / usable, breaker, change, mb, ms, keep)

@@ -226,3 +226,18 @@ def resolve_devices(text: str) -> list[Device]:
     for d in out:
         seen.setdefault(d.id, d)
     return list(seen.values())
+
+
+def devices_in(category: str | None = None) -> list[Device]:
+    """Catalog devices, optionally of one category (consumer, workstation, datacenter, unified, cloud-tpu).
+
+    Raises:
+        TuneplanError: no device in that category.
+    """
+    devs = list(devices().values())
+    if category:
+        devs = [d for d in devs if d.category == category]
+        if not devs:
+            raise TuneplanError(f"no devices in category {category!r}; "
+                                "use consumer, workstation, datacenter, unified or cloud-tpu")
+    return devs

@@ -1,36 +1,39 @@
-"""What the user asks for: fine-tuning method, training settings and parallel setup.
+"""What the user asks for: method, training settings, training task and parallel layout.
 
 Immutable value objects. They hold choices only; every number derived from them
-(bytes, FLOPs, seconds) is computed by pure functions in memory.py, time.py, ...
-Validation happens in ``__post_init__`` so a bad value fails at the boundary with a
-one-line :class:`~tuneplan.errors.TuneplanError`.
+(bytes, FLOPs, seconds) is computed by pure functions in tuneplan.memory, tuneplan.timing,
+... Each named choice (framework, optimizer, attention, cross-entropy, precision, task)
+is a record in tuneplan.choices; the properties here return those records. Validation
+happens in ``__post_init__`` so a bad value fails at the boundary with a one-line
+:class:`~tuneplan.errors.TuneplanError`. ``Job.from_settings`` builds a Job from flat
+settings and is what the API, the CLI, tests and benchmarks use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
 
+from tuneplan.choices.attention import ATTENTION, Attention, attention
+from tuneplan.choices.cross_entropy import CROSS_ENTROPY, CrossEntropy, cross_entropy
+from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
+from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, optimizer
+from tuneplan.choices.precision import PRECISIONS, Precision, precision
+from tuneplan.choices.tasks import TASKS, task
 from tuneplan.errors import TuneplanError
 
 METHODS = ("full", "lora", "qlora", "dora", "freeze")
 QUANT_TYPES = ("nf4", "fp4", "int8")
-PRECISIONS = ("bf16", "fp16", "fp32", "amp", "mixed")
-OPTIMIZERS = (
-    "adamw",
-    "adamw-foreach",
-    "adamw-8bit",
-    "paged-adamw",
-    "paged-adamw-8bit",
-    "adafactor",
-    "sgd",
-    "sgd-momentum",
-    "lion",
-    "lion-8bit",
-)
 CHECKPOINTING = ("none", "full", "offload")
-ATTENTION = ("sdpa", "flash", "eager")
-FRAMEWORKS = ("hf", "unsloth", "torchtune", "axolotl", "llamafactory")
 SHARDING = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+# names of the choice tables, for help texts
+PRECISION_NAMES = tuple(PRECISIONS)
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+ATTENTION_NAMES = tuple(ATTENTION)
+FRAMEWORK_NAMES = tuple(FRAMEWORKS)
+CROSS_ENTROPY_NAMES = tuple(CROSS_ENTROPY)
+TASK_NAMES = tuple(TASKS)
 
 # Short names for LoRA target sets; anything else is a comma list of module names.
 TARGET_PRESETS = {
@@ -110,14 +113,13 @@ class Training:
         micro_batch: sequences per GPU per forward/backward.
         seq_len: tokens per sequence (padded/packed length).
         grad_accum: micro-batches accumulated before an optimizer step.
-        precision: bf16 | fp16 (pure half params) | fp32 | amp (fp32 params, bf16 autocast)
-            | mixed (half params + fp32 master copy, DeepSpeed/FSDP style).
-        optimizer: one of OPTIMIZERS.
+        precision: a row of tuneplan.choices.precision (bf16 | fp16 | fp32 | amp | mixed).
+        optimizer: a row of tuneplan.choices.optimizers.
         checkpointing: none | full (recompute each decoder layer) | offload (layer inputs on CPU).
-        attention: sdpa | flash (O(s) memory) | eager (materialises the s x s score matrix).
-        framework: hf | unsloth | torchtune | axolotl | llamafactory (memory/time profile).
-        fused_ce: cross-entropy computed in chunks without materialising fp32 logits
-            (Liger/Unsloth/torchtune chunked CE).
+        attention: a row of tuneplan.choices.attention (sdpa | flash | eager).
+        framework: a row of tuneplan.choices.frameworks (memory/time profile).
+        cross_entropy: a row of tuneplan.choices.cross_entropy (plain | chunked | fused);
+            None takes the framework profile's default.
     """
 
     micro_batch: int = 1
@@ -128,45 +130,111 @@ class Training:
     checkpointing: str = "full"
     attention: str = "sdpa"
     framework: str = "hf"
-    fused_ce: bool = False
+    cross_entropy: str | None = None
 
     def __post_init__(self) -> None:
         _positive("micro-batch", self.micro_batch)
         _positive("sequence length", self.seq_len)
         _positive("gradient accumulation steps", self.grad_accum)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        precision(self.precision)
+        optimizer(self.optimizer)
         _choice("checkpointing mode", self.checkpointing, CHECKPOINTING)
-        _choice("attention kernel", self.attention, ATTENTION)
-        _choice("framework", self.framework, FRAMEWORKS)
+        attention(self.attention)
+        framework(self.framework)
+        if self.cross_entropy is not None:
+            cross_entropy(self.cross_entropy)
 
     @property
     def tokens_per_micro_batch(self) -> int:
         return self.micro_batch * self.seq_len
 
+    @property
+    def profile(self) -> FrameworkProfile:
+        """The framework profile record."""
+        return FRAMEWORKS[self.framework]
+
+    @property
+    def dtypes(self) -> Precision:
+        """The precision record."""
+        return PRECISIONS[self.precision]
+
+    @property
+    def optim(self) -> Optimizer:
+        """The optimizer record."""
+        return OPTIMIZERS[self.optimizer]
+
+    @property
+    def attn(self) -> Attention:
+        """The attention record asked for (tuneplan.choices.attention.kernel_for gives what runs)."""
+        return ATTENTION[self.attention]
+
+    @property
+    def loss(self) -> CrossEntropy:
+        """The cross-entropy implementation in effect: the asked one, else the profile's default."""
+        return CROSS_ENTROPY[self.cross_entropy or self.profile.default_cross_entropy]
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes per element of trainable/base parameters (and their gradients)."""
+        return self.dtypes.param_bytes
+
+    @property
+    def compute_bytes(self) -> int:
+        """Bytes per element of activations (the autocast/compute dtype)."""
+        return self.dtypes.compute_bytes
+
+    @property
+    def autocast(self) -> bool:
+        """The forward runs under torch.autocast (precision and framework decide)."""
+        rule = self.dtypes.autocast
+        return rule == "always" or (rule == "profile" and self.profile.autocast_half)
+
+    @property
+    def adapter_bytes(self) -> int:
+        """Bytes per adapter parameter: fp32 under PEFT's autocast_adapter_dtype, else the param dtype."""
+        return 4 if self.profile.adapter_fp32 else self.param_bytes
+
 
 @dataclass(frozen=True)
 class Parallel:
-    """How the job is spread over GPUs.
+    """How the job is laid out over GPUs.
 
     Args:
-        num_gpus: data-parallel world size.
+        num_gpus: world size (data x tensor x pipeline).
         sharding: ddp (replicate) | zero1 (shard optimizer) | zero2 (+grads)
-            | zero3 / fsdp (+params, full shard).
+            | zero3 / fsdp (+params, full shard), over the data-parallel group.
         offload_optimizer: optimizer states (and master weights) live in CPU RAM.
         offload_params: parameters live in CPU RAM (ZeRO-3/FSDP only).
+        tensor: tensor-parallel degree (validated; not computed yet, so > 1 is refused).
+        pipeline: pipeline-parallel degree (validated; not computed yet, so > 1 is refused).
     """
 
     num_gpus: int = 1
     sharding: str = "ddp"
     offload_optimizer: bool = False
     offload_params: bool = False
+    tensor: int = 1
+    pipeline: int = 1
 
     def __post_init__(self) -> None:
         _positive("number of GPUs", self.num_gpus)
         _choice("sharding", self.sharding, SHARDING)
+        _positive("tensor-parallel degree", self.tensor)
+        _positive("pipeline-parallel degree", self.pipeline)
         if self.offload_params and self.sharding not in ("zero3", "fsdp"):
             raise TuneplanError("parameter offload needs --sharding zero3 or fsdp")
+        if self.num_gpus % (self.tensor * self.pipeline):
+            raise TuneplanError(f"{self.num_gpus} GPUs cannot be split into tensor {self.tensor} x "
+                                f"pipeline {self.pipeline} groups")
+        for degree, what in ((self.tensor, "tensor"), (self.pipeline, "pipeline")):
+            if degree > 1:
+                raise TuneplanError(f"{what} parallelism is not computed yet; use data parallelism with "
+                                    "--gpus N --sharding zero3|fsdp")
+
+    @property
+    def data(self) -> int:
+        """Data-parallel degree."""
+        return self.num_gpus // (self.tensor * self.pipeline)
 
     @property
     def shard_stage(self) -> int:
@@ -174,13 +242,105 @@ class Parallel:
         return {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[self.sharding]
 
 
+# Flat setting names that are spelled differently from the dataclass fields.
+_ALIASES = {"method": "kind", "batch": "micro_batch", "gpus": "num_gpus"}
+
+
 @dataclass(frozen=True)
 class Job:
-    """One fine-tuning job: method x training settings x parallel setup."""
+    """One fine-tuning job: method x training settings x task x parallel layout."""
 
     method: Method = field(default_factory=Method)
     training: Training = field(default_factory=Training)
     parallel: Parallel = field(default_factory=Parallel)
+    task: str = "sft"
+
+    def __post_init__(self) -> None:
+        t = task(self.task)
+        if not t.modelled:
+            raise TuneplanError(f"training task {t.name} ({t.label}) is not modelled yet: it needs "
+                                f"{t.what_differs}; tuneplan estimates sft")
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> Job:
+        """A Job from flat settings: any field of Method (`method=` for its kind), Training
+        or Parallel, and `task`. `targets` may be a preset or comma list; `fused_ce=True` is
+        `cross_entropy="fused"`. Types are checked (no bool for a count, no fraction of a token).
+
+        Raises:
+            TuneplanError: unknown setting, wrong type, or an invalid value.
+        """
+        groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}}
+        job_fields: dict[str, Any] = {}
+        fused = settings.pop("fused_ce", None) if "fused_ce" in settings else None
+        for key, value in settings.items():
+            name = _ALIASES.get(key, key)
+            if name == "task":
+                _check_type("task", value, "")
+                job_fields["task"] = value
+                continue
+            for cls_ in groups:
+                f = _FIELDS[cls_].get(name)
+                if f is not None:
+                    if name == "targets":
+                        value = _targets(value)
+                    else:
+                        _check_type(key, value, f.default)
+                    groups[cls_][name] = value
+                    break
+            else:
+                raise TuneplanError(f"unknown setting {key!r}")
+        if fused is not None:
+            _check_type("fused_ce", fused, False)
+            asked = groups[Training].get("cross_entropy")
+            fused_name = next(c.name for c in CROSS_ENTROPY.values() if c.fused)
+            if fused and asked is not None and not cross_entropy(asked).fused:
+                raise TuneplanError(f"fused_ce contradicts cross_entropy={asked!r}")
+            if fused:
+                groups[Training]["cross_entropy"] = fused_name
+        return cls(Method(**groups[Method]), Training(**groups[Training]), Parallel(**groups[Parallel]),
+                   **job_fields)
+
+    def with_settings(self, **settings: Any) -> Job:
+        """A copy with some flat settings changed (same names as from_settings)."""
+        return Job.from_settings(**{**self.settings(), **settings})
+
+    def settings(self) -> dict[str, Any]:
+        """The flat settings that rebuild this Job (Job.from_settings(**job.settings()) == job)."""
+        out: dict[str, Any] = {}
+        for part in (self.method, self.training, self.parallel):
+            for f in fields(part):
+                out["method" if f.name == "kind" else f.name] = getattr(part, f.name)
+        out["task"] = self.task
+        return out
+
+
+_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel)}
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """One-line error when a setting has the wrong type (bool is not a count, 16.7 not a rank)."""
+    if default is MISSING or default is None:
+        if value is not None and not isinstance(value, str):
+            raise TuneplanError(f"setting {key} must be a name, got {value!r}")
+        return
+    kind = type(default)
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if ok and kind is float and not math.isfinite(value):
+        raise TuneplanError(f"setting {key} must be finite, got {value!r}")
+    if not ok:
+        want = {int: "a whole number", float: "a number", bool: "true or false", str: "a name"}.get(kind, kind.__name__)
+        raise TuneplanError(f"setting {key} must be {want}, got {value!r}")
+
+
+def _targets(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return parse_targets(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise TuneplanError(f"targets must be a preset (all-linear, attn, qv, mlp) or module names, got {value!r}")
 
 
 def parse_targets(text: str) -> str | tuple[str, ...]:
@@ -192,3 +352,6 @@ def parse_targets(text: str) -> str | tuple[str, ...]:
     if not names:
         raise TuneplanError("--targets is empty; use all-linear, attn, qv, mlp or a comma list")
     return names
+
+
+__all__ = ["Job", "Method", "Training", "Parallel", "parse_targets", "replace"]

@@ -82,59 +82,31 @@ def to_csv(cells: list[Cell]) -> str:
     return buf.getvalue()
 
 
-def write_png(cells: list[Cell], path: str, title: str) -> None:
-    """Heatmap: rows model/method, columns devices; colour = verdict, number = largest micro-batch
-    (numbers only up to ANNOTATE_MAX cells).
+@dataclass(frozen=True)
+class Grid:
+    """The matrix laid out for a heat map: rows (model, method), columns devices.
 
-    Raises:
-        TuneplanError: matplotlib is not installed (pip install 'tuneplan[plot]').
+    Args:
+        verdicts: per row, per column: fits | tight | no | n/a.
+        labels: per row, per column: largest micro-batch, "–" when none fits, "" for n/a.
     """
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import ListedColormap
-    except ImportError:
-        raise TuneplanError("--png needs matplotlib: pip install 'tuneplan[plot]'") from None
+    rows: tuple[tuple[str, str], ...]
+    cols: tuple[str, ...]
+    verdicts: tuple[tuple[str, ...], ...]
+    labels: tuple[tuple[str, ...], ...]
+
+
+def heatmap_grid(cells: list[Cell]) -> Grid:
+    """Arrange cells into rows and columns (first-seen order) for a heat map."""
     rows = list(dict.fromkeys((c.model, c.method) for c in cells))
     cols = list(dict.fromkeys(c.device for c in cells))
-    code = {"no": 0, "tight": 1, "fits": 2, NA: -1}
-    grid = [[-1] * len(cols) for _ in rows]
-    text = [[""] * len(cols) for _ in rows]
     ri = {r: i for i, r in enumerate(rows)}
     ci = {c: i for i, c in enumerate(cols)}
+    verdicts = [[NA] * len(cols) for _ in rows]
+    labels = [[""] * len(cols) for _ in rows]
     for c in cells:
         i, k = ri[(c.model, c.method)], ci[c.device]
-        grid[i][k] = code[c.verdict]
-        text[i][k] = str(c.max_micro_batch) if c.max_micro_batch else ("–" if c.verdict != NA else "")
-    fig_w = max(6.0, 1.0 + 0.55 * len(cols))
-    fig_h = max(3.0, 1.6 + 0.28 * len(rows))
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=110)
-    cmap = ListedColormap(["#d9d9d9", "#e06666", "#f6c26b", "#93c47d"])  # n/a, no, tight, fits
-    ax.imshow([[v + 1 for v in r] for r in grid], cmap=cmap, vmin=0, vmax=3, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), [f"{m.split('/')[-1]} · {k}" for m, k in rows], fontsize=7)
-    annotate = len(rows) * len(cols) <= ANNOTATE_MAX
-    if not annotate:
-        title += " (numbers omitted: too many cells; see the CSV)"
-    for i in range(len(rows) if annotate else 0):
-        for k in range(len(cols)):
-            if text[i][k]:
-                ax.text(k, i, text[i][k], ha="center", va="center", fontsize=6)
-    import textwrap
-
-    ax.set_title("\n".join(textwrap.wrap(title, width=max(40, int(fig_w * 11)))), fontsize=9, loc="left")
-    from matplotlib.patches import Patch
-
-    ax.legend(handles=[Patch(color="#93c47d", label="fits (≥10% headroom)"), Patch(color="#f6c26b", label="tight"),
-                       Patch(color="#e06666", label="does not fit")],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title="number = largest micro-batch",
-              title_fontsize=7)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, bbox_inches="tight")
-    except OSError as e:
-        raise TuneplanError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        plt.close(fig)
+        verdicts[i][k] = c.verdict
+        labels[i][k] = str(c.max_micro_batch) if c.max_micro_batch else ("–" if c.verdict != NA else "")
+    return Grid(tuple(rows), tuple(cols), tuple(map(tuple, verdicts)), tuple(map(tuple, labels)))

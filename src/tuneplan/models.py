@@ -459,11 +459,14 @@ def _catalog_spec(hf_id: str) -> ModelSpec:
     return spec_from_config(catalog()[hf_id].config, name=hf_id)
 
 
-HUB_ENV = "TUNEPLAN_HUB"  # set to 1 (or pass --hub) to allow fetching config.json from the Hub
+HUB_ENV = "TUNEPLAN_HUB"  # for API users: set to 1 to allow Hub look-ups when `hub` is not passed
 
 
-def hub_enabled() -> bool:
-    """Hub look-ups are off unless asked for: no network at run time by default."""
+def hub_enabled(hub: bool | None = None) -> bool:
+    """Hub look-ups are off unless asked for (no network at run time by default): the
+    caller's `hub` flag (the CLI's --hub), else the TUNEPLAN_HUB environment variable."""
+    if hub is not None:
+        return hub
     return os.environ.get(HUB_ENV, "") not in ("", "0", "false", "no")
 
 
@@ -506,20 +509,20 @@ def fetch_hub_config(repo_id: str, revision: str = "main", timeout: float = 20.0
     return cfg
 
 
-def resolve_model(name: str) -> ModelSpec:
+def resolve_model(name: str, hub: bool | None = None) -> ModelSpec:
     """Turn a user's model argument into a ModelSpec.
 
     Accepts a catalog HF id or alias (case-insensitive), a path to a config.json (or a
-    folder holding one), or, when Hub look-ups are enabled (--hub / TUNEPLAN_HUB=1), any
-    Hub repo id.
+    folder holding one), or, when Hub look-ups are enabled (`hub=True`, the CLI's --hub;
+    None reads TUNEPLAN_HUB), any Hub repo id.
 
     Raises:
         TuneplanError: unknown name (with close matches) or unreadable config.
     """
-    return resolve_config(name)[0]
+    return resolve_config(name, hub)[0]
 
 
-def resolve_config(name: str) -> tuple[ModelSpec, dict[str, Any]]:
+def resolve_config(name: str, hub: bool | None = None) -> tuple[ModelSpec, dict[str, Any]]:
     """Like :func:`resolve_model`, but also return the raw config dict (for trace/probe)."""
     key = name.strip().lower()
     idx = _name_index()
@@ -530,7 +533,7 @@ def resolve_config(name: str) -> tuple[ModelSpec, dict[str, Any]]:
     if p.suffix == ".json" or p.is_dir() or p.exists():
         cfg = load_config_file(p)
         return spec_from_config(cfg, name=str(p)), cfg
-    if hub_enabled() and "/" in name:
+    if hub_enabled(hub) and "/" in name:
         cfg = fetch_hub_config(name.strip())
         return spec_from_config(cfg, name=name.strip()), cfg
     close = difflib.get_close_matches(key, list(idx), n=3, cutoff=0.5)
@@ -538,7 +541,23 @@ def resolve_config(name: str) -> tuple[ModelSpec, dict[str, Any]]:
         tail = re.sub(r"^[^/]+/", "", key)
         close = [k for k in idx if tail and tail in k][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `tuneplan models` for the list"
-    if "/" in name and not hub_enabled():
+    if "/" in name and not hub_enabled(hub):
         hint += " (or pass --hub to fetch its config.json from the Hugging Face Hub)"
     raise TuneplanError(f"unknown model {name!r}{hint}")
 
+
+
+def catalog_rows() -> list[dict[str, Any]]:
+    """One JSON-ready row per bundled model: ids, type, counted and published parameters, shape."""
+    rows = []
+    for hf_id, m in catalog().items():
+        spec = m.spec
+        pc = param_counts(spec)
+        rows.append({
+            "hf_id": hf_id, "aliases": list(m.aliases), "model_type": spec.model_type,
+            "params": pc.total, "active_params": pc.active, "published_params": m.published_params,
+            "layers": spec.num_layers, "hidden": spec.hidden_size, "vocab": spec.vocab_size,
+            "moe": f"{spec.num_experts}x{spec.experts_per_token}" if spec.is_moe else "",
+            "max_position": spec.max_position, "count_note": m.count_note,
+        })
+    return rows

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from tuneplan import calibration as cal
 from tuneplan.cost import CostEstimate, estimate_cost
+from tuneplan.disk import DiskEstimate, estimate_disk
 from tuneplan.errors import TuneplanError
 from tuneplan.fit import support_notes, verdict_of
 from tuneplan.hardware import Device
@@ -54,6 +55,47 @@ class PlanResult:
     setups: tuple[Setup, ...]
     unfit: tuple[tuple[str, str], ...]
     rank_by: str
+
+
+TUNING_ASSUMPTION = ("Tuning picks the largest micro-batch that fits with 10% headroom (up to --max-batch), with "
+                     "and without checkpointing; gradient accumulation keeps the job's global batch where it is "
+                     "larger (--batch x --grad-accum x --gpus), else the global batch grows.")
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """Everything `plan` answers for one job: ranked setups, devices that cannot run it,
+    disk, and the assumptions behind the figures. Shells render it; `to_dict` is the JSON.
+
+    Args:
+        model: model name.
+        job: the job as asked.
+        dataset: tokens per epoch and epochs.
+        result: ranked setups and unfit devices.
+        disk: disk needs of the run.
+        assumptions: sentences for the top setup's time model and the tuning rule.
+        notes: software caveats of the devices in the top `top` setups, each once.
+        utilisation / usd_per_kwh: the break-even basis used for cost.
+    """
+
+    model: str
+    job: Job
+    dataset: Dataset
+    result: PlanResult
+    disk: DiskEstimate
+    assumptions: tuple[str, ...]
+    notes: tuple[str, ...]
+    utilisation: float
+    usd_per_kwh: float
+
+    def to_dict(self) -> dict:
+        """JSON view (bytes, seconds, USD)."""
+        r = self.result
+        return {"model": self.model, "rank_by": r.rank_by, "dataset_tokens": self.dataset.tokens,
+                "epochs": self.dataset.epochs, "setups": [s.to_dict() for s in r.setups],
+                "unfit": [{"device": d, "why": w} for d, w in r.unfit], "disk": self.disk.to_dict(),
+                "assumptions": list(self.assumptions), "notes": list(self.notes),
+                "utilisation": self.utilisation, "usd_per_kwh": self.usd_per_kwh}
 
 
 def _global_batch(job: Job) -> int:
@@ -134,3 +176,23 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset, devices: list[Device], ran
         return (c is None, c if c is not None else 0.0, s.run.run_s)
 
     return PlanResult(tuple(sorted(setups, key=key)), tuple(unfit), rank_by)
+
+
+def plan_report(spec: ModelSpec, job: Job, dataset: Dataset, devices: list[Device], rank_by: str = "time",
+                max_gpus: int | None = None, tune: bool = True, max_batch: int = 16,
+                utilisation: float = cal.DEFAULT_UTILISATION, usd_per_kwh: float = cal.ELECTRICITY_USD_PER_KWH,
+                efficiency: float | None = None, saves: int = 3, top: int = 15) -> PlanReport:
+    """The whole `plan` answer: ranked setups (see `plan`), disk for `saves` checkpoints,
+    the assumptions of the top setup and the caveats of the first `top` setups."""
+    if top < 1:
+        raise TuneplanError(f"--top must be positive, got {top}")
+    if max_gpus is not None and max_gpus < 1:
+        raise TuneplanError(f"--max-gpus must be positive, got {max_gpus}")
+    res = plan(spec, job, dataset, devices, rank_by=rank_by, max_gpus=max_gpus, tune=tune, max_batch=max_batch,
+               utilisation=utilisation, usd_per_kwh=usd_per_kwh, efficiency=efficiency)
+    disk = estimate_disk(spec, job, dataset.tokens, saves=saves)
+    assumptions: tuple[str, ...] = ()
+    if res.setups:
+        assumptions = res.setups[0].run.step.assumptions + ((TUNING_ASSUMPTION,) if tune else ())
+    notes = tuple(dict.fromkeys(n for s in res.setups[:top] for n in support_notes(s.device, s.job)))
+    return PlanReport(spec.name, job, dataset, res, disk, assumptions, notes, utilisation, usd_per_kwh)

@@ -60,7 +60,7 @@ def max_micro_batch(spec: ModelSpec, job: Job, usable_bytes: int, cap: int = MAX
 
     def fits(b: int) -> bool:
         if b not in memo:
-            memo[b] = peak_bytes(spec, Job(job.method, replace(t, micro_batch=b), job.parallel))
+            memo[b] = peak_bytes(spec, replace(job, training=replace(t, micro_batch=b)))
         return memo[b] <= usable_bytes
 
     return _largest(fits, cap)
@@ -74,7 +74,7 @@ def max_seq_len(spec: ModelSpec, job: Job, usable_bytes: int, multiple: int = 1,
     t = job.training
 
     def fits(k: int) -> bool:
-        pk = _safe_peak(spec, Job(job.method, replace(t, seq_len=k * multiple), job.parallel))
+        pk = _safe_peak(spec, replace(job, training=replace(t, seq_len=k * multiple)))
         return pk is not None and pk <= usable_bytes
 
     return _largest(fits, cap // multiple) * multiple
@@ -95,7 +95,7 @@ def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = 
         stages = [s for s in stages if s in ("zero3", "fsdp")]
     for n in range(1, limit + 1):
         for s in stages if n > 1 else [p.sharding]:
-            j = Job(job.method, job.training, replace(p, num_gpus=n, sharding=s))
+            j = replace(job, parallel=replace(p, num_gpus=n, sharding=s))
             pk = _safe_peak(spec, j)
             if pk is not None and pk <= usable:
                 return n, j

@@ -25,7 +25,7 @@ from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
-from tuneplan.memory import adapter_bytes, compute_bytes, is_target, param_bytes, static_memory, trainable
+from tuneplan.memory import first_trained_layer, is_target, static_memory, trainable
 from tuneplan.models import ModelSpec, layer_linears, param_counts
 
 
@@ -72,7 +72,7 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int) 
     qk, vw = _attn_widths(spec)
     attn = 2 * (span + 1) / 2 * (qk + vw)
     r = method.rank
-    first_trained = spec.num_layers - method.trainable_layers if method.kind == "freeze" else 0
+    first_trained = first_trained_layer(spec, method)
     fwd = bwd = rec = per_step = 0.0
     cache: dict[bool, tuple[float, float, float]] = {}
     for i in range(spec.num_layers):
@@ -163,7 +163,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     m, t, p = job.method, job.training, job.parallel
     if not device.bf16_tflops:
         raise TuneplanError(f"{device.id} has no published TFLOPS figure; time cannot be predicted")
-    eff = efficiency if efficiency is not None else cal.FRAMEWORK_EFFICIENCY[t.framework]
+    eff = efficiency if efficiency is not None else t.profile.flop_efficiency
     if not 0 < eff <= 1:
         raise TuneplanError(f"efficiency must be in (0, 1], got {eff}")
     n = p.num_gpus
@@ -174,7 +174,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     bw = device.bandwidth_gbps * cal.BANDWIDTH_EFFICIENCY
     pc = param_counts(spec)
     st = static_memory(spec, job)
-    pb, c = param_bytes(t), compute_bytes(t)
+    pb, c = t.param_bytes, t.compute_bytes
     recompute = t.checkpointing != "none"
     passes = 3 if recompute else 2  # forward, backward (input gradients), recomputation
 
@@ -190,8 +190,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         weight_bytes = pb * pc.total * passes
     weights = _gb(weight_bytes, bw)
     terms = [("compute", compute), ("weight reads", weights)]
-    ckpt_layers = m.trainable_layers if m.kind == "freeze" else spec.num_layers
-    if t.checkpointing == "offload" or (recompute and t.framework == "unsloth"):
+    ckpt_layers = spec.num_layers - first_trained_layer(spec, m)
+    if t.checkpointing == "offload" or (recompute and t.profile.offloads_checkpoints):
         # layer inputs go to host RAM and come back for the backward (async, overlapped)
         terms.append(("checkpoint offload", _gb(2 * c * spec.hidden_size * ckpt_layers * tokens,
                                                 device.host_link_gbps)))
@@ -207,7 +207,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
 
     # once per optimizer step
     shard = n if p.shard_stage >= 1 else 1
-    trained_w = pb * trainable(spec, m).base + adapter_bytes(t) * trainable(spec, m).adapter
+    trained_w = pb * trainable(spec, m).base + t.adapter_bytes * trainable(spec, m).adapter
     opt_bytes = 2 * (trained_w + st.optimizer + st.master) + st.gradients
     optimizer = _gb(opt_bytes / shard, bw) if not p.offload_optimizer else 0.0
     opt_offload = _gb((st.gradients + trained_w) / shard, device.host_link_gbps) if p.offload_optimizer else 0.0

@@ -1,4 +1,4 @@
-"""`tuneplan estimate` and `tuneplan models`: the memory breakdown and the model catalog."""
+"""`tuneplan estimate`: the per-GPU memory breakdown of one step, and a fit verdict with --gpu."""
 
 from __future__ import annotations
 
@@ -7,44 +7,40 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from tuneplan.cli import add_job_arguments, job_from_args, make_console, print_json
+from tuneplan.cli.options import add_job_arguments, job_from_args
+from tuneplan.cli.output import describe_change, make_console, print_json
 from tuneplan.fit import fit_verdict, support_notes
 from tuneplan.hardware import resolve_device
 from tuneplan.memory import MemoryEstimate, estimate_memory
-from tuneplan.models import catalog, param_counts, resolve_model
+from tuneplan.models import resolve_model
 from tuneplan.units import GiB, fmt_gib, fmt_params
 
+DESCRIPTION = "Estimate per-GPU memory of a fine-tuning step, by component."
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("estimate", help="per-GPU memory breakdown of one training step (GiB)",
-                       description="Estimate per-GPU memory of a fine-tuning step, by component.")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="catalog id or alias (see `tuneplan models`), or a path to config.json")
     add_job_arguments(p)
     p.add_argument("--gpu", metavar="DEVICE", help="also give the fit verdict on this device (`tuneplan devices`)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
-    p.set_defaults(func=run_estimate)
-
-    m = sub.add_parser("models", help="list the bundled model catalog")
-    m.add_argument("--json", action="store_true", help="print JSON")
-    m.set_defaults(func=run_models)
 
 
-def run_estimate(args: argparse.Namespace) -> int:
-    spec = resolve_model(args.model)
+def run(args: argparse.Namespace) -> int:
+    spec = resolve_model(args.model, hub=args.hub)
     device = resolve_device(args.gpu) if args.gpu else None
     job = job_from_args(args)
     est = estimate_memory(spec, job)
     verdict = fit_verdict(spec, job, device, limits=True) if device else None
     if args.json:
         print_json(est.to_dict() | ({"fit": verdict.to_dict()} if verdict else {}))
-    else:
-        console = make_console()
-        render_estimate(est, console)
-        if verdict:
-            colour = {"fits": "green", "tight": "yellow", "no": "red"}[verdict.verdict]
-            console.print(f"[{colour}]Fit: {verdict.summary()}[/{colour}]")
-            for note in support_notes(device, job):
-                console.print(f"  note: {note}")
+        return 0
+    console = make_console()
+    render_estimate(est, console)
+    if verdict:
+        colour = {"fits": "green", "tight": "yellow", "no": "red"}[verdict.verdict]
+        console.print(f"[{colour}]Fit: {verdict.summary(describe_change)}[/{colour}]")
+        for note in support_notes(device, job):
+            console.print(f"  note: {note}")
     return 0
 
 
@@ -73,28 +69,3 @@ def render_estimate(est: MemoryEstimate, console: Console) -> None:
     console.print("Assumes:")
     for a in est.assumptions:
         console.print(f"  - {a}")
-
-
-def run_models(args: argparse.Namespace) -> int:
-    rows = []
-    for hf_id, m in catalog().items():
-        spec = m.spec
-        pc = param_counts(spec)
-        rows.append({
-            "hf_id": hf_id, "aliases": list(m.aliases), "model_type": spec.model_type,
-            "params": pc.total, "active_params": pc.active, "published_params": m.published_params,
-            "layers": spec.num_layers, "hidden": spec.hidden_size, "vocab": spec.vocab_size,
-            "moe": f"{spec.num_experts}x{spec.experts_per_token}" if spec.is_moe else "",
-            "max_position": spec.max_position, "count_note": m.count_note,
-        })
-    if args.json:
-        print_json(rows)
-        return 0
-    table = Table(title=f"Bundled models ({len(rows)})", caption="params counted from config.json; text decoder only")
-    for col in ("id", "alias", "type", "params", "active", "layers", "hidden", "vocab", "experts"):
-        table.add_column(col, justify="right" if col in ("params", "active", "layers", "hidden", "vocab") else "left")
-    for r in rows:
-        table.add_row(r["hf_id"], (r["aliases"] or [""])[-1], r["model_type"], fmt_params(r["params"]),
-                      fmt_params(r["active_params"]), str(r["layers"]), str(r["hidden"]), str(r["vocab"]), r["moe"])
-    make_console().print(table)
-    return 0

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuneplan.cli import add_job_arguments, job_from_args, print_json
+from tuneplan.cli.options import add_job_arguments, job_from_args
+from tuneplan.cli.output import print_json
 from tuneplan.errors import TuneplanError
 from tuneplan.memory import estimate_memory
 from tuneplan.models import resolve_config
@@ -22,21 +23,20 @@ from tuneplan.units import GiB, fmt_gib
 INSTALL_HINT = "tuneplan: error: trace needs torch, transformers and peft: pip install 'tuneplan[trace]'\n"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "trace", help="run the real model's training step on fake tensors and measure its peak memory",
-        description="Build the transformers model from its config (no weights), apply the method, run two "
-                    "training steps under torch FakeTensorMode with a memory tracker, and print the measured "
-                    "peak beside the analytical estimate. Needs pip install 'tuneplan[trace]'.")
+DESCRIPTION = ("Build the transformers model from its config (no weights), apply the method, run two "
+               "training steps under torch FakeTensorMode with a memory tracker, and print the measured "
+               "peak beside the analytical estimate. Needs pip install 'tuneplan[trace]'.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="catalog id or alias, or a path to config.json")
     add_job_arguments(p)
     p.add_argument("--real", action="store_true",
                    help="run on real CPU tensors instead of fake ones (allocates the memory; small models only)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of tables")
-    p.set_defaults(func=run_trace_command)
 
 
-def run_trace_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from tuneplan.trace import available
 
     if not available():
@@ -46,7 +46,7 @@ def run_trace_command(args: argparse.Namespace) -> int:
     from tuneplan.trace.run import run_trace
 
     job = job_from_args(args)
-    spec, config = resolve_config(args.model)
+    spec, config = resolve_config(args.model, hub=args.hub)
     est = estimate_memory(spec, job)
     console = Console(stderr=True)
     with warnings.catch_warnings():
@@ -94,4 +94,4 @@ def run_trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register", "run_trace_command", "TuneplanError"]
+__all__ = ["add_arguments", "run", "TuneplanError"]

@@ -9,7 +9,7 @@ Methods (tuneplan.job.Method):
   freeze  only the last k decoder layers train (embeddings, final norm, lm_head frozen);
   lora / dora  PEFT LoraConfig(r, target_modules, use_dora) via get_peft_model, adapters
           upcast to fp32 (get_peft_model(autocast_adapter_dtype=True), the PEFT default)
-          except for the torchtune profile, which keeps them in the model dtype;
+          unless the framework profile keeps them in the model dtype (torchtune);
   qlora   every decoder-layer linear replaced by a bitsandbytes-shaped stand-in
           (tuneplan.trace.quant), then LoRA on top with PEFT's 4-bit LoRA forward.
           Embeddings, norms and lm_head stay in the model dtype, as bitsandbytes loading
@@ -52,16 +52,12 @@ def precision_of(training: Training) -> Precision:
         TuneplanError: --precision mixed (fp32 master weights live in DeepSpeed/FSDP, not in
             a single-process step).
     """
-    p = training.precision
-    if p == "mixed":
-        raise TuneplanError("trace does not model --precision mixed (master weights live in DeepSpeed/FSDP); "
+    p = training.dtypes
+    if not p.traceable:
+        raise TuneplanError(f"trace does not model --precision {p.name} (master weights live in DeepSpeed/FSDP); "
                             "use bf16 or amp")
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if p in half:
-        return Precision(half[p], None if training.framework == "torchtune" else half[p])
-    if p == "amp":
-        return Precision(torch.float32, torch.bfloat16)
-    return Precision(torch.float32, None)
+    autocast = getattr(torch, p.torch_autocast_dtype) if training.autocast and p.torch_autocast_dtype else None
+    return Precision(getattr(torch, p.torch_param_dtype), autocast)
 
 
 def hf_config(config: dict[str, Any], attention: str):
@@ -84,7 +80,7 @@ def hf_config(config: dict[str, Any], attention: str):
 
 def attention_impl(training: Training) -> str:
     """transformers attn_implementation for --attention (flash runs as SDPA: same O(s) memory)."""
-    return {"sdpa": "sdpa", "flash": "sdpa", "eager": "eager"}[training.attention]
+    return training.attn.trace_impl
 
 
 def _decoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -195,7 +191,7 @@ def apply_method(model: nn.Module, method: Method, training: Training) -> nn.Mod
     if method.kind == "qlora":
         _, quant_cls = _lora_4bit_class()
         cfg._register_custom_module({Linear4bitStandIn: quant_cls, Linear8bitStandIn: quant_cls})
-    peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=training.framework != "torchtune")
+    peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=training.profile.adapter_fp32)
     _train_embeddings(peft_model, method)
     return peft_model
 

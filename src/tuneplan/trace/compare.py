@@ -12,18 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneplan.memory import MemoryEstimate
+from tuneplan.memory import components as K
 
-NOT_TRACED = ("allocator", "cuda_context")
+NOT_TRACED = K.OVERHEAD
 
 # (row key, label, trace categories, estimate component keys)
 ROWS = (
     ("params", "Parameters (weights, quant state, adapters)", ("weights", "trainable"),
-     ("weights", "quant_constants", "adapters", "param_gather", "master_weights")),
-    ("gradients", "Gradients", ("gradients",), ("gradients", "ddp_buckets")),
-    ("optimizer", "Optimizer states", ("optimizer",), ("optimizer",)),
-    ("activations", "Activations", ("activations",), ("activations",)),
-    ("logits", "Logits + loss", ("logits",), ("logits",)),
-    ("temporaries", "Backward / optimizer temporaries", ("temporaries",), ("working", "optimizer_temp")),
+     (K.WEIGHTS, K.QUANT_CONSTANTS, K.ADAPTERS, K.PARAM_GATHER, K.MASTER_WEIGHTS)),
+    ("gradients", "Gradients", ("gradients",), (K.GRADIENTS, K.DDP_BUCKETS)),
+    ("optimizer", "Optimizer states", ("optimizer",), (K.OPTIMIZER,)),
+    ("activations", "Activations", ("activations",), (K.ACTIVATIONS,)),
+    ("logits", "Logits + loss", ("logits",), (K.LOGITS,)),
+    ("temporaries", "Backward / optimizer temporaries", ("temporaries",), (K.WORKING, K.OPTIMIZER_TEMP)),
 )
 
 

@@ -14,6 +14,7 @@ mimics a CUDA run where the two differ (see ASSUMPTIONS).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuneplan.choices.optimizers import OPTIMIZERS
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Job, Training
 from tuneplan.trace.build import build_model, precision_of
@@ -96,19 +98,13 @@ def make_optimizer(params: list[nn.Parameter], training: Training) -> torch.opti
     Raises:
         TuneplanError: 8-bit, paged and Lion optimizers (bitsandbytes) are not traced.
     """
-    opt = training.optimizer
-    if opt == "adamw":
-        return torch.optim.AdamW(params, lr=1e-5, fused=True)
-    if opt == "adamw-foreach":
-        return torch.optim.AdamW(params, lr=1e-5, foreach=True)
-    if opt in ("sgd", "sgd-momentum"):
-        return torch.optim.SGD(params, lr=1e-5, momentum=0.9 if opt == "sgd-momentum" else 0.0, foreach=True)
-    if opt == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=1e-5, relative_step=False, scale_parameter=False, warmup_init=False)
-    raise TuneplanError(f"trace does not run optimizer {opt!r} (bitsandbytes); use adamw, adamw-foreach, "
-                        "sgd, sgd-momentum or adafactor")
+    opt = training.optim
+    if opt.torch_class is None:
+        raise TuneplanError(f"trace does not run optimizer {opt.name!r} (bitsandbytes); use one of: "
+                            + ", ".join(o.name for o in OPTIMIZERS.values() if o.torch_class))
+    module_name, _, class_name = opt.torch_class.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(params, lr=1e-5, **dict(opt.torch_kwargs))
 
 
 @contextlib.contextmanager
@@ -243,15 +239,16 @@ def run_trace(config: dict[str, Any], job: Job, *, name: str = "model", fake: bo
     t = job.training
     prec = precision_of(t)
     notes = list(ASSUMPTIONS)
-    if t.framework not in ("hf", "torchtune"):
+    if not t.profile.trace_exact:
         notes.append(f"framework {t.framework} traced as the plain HF Trainer + PEFT step.")
     if job.method.kind == "qlora":
         notes.append("bitsandbytes layers are stand-ins with the same storage (packed uint8 NF4/FP4 + absmax, "
                      "double-quant state; or int8 + fp32 row scales) and the same dequantise-then-matmul "
                      "temporaries; embeddings, norms and lm_head stay in the model dtype (no "
                      "prepare_model_for_kbit_training fp32 upcast).")
-    if t.fused_ce:
-        notes.append("--fused-ce is not traced: the step runs transformers' full-logits cross-entropy.")
+    if t.loss.fused or t.loss.chunks:
+        notes.append(f"{t.loss.name} cross-entropy is not traced: the step runs transformers' full-logits "
+                     "cross-entropy.")
     start = time.perf_counter()
     say = progress or (lambda _s: None)
     mode = FakeTensorMode() if fake else contextlib.nullcontext()

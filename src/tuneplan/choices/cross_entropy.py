@@ -1,0 +1,44 @@
+"""Cross-entropy implementations: how much of the logits the loss keeps alive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneplan import calibration as cal
+from tuneplan.choices import lookup
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """One way to compute the loss over the vocabulary.
+
+    Args:
+        name: the setting (plain, chunked, fused).
+        fused: the lm_head matmul and the loss run together a chunk of rows at a time, so
+            the full logits never exist (Liger FusedLinearCrossEntropy, Unsloth).
+        chunks: the full compute-dtype logits exist, and the fp32 upcast is done in this
+            many chunks (torchtune CEWithChunkedOutputLoss); None for plain and fused.
+        note: what the breakdown line says.
+        source: where the behaviour is read from.
+    """
+
+    name: str
+    fused: bool
+    chunks: int | None
+    note: str
+    source: str
+
+
+CROSS_ENTROPY: dict[str, CrossEntropy] = {c.name: c for c in (
+    CrossEntropy("plain", fused=False, chunks=None, note="bf16 logits + fp32 cross-entropy",
+                 source="transformers loss/loss_utils.py ForCausalLMLoss (fp32 upcast, log_softmax kept)"),
+    CrossEntropy("chunked", fused=False, chunks=cal.TORCHTUNE_CE_CHUNKS, note="fused/chunked CE",
+                 source="torchtune modules/loss/ce_chunked_output_loss.py (num_output_chunks=8)"),
+    CrossEntropy("fused", fused=True, chunks=None, note="fused/chunked CE",
+                 source="Liger-Kernel ops/fused_linear_cross_entropy.py; Unsloth fast_cross_entropy_loss"),
+)}
+
+
+def cross_entropy(name: str) -> CrossEntropy:
+    """The CrossEntropy record for a --cross-entropy name."""
+    return lookup(CROSS_ENTROPY, "cross-entropy implementation", name)

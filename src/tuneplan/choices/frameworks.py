@@ -1,0 +1,93 @@
+"""Framework profiles: every rule that differs between training stacks, one row each.
+
+A profile says how a stack stores adapters, whether it runs the forward under autocast,
+which cross-entropy it uses by default, what its kernels patch and how efficiently it
+uses the GPU. Estimators read these fields; none compares a framework's name.
+
+To add a stack (litgpt, MLX, ...): read its source at a stated version, add one row with
+each field cited, and add its FLOP efficiency to tuneplan.calibration with its source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneplan import calibration as cal
+from tuneplan.choices import lookup
+
+
+@dataclass(frozen=True)
+class FrameworkProfile:
+    """How one training stack runs a fine-tuning step.
+
+    Args:
+        name: the setting (hf, unsloth, ...).
+        label: the stack's name for people.
+        adapter_fp32: LoRA/DoRA weights are fp32 on a half-precision model (PEFT
+            get_peft_model(autocast_adapter_dtype=True), peft/tuners/tuners_utils.py
+            cast_adapter_dtype); False keeps them in the model dtype (torchtune).
+        autocast_half: the forward of a bf16/fp16 model runs under torch.autocast (HF
+            Trainer with bf16=True wraps it in accelerate's autocast); torchtune does not.
+        adapter_input_copies: under autocast each PEFT-adapted module keeps its own
+            compute-dtype copy of its input (peft lora Linear.forward casts x to the fp32
+            adapter dtype, autocast casts it back for the matmul and saves that copy).
+        default_cross_entropy: the loss implementation the stack uses unless told otherwise.
+        quantises_fused_experts: QLoRA quantises transformers 5's fused 3-D MoE experts
+            (bitsandbytes skips them, issue #1849; Unsloth patches it, unsloth-zoo PR #527).
+        offloads_checkpoints: with checkpointing on, layer inputs go to host RAM and back
+            (Unsloth's use_gradient_checkpointing="unsloth"); counted in time only, memory
+            needs --checkpointing offload.
+        trace_exact: `tuneplan trace` replays this stack's step exactly (HF Trainer + PEFT,
+            torchtune's no-autocast step); others are traced as the HF step, with a note.
+        flop_efficiency: achieved / peak FLOP/s over executed FLOPs (tuneplan.calibration).
+        device_notes: (device vendor, caveat) pairs shown when the job runs on that vendor.
+    """
+
+    name: str
+    label: str
+    adapter_fp32: bool
+    autocast_half: bool
+    adapter_input_copies: bool
+    default_cross_entropy: str
+    quantises_fused_experts: bool
+    offloads_checkpoints: bool
+    trace_exact: bool
+    flop_efficiency: float
+    device_notes: tuple[tuple[str, str], ...] = ()
+
+
+FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
+    FrameworkProfile(
+        "hf", "HF Transformers Trainer / TRL + PEFT", adapter_fp32=True, autocast_half=True,
+        adapter_input_copies=True, default_cross_entropy="plain", quantises_fused_experts=False,
+        offloads_checkpoints=False, trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"]),
+    FrameworkProfile(
+        # Unsloth patches PEFT's LoRA forward (no per-adapter input copies) and computes the
+        # loss with its fused cross-entropy kernel.
+        "unsloth", "Unsloth", adapter_fp32=True, autocast_half=True, adapter_input_copies=False,
+        default_cross_entropy="fused", quantises_fused_experts=True, offloads_checkpoints=True,
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"],
+        device_notes=(
+            ("Apple", "Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon."),
+            ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
+        )),
+    FrameworkProfile(
+        # torchtune recipes: model in bf16 without autocast, LoRA in the model dtype,
+        # CEWithChunkedOutputLoss.
+        "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
+        default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
+        trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"]),
+    FrameworkProfile(
+        "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
+        default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["axolotl"]),
+    FrameworkProfile(
+        "llamafactory", "LLaMA-Factory", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
+        default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["llamafactory"]),
+)}
+
+
+def framework(name: str) -> FrameworkProfile:
+    """The FrameworkProfile for a --framework name."""
+    return lookup(FRAMEWORKS, "framework", name)

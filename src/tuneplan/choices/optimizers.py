@@ -1,0 +1,67 @@
+"""Optimizers: how many state tensors, in what storage, and what each library calls them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneplan.choices import lookup
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One optimizer as tuneplan models it.
+
+    Args:
+        name: the setting (adamw, adamw-8bit, ...).
+        states: state tensors per parameter (AdamW exp_avg + exp_avg_sq = 2; SGD with
+            momentum and Lion one buffer, Chen et al. 2023; plain SGD none).
+        eight_bit: bitsandbytes block-wise 8-bit states (1 byte + fp32 absmax per 256
+            values; 32-bit below 4096 elements: bitsandbytes/optim/optimizer.py).
+        paged: states in CUDA managed memory that pages to host RAM under pressure.
+        factored: Adafactor's factored second moment (rows + cols per matrix, Shazeer &
+            Stern 2018), HF default beta1=None (no first moment).
+        full_size_temp: torch's foreach AdamW makes one full-size temporary
+            (torch/optim/adamw.py _multi_tensor_adamw: torch._foreach_sqrt(exp_avg_sqs)).
+        eight_bit_alternative: the 8-bit optimizer a fit suggestion may switch to.
+        hf_name: transformers TrainingArguments.optim (also Axolotl `optimizer:`,
+            LLaMA-Factory `optim:`).
+        torch_class / torch_kwargs: what the trace instantiates (None: not traced).
+        note: one line for the breakdown and assumptions.
+    """
+
+    name: str
+    states: int
+    eight_bit: bool = False
+    paged: bool = False
+    factored: bool = False
+    full_size_temp: bool = False
+    eight_bit_alternative: str | None = None
+    hf_name: str = ""
+    torch_class: str | None = None
+    torch_kwargs: tuple[tuple[str, object], ...] = ()
+
+
+OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
+    # transformers 5 default optim is adamw_torch_fused: torch.optim.AdamW(fused=True), no temporaries
+    Optimizer("adamw", 2, eight_bit_alternative="adamw-8bit", hf_name="adamw_torch_fused",
+              torch_class="torch.optim.AdamW", torch_kwargs=(("fused", True),)),
+    Optimizer("adamw-foreach", 2, full_size_temp=True, eight_bit_alternative="adamw-8bit", hf_name="adamw_torch",
+              torch_class="torch.optim.AdamW", torch_kwargs=(("foreach", True),)),
+    Optimizer("adamw-8bit", 2, eight_bit=True, hf_name="adamw_bnb_8bit"),
+    Optimizer("paged-adamw", 2, paged=True, eight_bit_alternative="adamw-8bit", hf_name="paged_adamw_32bit"),
+    Optimizer("paged-adamw-8bit", 2, eight_bit=True, paged=True, hf_name="paged_adamw_8bit"),
+    Optimizer("adafactor", 2, factored=True, hf_name="adafactor",
+              torch_class="transformers.optimization.Adafactor",
+              torch_kwargs=(("relative_step", False), ("scale_parameter", False), ("warmup_init", False))),
+    Optimizer("sgd", 0, hf_name="sgd", torch_class="torch.optim.SGD",
+              torch_kwargs=(("momentum", 0.0), ("foreach", True))),
+    Optimizer("sgd-momentum", 1, hf_name="sgd", torch_class="torch.optim.SGD",
+              torch_kwargs=(("momentum", 0.9), ("foreach", True))),
+    Optimizer("lion", 1, hf_name="lion_32bit"),
+    Optimizer("lion-8bit", 1, eight_bit=True, hf_name="lion_8bit"),
+)}
+
+
+def optimizer(name: str) -> Optimizer:
+    """The Optimizer record for an --optimizer name."""
+    return lookup(OPTIMIZERS, "optimizer", name)

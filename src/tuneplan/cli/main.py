@@ -1,0 +1,82 @@
+"""`tuneplan COMMAND ...`: find the command in the table, import only its module, run it.
+
+Like pip, the top-level parser knows only the names and one-line help of the commands,
+so `tuneplan --help` imports no command module. A TuneplanError becomes one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+
+from tuneplan import __version__
+from tuneplan.errors import TuneplanError
+
+# name -> (module with add_arguments(parser) and run(args), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "estimate": ("tuneplan.commands.estimate", "per-GPU memory breakdown of one training step (GiB)"),
+    "plan": ("tuneplan.commands.plan", "rank device x count x settings for a job by time or cost"),
+    "matrix": ("tuneplan.commands.matrix", "fit matrix: models x methods x devices (table, CSV, PNG heatmap)"),
+    "devices": ("tuneplan.commands.devices", "list the hardware catalog (usable memory, bandwidth, TFLOPS, prices)"),
+    "models": ("tuneplan.commands.models", "list the bundled model catalog"),
+    "trace": ("tuneplan.commands.trace", "run the real training step on fake tensors; exact peak (extra: trace)"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        sys.stderr.write(f"tuneplan: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _top_parser() -> Parser:
+    listing = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    parser = Parser(prog="tuneplan", usage="tuneplan [--version] COMMAND [options]",
+                    description="Plan an LLM fine-tune: memory, fit, time, cost.",
+                    epilog=f"commands:\n{listing}\n\n`tuneplan COMMAND --help` for a command's options.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tuneplan {__version__}")
+    return parser
+
+
+def command_parser(name: str) -> tuple[Parser, object]:
+    """The parser of one command and its module (imported now)."""
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = Parser(prog=f"tuneplan {name}", description=getattr(module, "DESCRIPTION", help_))
+    module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit code (0 ok, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        top = _top_parser()
+        top.parse_args(argv)  # --help / --version exit here
+        top.print_help()
+        return 2
+    name = argv[0]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; choose one of: {', '.join(COMMANDS)}"
+        sys.stderr.write(f"tuneplan: error: unknown command {name!r}{hint}\n")
+        return 2
+    parser, module = command_parser(name)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except TuneplanError as e:
+        sys.stderr.write(f"tuneplan: error: {e}\n")
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Console, JSON and change rendering shared by the commands (no core logic here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from tuneplan.cli.options import flag_text
+from tuneplan.fit import Change
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; when output is not a terminal (a pipe, a file, CI), use a wide page so
+    tables are not squeezed into 80 columns (COLUMNS still wins when set)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=200)
+    return console
+
+
+def print_json(obj: Any) -> None:
+    """Write JSON to stdout (keys in the order the core's to_dict gives them)."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def describe_change(change: Change) -> str:
+    """A fit change in words with the flags that make it: 'fused cross-entropy (--cross-entropy fused)'."""
+    return " + ".join(f"{s.description} ({flag_text(dict(s.settings))})" for s in change.steps)
+
+
+def money(x: float | None) -> str:
+    """USD for a table cell: '$1,234' or '$12.34'; '-' when unknown."""
+    if x is None:
+        return "-"
+    return f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"

@@ -1,0 +1,270 @@
+"""Activations and logits: the bytes autograd keeps from forward to backward, per token.
+
+Derived from the tensors saved for backward in transformers' decoder layers and checked
+against `tuneplan trace` (benchmarks/results/trace_vs_estimate.md: per-layer saved bytes
+equal to the byte for Qwen2.5-0.5B, Llama-3.2-3B, Llama-3.1-8B, full/LoRA/QLoRA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tuneplan.choices.attention import Attention, kernel_for
+from tuneplan.job import Job, Method, Training
+from tuneplan.memory.trained import first_trained_layer, is_target, layer_groups, trained_layer_count
+from tuneplan.models import Linear, ModelSpec, layer_linears
+
+
+@dataclass(frozen=True)
+class LayerActs:
+    """Per-token bytes of one decoder layer.
+
+    Args:
+        saved: tensors autograd keeps from forward to backward (no checkpointing).
+        transient: extra working memory while this layer's backward runs (gradients of
+            its widest intermediates), on top of what is saved.
+    """
+
+    saved: int
+    transient: int
+
+
+def attention_kernel(spec: ModelSpec, t: Training) -> Attention:
+    """The attention kernel that actually runs (sdpa falls back to eager where
+    transformers has no SDPA path for the architecture)."""
+    return kernel_for(spec.model_type, t.attention)
+
+
+def _attention_core(spec: ModelSpec, kernel: Attention, c: int, seq: int) -> int:
+    """Bytes per token saved inside attention (after q/k/v projections).
+
+    SDPA flash/mem-efficient and FlashAttention-2 save q, k, v (GQA native, no repeat),
+    the output and an fp32 logsumexp per head (torch/nn/attention, flash_attn
+    flash_attn_interface.py). transformers eager attention (modeling_llama.py
+    eager_attention_forward) repeats k/v to all heads, upcasts the softmax to fp32 and
+    keeps the probabilities: fp32 softmax output + its bf16 cast, s per head per token.
+    Gemma 2's score soft-capping (modeling_gemma2.py: scores / cap -> tanh -> * cap) keeps
+    tanh's output, one more compute-dtype s x s matrix per head.
+    """
+    if kernel.quadratic:
+        qkv = c * (spec.q_dim + 2 * spec.num_heads * (spec.v_head_dim if spec.is_mla else spec.head_dim))
+        probs = 4 + c + (c if spec.attn_softcap else 0)
+        return qkv + probs * spec.num_heads * seq
+    v_dim = spec.num_heads * spec.v_head_dim if spec.is_mla else spec.kv_dim
+    k_dim = spec.q_dim if spec.is_mla else spec.kv_dim
+    return c * (spec.q_dim + k_dim + v_dim + spec.attn_out_dim) + 4 * spec.num_heads
+
+
+@dataclass(frozen=True)
+class _Saver:
+    """Per-token save rules of one layer's linears for a method and precision.
+
+    A linear keeps its input only when its weight (or an adapter on it) needs a gradient
+    (PyTorch saves mm inputs only for outputs that require grad). With PEFT under
+    autocast each adapted module keeps its own compute-dtype copy of its input (peft lora
+    Linear.forward casts x to the fp32 adapter dtype, autocast casts it back for the matmul
+    and saves that copy). The 4-bit LoRA layer (peft lora/bnb.py Linear4bit.forward) skips
+    that cast under autocast, so its adapters share the input, and bitsandbytes
+    MatMul4Bit saves no input at all.
+    """
+
+    method: Method
+    c: int
+    per_adapter_copy: bool
+
+    def saves_input(self, lin: Linear) -> bool:
+        m = self.method
+        return m.kind in ("full", "freeze") or (m.is_adapter and is_target(lin, m))
+
+    def input_bytes(self, group: list[Linear], width: int, tokens_factor: float = 1.0) -> float:
+        """Bytes/token to keep the shared input of `group` (all read the same tensor)."""
+        needed = [lin for lin in group if self.saves_input(lin)]
+        if not needed:
+            return 0.0
+        if self.per_adapter_copy:
+            return tokens_factor * self.c * width * len(needed)
+        return tokens_factor * self.c * width
+
+    def adapter_extras(self, group: list[Linear], tokens_factor: float = 1.0) -> float:
+        """lora_A outputs, dropout masks and DoRA's kept results, bytes/token."""
+        m = self.method
+        if not m.is_adapter:
+            return 0.0
+        extra = 0.0
+        for lin in group:
+            if not is_target(lin, m):
+                continue
+            extra += self.c * m.rank  # lora_A output, saved by lora_B
+            if m.lora_dropout > 0:
+                extra += lin.d_in  # dropout mask (bool)
+            if m.kind == "dora":
+                extra += 2 * self.c * lin.d_out  # base and lora results kept for the magnitude scale
+        return tokens_factor * extra
+
+
+def _norm_bytes(spec: ModelSpec, t: Training, full: bool) -> int:
+    """Bytes/element-of-h saved by one RMSNorm.
+
+    RMSNorm (modeling_llama.py LlamaRMSNorm) upcasts to fp32 and keeps that fp32 input
+    (4 B/elem) and, when its weight trains, the normalised value in the compute dtype.
+    amp: the residual stream is fp32, so is the normalised value. Gemma's RMSNorm
+    multiplies the fp32 normalised value by (1 + weight) before casting back
+    (modeling_gemma3.py Gemma3RMSNorm), so a trained weight keeps it in fp32 (trace:
+    Gemma-3-1B full fine-tuning).
+    """
+    h = spec.hidden_size
+    if t.dtypes.fp32_residual or spec.model_type.startswith("gemma"):
+        return 4 * h + (4 * h if full else 0)
+    return 4 * h + (t.compute_bytes * h if full else 0)
+
+
+def _attention_saves(spec: ModelSpec, kernel: Attention, t: Training, sv: _Saver, lins: tuple[Linear, ...],
+                     norm: int) -> float:
+    """Bytes/token saved by the attention block (projections, qk-norm, kernel, o_proj)."""
+    c, h = sv.c, spec.hidden_size
+    attn = [lin for lin in lins if lin.group == "attn"]
+    first_attn = [lin for lin in attn if lin.name != "o_proj" and lin.d_in == h]
+    o_proj = [lin for lin in attn if lin.name == "o_proj"]
+    saved = sv.input_bytes(first_attn, h)
+    if spec.qk_norm:  # per-head RMSNorm of q and k (Qwen3, Gemma 3, OLMo 2): same saves as a norm
+        saved += (norm // h) * (spec.q_dim + spec.kv_dim)
+    if spec.fused and not kernel.quadratic and not spec.is_mla:
+        # Phi-3 slices q, k, v out of one qkv_proj output; SDPA saves v, a view, which keeps
+        # the whole [q + 2 kv] storage alive (trace: Phi-3.5-mini)
+        saved += c * (spec.q_dim + spec.kv_dim)
+    if spec.is_mla:  # latent projections: q_b and kv_b read normalised latents
+        for lin in (lin for lin in attn if lin.name in ("q_b_proj", "kv_b_proj")):
+            saved += 4 * lin.d_in + sv.input_bytes([lin], lin.d_in)
+    saved += _attention_core(spec, kernel, c, t.seq_len)
+    # With SDPA/flash the o_proj input is the kernel's output, already counted; it costs
+    # nothing more unless something copies it: eager makes a contiguous copy; MLA slices
+    # padded heads; PEFT copies. Phi-3's rotary concatenates rotated and pass-through
+    # halves, so q is head-major, the SDPA output follows q's layout (CPU kernel and
+    # flash's empty_like(q) alike) and transpose(1, 2).contiguous() copies it (trace:
+    # Phi-3.5-mini full fine-tuning).
+    if kernel.quadratic or spec.is_mla or spec.fused or sv.per_adapter_copy:
+        saved += sv.input_bytes(o_proj, spec.attn_out_dim)
+    return saved + sv.adapter_extras(attn)
+
+
+def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...]) -> tuple[float, int]:
+    """(bytes/token, widest intermediate) of a routed-expert MLP with optional shared experts."""
+    c, h = sv.c, spec.hidden_size
+    k, e = spec.experts_per_token, spec.num_experts
+    im = spec.moe_intermediate_size
+    experts = [lin for lin in lins if lin.group == "expert"]
+    # router: fp32 probabilities; the per-expert gathered token copies are kept only
+    # when the experts' gate/up weights need gradients (traced: Mixtral, Qwen3-MoE LoRA)
+    saved = 4 * e + sv.input_bytes([lin for lin in experts if lin.name != "down_proj"], h, k)
+    saved += k * c * im * 3 + k * c * h  # gate, act, up per routed copy; expert output before weighting
+    saved += sv.input_bytes([lin for lin in experts if lin.name == "down_proj"], im, k)
+    saved += sv.adapter_extras(experts, k)  # each token passes through k adapted experts
+    width = k * im
+    shared = [lin for lin in lins if lin.group == "shared"]
+    if shared:
+        si = spec.shared_intermediate_size * spec.shared_experts
+        saved += sv.input_bytes([lin for lin in shared if lin.name != "down_proj"], h)
+        saved += 3 * c * si + sv.input_bytes([lin for lin in shared if lin.name == "down_proj"], si)
+        saved += sv.adapter_extras(shared)
+        width += si
+    return saved, width
+
+
+def _dense_mlp_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...]) -> tuple[float, int]:
+    """(bytes/token, intermediate width) of a gated MLP: gate, act(gate), up and, if
+    down_proj trains, their product."""
+    mlp = [lin for lin in lins if lin.group == "mlp"]
+    inter = spec.intermediate_size
+    saved = sv.input_bytes([lin for lin in mlp if lin.name != "down_proj"], spec.hidden_size)
+    saved += 3 * sv.c * inter  # gate out (act input), act out, up out: kept by act and mul
+    saved += sv.input_bytes([lin for lin in mlp if lin.name == "down_proj"], inter)
+    saved += sv.adapter_extras(mlp)
+    return saved, inter
+
+
+def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
+    """Per-token activation bytes of decoder layer `layer` without checkpointing.
+
+    Norms per _norm_bytes, attention per _attention_saves, the MLP per _dense_mlp_saves or
+    _moe_saves; linears and adapters per _Saver. Checked against `tuneplan trace`
+    (benchmarks/results/trace_vs_estimate.md).
+    """
+    m, t = job.method, job.training
+    kernel = attention_kernel(spec, t)  # what actually runs
+    full = m.kind in ("full", "freeze")
+    lins = layer_linears(spec, layer)
+    norm = _norm_bytes(spec, t, full)
+    per_adapter_copy = (m.is_adapter and t.autocast and t.profile.adapter_input_copies
+                        and (m.kind != "qlora" or t.dtypes.fp32_residual))
+    sv = _Saver(m, t.compute_bytes, per_adapter_copy)
+    saved = spec.norms_per_layer * norm  # Gemma 2/3 add post-attention and post-MLP norms
+    saved += _attention_saves(spec, kernel, t, sv, lins, norm)
+    if spec.moe_layers and spec.moe_layers[layer]:
+        mlp, mlp_width = _moe_saves(spec, sv, lins)
+    else:
+        mlp, mlp_width = _dense_mlp_saves(spec, sv, lins)
+    saved += mlp
+    # backward working set of one layer: grads of the widest intermediates (gate/up) and
+    # of the hidden state flowing through the residual stream
+    transient = sv.c * (2 * mlp_width + 2 * spec.hidden_size)
+    return LayerActs(int(saved), int(transient))
+
+
+@lru_cache(maxsize=16384)
+def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
+    """(forward peak, kept into backward, backward peak) bytes of logits + cross-entropy.
+
+    plain: transformers ForCausalLMLoss (loss/loss_utils.py) upcasts the compute-dtype
+    logits to fp32 and runs cross_entropy: log_softmax keeps its fp32 output for backward.
+    The Trainer drops the model outputs before backward (trainer.py compute_loss returns
+    only the loss), so the compute-dtype logits and the fp32 upcast die with the forward
+    and only the fp32 log-probabilities are kept. In backward the nll gradient and the
+    log_softmax input gradient (fp32 each) coexist with them: 12 bytes per logit, as
+    `tuneplan trace` measures (benchmarks/results/trace_vs_estimate.md).
+    fused (Liger, Unsloth) never materialises more than a chunk of fp32 logits (Liger
+    fused_linear_cross_entropy.py: chunk = next_power_of_2(ceil(BT / ceil(V / H))) rows);
+    chunked (torchtune) keeps the compute-dtype logits and upcasts 1/chunks at a time.
+    """
+    tokens = t.micro_batch * t.seq_len
+    v, h, c = spec.vocab_size, spec.hidden_size, t.compute_bytes
+    ce = t.loss
+    if ce.fused:
+        chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / math.ceil(v / h))))))
+        chunk = min(chunk, tokens)
+        work = 8 * chunk * v  # fp32 chunk logits + their gradient
+        return work, 0, work + c * tokens * h
+    if ce.chunks:
+        chunk = math.ceil(tokens / ce.chunks)
+        return c * tokens * v + 8 * chunk * v, c * tokens * v, c * tokens * v + 12 * chunk * v
+    fwd = (c + 8) * tokens * v if c == 2 else 8 * tokens * v
+    kept = 4 * tokens * v
+    if spec.final_softcap:  # Gemma 2: logits / cap -> tanh -> * cap; tanh keeps its output
+        fwd += c * tokens * v
+        kept += c * tokens * v
+    bwd = kept + 8 * tokens * v
+    return fwd, kept, bwd
+
+
+@lru_cache(maxsize=16384)
+def stack_activations(spec: ModelSpec, method: Method, training: Training) -> tuple[int, LayerActs]:
+    """(saved bytes per token summed over the layers that keep activations, worst single layer).
+
+    freeze keeps activations only for the trained top layers: nothing below them needs a
+    gradient, so their forward builds no graph.
+    """
+    job = Job(method, training)
+    total = 0
+    worst = LayerActs(0, 0)
+    for layer, n in layer_groups(spec):
+        la = layer_activations(spec, job, layer)
+        count = trained_layer_count(spec, method, layer, n) if method.kind == "freeze" else n
+        total += la.saved * count
+        if la.saved + la.transient > worst.saved + worst.transient:
+            worst = la
+    return total, worst
+
+
+__all__ = ["LayerActs", "attention_kernel", "first_trained_layer", "layer_activations", "logits_bytes",
+           "stack_activations"]

@@ -1,0 +1,129 @@
+"""Static memory: bytes that live for the whole step (weights, quantisation constants,
+adapters, gradients, optimizer states, master weights), before sharding."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tuneplan import calibration as cal
+from tuneplan.job import Job, Method, Training
+from tuneplan.memory.trained import layer_groups, trainable
+from tuneplan.models import ModelSpec, layer_linears, param_counts
+
+
+def quantised_bytes(n: int, method: Method) -> tuple[int, int]:
+    """(storage bytes, quantisation-constant bytes) of one n-element matrix.
+
+    NF4/FP4 (bitsandbytes Linear4bit): two 4-bit values per uint8 byte; one absmax per
+    `quant_blocksize` values, fp32, or with double quantisation uint8 plus one fp32 absmax
+    per 256 absmax values, a 256-entry fp32 code and an fp32 offset (bitsandbytes
+    functional.quantize_4bit). LLM.int8 (Linear8bitLt): int8 weights plus an fp32 scale per
+    output row (counted by the caller via `rows`).
+    """
+    if method.quant == "int8":
+        return n, 0
+    blocks = math.ceil(n / method.quant_blocksize)
+    if method.double_quant:
+        consts = blocks + 4 * math.ceil(blocks / cal.DQ_BLOCKSIZE) + 4 * 256 + 4 + 4 * 16
+    else:
+        consts = 4 * blocks + 4 * 16
+    return math.ceil(n / 2), consts
+
+
+@dataclass(frozen=True)
+class Static:
+    """Bytes that live for the whole step (before sharding), plus the largest single matrix."""
+
+    weights: int
+    quant_constants: int
+    adapters: int
+    gradients: int
+    optimizer: int
+    master: int
+    optimizer_temp: int
+    largest_matrix: int  # elements of the largest single weight matrix (one expert)
+    layer_params: int  # elements of the largest decoder layer (for ZeRO-3 gathers)
+
+
+def optimizer_bytes(tensors: tuple[tuple[int, int, int, int], ...], training: Training, state_bytes: int) -> int:
+    """Optimizer-state bytes for the trainable tensors (rules in tuneplan.choices.optimizers).
+
+    AdamW: 2 states (exp_avg, exp_avg_sq) in the parameter dtype (torch.optim.AdamW uses
+    zeros_like(param)). 8-bit (bitsandbytes): 1 byte per state value + fp32 absmax per
+    256 values, 32-bit state for tensors under 4096 elements. Adafactor (HF default
+    beta1=None): factored second moment, rows + cols fp32 values per matrix, full for
+    vectors (Shazeer & Stern 2018). SGD: none; with momentum one buffer. Lion: one momentum
+    buffer (Chen et al. 2023).
+    """
+    opt = training.optim
+    total = 0
+    for numel, rows, cols, copies in tensors:
+        if opt.factored:
+            per = 4 * (rows + cols) if cols > 1 else 4 * numel
+        elif opt.eight_bit and numel >= cal.BNB_OPT_MIN_8BIT_SIZE:
+            per = opt.states * (numel + 4 * math.ceil(numel / cal.BNB_OPT_BLOCKSIZE))
+        elif opt.eight_bit:
+            per = opt.states * 4 * numel
+        else:
+            per = opt.states * state_bytes * numel
+        total += per * copies
+    return total
+
+
+def static_memory(spec: ModelSpec, job: Job) -> Static:
+    """Weights, constants, adapters, gradients, optimizer states and master weights (bytes)."""
+    t = job.training
+    return _static(spec, job.method, t.precision, t.optimizer, t.framework)
+
+
+def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
+    """(weight bytes, quantisation-constant bytes) of the whole model."""
+    pc = param_counts(spec)
+    if m.kind != "qlora":
+        return t.param_bytes * pc.total, 0
+    weights = quant_consts = 0
+    for layer, n in layer_groups(spec):
+        for lin in layer_linears(spec, layer):
+            if lin.group == "expert" and not t.profile.quantises_fused_experts:
+                weights += 2 * lin.params * n  # fused 3-D experts stay bf16
+                continue
+            store, consts = quantised_bytes(lin.d_in * lin.d_out, m)
+            if m.quant == "int8":
+                consts = 4 * lin.d_out
+            weights += (store + (2 * lin.d_out if lin.bias else 0)) * lin.count * n
+            quant_consts += consts * lin.count * n
+    weights += 2 * (pc.total - pc.linear_in_layers)  # embeddings, norms, lm_head: bf16
+    return weights, quant_consts
+
+
+@lru_cache(maxsize=16384)
+def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str) -> Static:
+    t = Training(precision=precision, optimizer=optimizer, framework=framework)
+    quantised_experts = t.profile.quantises_fused_experts
+    largest = max((lin.d_in * lin.d_out for layer, _ in layer_groups(spec) for lin in layer_linears(spec, layer)
+                   if lin.group != "expert" or quantised_experts), default=0)
+    tr = trainable(spec, m)
+    pb = t.param_bytes
+    layer_params = max(sum(lin.params for lin in layer_linears(spec, layer)) for layer, _ in layer_groups(spec))
+    weights, quant_consts = _weights(spec, m, t)
+    ab = t.adapter_bytes
+    adapters = ab * tr.adapter
+    # gradients: same dtype as the parameter they belong to
+    gradients = pb * tr.base + ab * tr.adapter
+    state_bytes = 4 if t.dtypes.fp32_states else pb
+    if m.is_adapter:
+        # adapter states follow the (fp32) adapter dtype; trained embeddings (the last
+        # tensor trainable() lists) keep states in the model dtype (trace: Llama-3.2-1B LoRA
+        # + --train-embeddings)
+        n_base = 1 if m.train_embeddings else 0
+        optimizer_b = optimizer_bytes(tr.tensors[:len(tr.tensors) - n_base], t, ab)
+        optimizer_b += optimizer_bytes(tr.tensors[len(tr.tensors) - n_base:], t, state_bytes)
+    else:
+        optimizer_b = optimizer_bytes(tr.tensors, t, state_bytes)
+    master = 4 * tr.base if t.dtypes.fp32_master else 0
+    # torch _multi_tensor_adamw: exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs) is one
+    # full-size temporary over the whole parameter group (torch/optim/adamw.py / adam.py).
+    temp = state_bytes * tr.base + ab * tr.adapter if t.optim.full_size_temp else 0
+    return Static(weights, quant_consts, adapters, gradients, optimizer_b, master, temp, largest, layer_params)

@@ -1,0 +1,357 @@
+"""The moments of a steady-state step and the result: per-GPU peak and its breakdown.
+
+The step is walked through its candidate peak moments (end of forward, start of
+backward, top and bottom of the decoder stack in backward, embedding backward, optimizer
+step); the largest is the peak. Steady state means optimizer states already exist
+(step >= 2), as in any real run. Allocated bytes then get the caching allocator's
+overhead and the CUDA context on top (tuneplan.calibration).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from tuneplan import calibration as cal
+from tuneplan.job import Job
+from tuneplan.memory import components as K
+from tuneplan.memory.activations import attention_kernel, logits_bytes, stack_activations
+from tuneplan.memory.static import Static, static_memory
+from tuneplan.memory.trained import check_method, first_trained_layer, targets_text, trainable
+from tuneplan.models import ModelSpec, param_counts
+
+
+@dataclass(frozen=True)
+class Component:
+    """One line of the breakdown: resident bytes per GPU and what the figure assumes."""
+
+    key: str
+    label: str
+    bytes: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU memory of a training step.
+
+    Args:
+        components: the parts of the peak; they sum to `peak_bytes`.
+        peak_bytes: estimated peak memory per GPU (bytes) as nvidia-smi would show it,
+            including CUDA context and allocator overhead.
+        peak_phase: forward | backward | optimizer: when the peak happens.
+        phase_bytes: (phase, bytes) peak of each phase, before context/allocator overhead.
+        trainable_params / total_params: element counts.
+        cpu_bytes: bytes held in CPU RAM by offload (not in `peak_bytes`).
+        assumptions: sentences naming what the figures assume.
+    """
+
+    model: ModelSpec
+    job: Job
+    components: tuple[Component, ...]
+    peak_bytes: int
+    peak_phase: str
+    phase_bytes: tuple[tuple[str, int], ...]
+    trainable_params: int
+    total_params: int
+    cpu_bytes: int
+    assumptions: tuple[str, ...]
+
+    def component(self, key: str) -> int:
+        """Bytes of one component by key (0 if absent)."""
+        return sum(c.bytes for c in self.components if c.key == key)
+
+    def to_dict(self) -> dict:
+        """JSON-ready view (bytes as integers)."""
+        return {
+            "model": self.model.name,
+            "method": self.job.method.__dict__ | {"targets": targets_text(self.job.method.targets)},
+            "training": dict(self.job.training.__dict__),
+            "parallel": dict(self.job.parallel.__dict__),
+            "unit": "bytes",
+            "components": [c.__dict__ for c in self.components],
+            "peak_bytes": self.peak_bytes,
+            "peak_phase": self.peak_phase,
+            "phase_bytes": dict(self.phase_bytes),
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "cpu_bytes": self.cpu_bytes,
+            "assumptions": list(self.assumptions),
+        }
+
+
+def _sharded(n: int, stage_needed: int, stage: int, world: int) -> int:
+    return math.ceil(n / world) if stage >= stage_needed else n
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Bytes per component at each candidate peak moment of the step (before overhead)."""
+
+    base: tuple[tuple[str, int], ...]
+    candidates: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+    cpu: int
+    autocast_copies: int
+
+
+@dataclass(frozen=True)
+class _PerGpu:
+    """Static bytes on one GPU after sharding and offload, and what went to CPU RAM."""
+
+    weights: int
+    quant: int
+    adapters: int
+    gather: int
+    optimizer: int
+    master: int
+    grads: int
+    ddp_buckets: int
+    opt_temp: int
+    cpu: int
+
+
+def _per_gpu(st: Static, job: Job) -> _PerGpu:
+    """Shard the static bytes (ZeRO stage 1: optimizer + master, 2: + grads, 3: + params)
+    and move offloaded ones to CPU RAM."""
+    m, t, p = job.method, job.training, job.parallel
+    world, stage = p.num_gpus, p.shard_stage
+    cpu = 0
+    weights = _sharded(st.weights, 3, stage, world)
+    quant = _sharded(st.quant_constants, 3, stage, world)
+    adapters = _sharded(st.adapters, 3, stage, world)
+    gather = 0
+    if stage == 3 and world > 1:
+        # FSDP/ZeRO-3 all-gathers one layer (plus one prefetched) in the compute dtype
+        gather = 2 * t.compute_bytes * st.layer_params if m.kind != "qlora" else st.layer_params
+    if p.offload_params:
+        cpu += weights + quant + adapters
+        weights = quant = adapters = 0
+    optimizer = _sharded(st.optimizer, 1, stage, world)
+    master = _sharded(st.master, 1, stage, world)
+    if p.offload_optimizer:
+        cpu += optimizer + master
+        optimizer = master = 0
+    grads = _sharded(st.gradients, 2, stage, world)
+    ddp_buckets = st.gradients if (world > 1 and stage == 0) else 0
+    opt_temp = 0 if p.offload_optimizer else _sharded(st.optimizer_temp, 1, stage, world)
+    return _PerGpu(weights, quant, adapters, gather, optimizer, master, grads, ddp_buckets, opt_temp, cpu)
+
+
+def _autocast_copies(spec: ModelSpec, job: Job) -> int:
+    """Compute-dtype weight copies that autocast keeps alive until backward (bytes)."""
+    m, t, p = job.method, job.training, job.parallel
+    world, stage = p.num_gpus, p.shard_stage
+    copies = 0
+    if t.dtypes.fp32_residual:  # autocast caches bf16 casts of fp32 weights for the backward
+        copies = 2 * param_counts(spec).linear_in_layers // (world if stage == 3 else 1)
+        # and lm_head's bf16 cast is saved by its matmul (trace: Llama-3.2-1B LoRA, amp)
+        copies += 2 * spec.vocab_size * spec.hidden_size // (world if stage == 3 else 1)
+    if t.checkpointing == "none" and m.is_adapter and t.autocast and t.adapter_bytes != t.compute_bytes:
+        # the cached compute-dtype casts of the fp32 adapters are saved by their matmuls
+        # until backward (with checkpointing they die with the forward): measured by trace
+        copies += t.compute_bytes * trainable(spec, m).adapter
+    return copies
+
+
+def _moments(spec: ModelSpec, job: Job) -> _Moments:
+    """Per-GPU bytes of each component at each moment of a steady-state step."""
+    m, t, p = job.method, job.training, job.parallel
+    check_method(spec, m)
+    st = static_memory(spec, job)
+    g = _per_gpu(st, job)
+    world, stage = p.num_gpus, p.shard_stage
+    c = t.compute_bytes
+    tokens = t.micro_batch * t.seq_len
+    cpu = g.cpu
+
+    # --- activations
+    ckpt = t.checkpointing
+    acts_full, worst_layer = stack_activations(spec, m, replace(t, micro_batch=1))
+    first_trained = first_trained_layer(spec, m)
+    stored_layers = spec.num_layers - first_trained
+    h = spec.hidden_size
+    final_norm = 4 * h + (c * h if m.kind in ("full", "freeze") else 0)
+    lm_head_in = c * h if (m.kind == "full" or m.train_embeddings) else 0
+    head_saved = (final_norm + lm_head_in) * tokens
+    autocast_copies = _autocast_copies(spec, job)
+    if ckpt == "none":
+        saved = acts_full * tokens
+        recompute = 0
+    else:
+        per_ckpt = 0 if ckpt == "offload" else c * h
+        saved = per_ckpt * stored_layers * tokens
+        recompute = worst_layer.saved * tokens
+        if ckpt == "offload":
+            cpu += c * h * stored_layers * tokens
+    transient = worst_layer.transient * tokens
+    if m.kind == "qlora":  # dequantised copy of the largest matrix during its matmul
+        transient += c * st.largest_matrix
+    if m.kind == "dora":  # W + s*B@A materialised in fp32 to compute the column norm
+        transient += 2 * 4 * st.largest_matrix
+    lg_fwd, _, lg_bwd = logits_bytes(spec, t)
+
+    # --- gradients alive at each moment
+    grads = g.grads
+    accum_grads = grads if t.grad_accum > 1 else 0
+    # gradients that exist when the top decoder layer's backward runs (no accumulation):
+    # lm_head/embedding (if trained) and that layer's own
+    head_grads = 0
+    if m.kind == "full" or m.train_embeddings:
+        head_grads = _sharded(t.param_bytes * spec.vocab_size * spec.hidden_size, 2, stage, world)
+    layer_grads = (grads - head_grads) // max(1, spec.num_layers - first_trained)
+    # The input embedding's gradient is the last one made (embedding backward runs after
+    # the first decoder layer's). Untied, it does not exist yet while layer 0 runs its
+    # backward. Tied, lm_head's contribution stands in for it until then, and at the end
+    # the embedding's own [v, h] gradient and its sum with that contribution exist next to
+    # every other gradient (autograd adds the two uses before AccumulateGrad). Measured by
+    # `tuneplan trace`: Llama-3.1-8B (untied) and Qwen2.5-0.5B / Llama-3.2-3B (tied) full
+    # fine-tuning, benchmarks/results/trace_vs_estimate.md.
+    emb_grad = head_grads  # one [v, h] matrix
+    if t.grad_accum > 1:  # the new gradient is added in place to the accumulated one
+        layer0_grads, embed_extra = grads, emb_grad * (2 if spec.tie_embeddings else 1)
+    elif spec.tie_embeddings:
+        layer0_grads, embed_extra = grads, 2 * emb_grad
+    else:
+        layer0_grads, embed_extra = grads - emb_grad, 0
+    if emb_grad:  # the gradient flowing into the embedding output, [tokens, h] in the param dtype
+        embed_extra += t.param_bytes * h * tokens
+
+    # --- phases: each candidate moment is a list of (component key, bytes)
+    base = ((K.WEIGHTS, g.weights), (K.QUANT_CONSTANTS, g.quant), (K.ADAPTERS, g.adapters),
+            (K.PARAM_GATHER, g.gather), (K.OPTIMIZER, g.optimizer), (K.MASTER_WEIGHTS, g.master),
+            (K.DDP_BUCKETS, g.ddp_buckets))
+    kept = saved + head_saved + autocast_copies
+    one_layer = (recompute if ckpt != "none" else worst_layer.saved * tokens)
+    candidates = (
+        # end of forward: everything saved, loss being computed
+        ("forward", ((K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept), (K.LOGITS, lg_fwd))),
+        # start of backward: cross-entropy gradients next to the kept log-probs
+        ("backward", ((K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept), (K.LOGITS, lg_bwd))),
+        # top of the decoder stack: head gradients + the top layer's, every saved tensor
+        # (or checkpoint) still alive, the top layer recomputed, its backward working set
+        ("backward_top", ((K.GRADIENTS, max(accum_grads, head_grads + layer_grads)),
+                          (K.ACTIVATIONS, saved + autocast_copies + (recompute if ckpt != "none" else 0)),
+                          (K.WORKING, transient))),
+        # bottom of the stack: all gradients, only the first layer's activations left
+        ("backward_end", ((K.GRADIENTS, layer0_grads), (K.ACTIVATIONS, one_layer), (K.WORKING, transient))),
+        # embedding backward: every gradient, the embedding's being made
+        ("backward_embed", ((K.GRADIENTS, grads), (K.WORKING, embed_extra))),
+        ("optimizer", ((K.GRADIENTS, grads), (K.OPTIMIZER_TEMP, g.opt_temp))),
+    )
+    return _Moments(base, candidates, cpu, autocast_copies)
+
+
+def _with_overhead(allocated: int) -> int:
+    """Allocated bytes -> what the device must hold: + allocator overhead + CUDA context."""
+    return allocated + int(allocated * cal.ALLOCATOR_OVERHEAD) + cal.CUDA_CONTEXT_BYTES
+
+
+def peak_bytes(spec: ModelSpec, job: Job) -> int:
+    """Peak per-GPU bytes only (the planner's fast path; same figure as estimate_memory)."""
+    mo = _moments(spec, job)
+    base = sum(b for _, b in mo.base)
+    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates))
+
+
+def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
+    """What each component's figure assumes, one short phrase per key."""
+    m, t, p = job.method, job.training, job.parallel
+    tr = trainable(spec, m)
+    world, stage = p.num_gpus, p.shard_stage
+    return {
+        K.WEIGHTS: ({"qlora": f"{m.quant.upper()} packed" if m.quant != "int8" else "int8"}.get(
+            m.kind, "fp32" if t.param_bytes == 4 else t.precision)) + _shard_note(3, stage, world, p.offload_params),
+        K.QUANT_CONSTANTS: f"absmax per {m.quant_blocksize}" + (", double quant" if m.double_quant else ""),
+        K.ADAPTERS: f"rank {m.rank}, {tr.adapter:,} params, {t.adapter_bytes * 8}-bit",
+        K.PARAM_GATHER: "FSDP/ZeRO-3: current + prefetched layer",
+        K.GRADIENTS: f"{tr.total:,} trainable params" + _shard_note(2, stage, world, False),
+        K.OPTIMIZER: t.optimizer + _shard_note(1, stage, world, p.offload_optimizer),
+        K.MASTER_WEIGHTS: "fp32 copy of trainable params" + _shard_note(1, stage, world, p.offload_optimizer),
+        K.DDP_BUCKETS: "DDP buckets (gradient_as_bucket_view=False)",
+        K.OPTIMIZER_TEMP: "foreach AdamW full-size temporary",
+        K.ACTIVATIONS: {"none": "no checkpointing", "full": "checkpointed layer inputs + one recomputed layer",
+                        "offload": "layer inputs offloaded to CPU + one recomputed layer"}[t.checkpointing]
+        + f", {attention_kernel(spec, t).name} attention" + (", autocast weight copies" if autocast_copies else ""),
+        K.LOGITS: t.loss.note,
+        K.WORKING: "backward working set of one layer" + (", dequantised weight" if m.kind == "qlora" else ""),
+    }
+
+
+def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
+    """Per-GPU memory breakdown and peak of one steady-state training step.
+
+    Args:
+        spec: model architecture.
+        job: method, training settings and parallel setup.
+
+    Returns:
+        MemoryEstimate with components summing to the peak (bytes).
+
+    Raises:
+        TuneplanError: the method does not apply to this model (rank, targets, layers).
+    """
+    mo = _moments(spec, job)
+    tr = trainable(spec, job.method)
+    base_total = sum(b for _, b in mo.base)
+    totals = {k: base_total + sum(b for _, b in parts) for k, parts in mo.candidates}
+    phases = (("forward", totals["forward"]),
+              ("backward", max(totals[k] for k in totals if k.startswith("backward"))),
+              ("optimizer", totals["optimizer"]))
+    peak_key = max(totals, key=lambda k: totals[k])
+    peak_phase = "backward" if peak_key.startswith("backward") else peak_key
+    parts = dict(mo.base)
+    for k, b in dict(mo.candidates)[peak_key]:
+        parts[k] = parts.get(k, 0) + b
+    notes = _notes(spec, job, mo.autocast_copies)
+    comps = [Component(k, K.LABELS[k], int(b), notes[k]) for k, b in parts.items() if b > 0]
+    allocated = sum(x.bytes for x in comps)
+    peak = _with_overhead(allocated)
+    alloc_over = peak - allocated - cal.CUDA_CONTEXT_BYTES
+    comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], alloc_over,
+                           f"{cal.ALLOCATOR_OVERHEAD:.0%} of allocated (caching allocator)"))
+    comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], cal.CUDA_CONTEXT_BYTES,
+                           "driver, kernels, cuBLAS workspace"))
+    return MemoryEstimate(
+        model=spec, job=job, components=tuple(comps), peak_bytes=int(peak), peak_phase=peak_phase,
+        phase_bytes=tuple((k, int(v)) for k, v in phases), trainable_params=tr.total,
+        total_params=param_counts(spec).total, cpu_bytes=int(mo.cpu), assumptions=assumptions(spec, job),
+    )
+
+
+def _shard_note(stage_needed: int, stage: int, world: int, offloaded: bool) -> str:
+    if offloaded:
+        return ", offloaded to CPU"
+    if world > 1 and stage >= stage_needed:
+        return f", sharded /{world}"
+    return ""
+
+
+def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
+    """Plain sentences for what the estimate assumes."""
+    m, t, p = job.method, job.training, job.parallel
+    out = [
+        f"Steady-state step (optimizer states exist), micro-batch {t.micro_batch} x {t.seq_len} tokens, "
+        f"{t.precision} precision, {t.attention} attention, framework profile {t.framework}.",
+        "Activations are what autograd saves in the transformers modelling code; padding-free batches.",
+        f"CUDA context {cal.CUDA_CONTEXT_BYTES / 2**30:.2f} GiB and {cal.ALLOCATOR_OVERHEAD:.0%} allocator overhead are included.",
+    ]
+    if m.is_adapter:
+        out.append(f"Adapters on {targets_text(m.targets)} (rank {m.rank}) stored in "
+                   f"{'fp32 (PEFT autocast_adapter_dtype)' if t.adapter_bytes == 4 else 'the model dtype'}.")
+    if m.kind == "qlora":
+        out.append("Embeddings, norms and lm_head stay in bf16; every decoder nn.Linear is quantised.")
+        if spec.is_moe:
+            out.append("Routed experts " + ("are quantised (Unsloth's patch)." if t.profile.quantises_fused_experts else
+                       "stay bf16: transformers 5 fuses them into 3-D parameters, which bitsandbytes skips."))
+    if attention_kernel(spec, t).name != t.attention:
+        out.append(f"transformers has no SDPA attention for {spec.model_type}: eager attention (s x s scores) is assumed; "
+                   "--attention flash for FlashAttention-2.")
+    if spec.is_moe and m.is_adapter:
+        out.append("Routed experts are adapted (one adapter per expert, PEFT target_parameters)."
+                   if m.targets != "all-linear" and "experts" in m.targets else
+                   "Routed experts get no adapters (fused 3-D parameters; add 'experts' to --targets to adapt them).")
+    if p.num_gpus > 1:
+        out.append(f"{p.num_gpus} GPUs with {p.sharding}; activations are per GPU and not sharded.")
+    if t.optim.paged:
+        out.append("Paged optimizer states are counted on the GPU; under pressure they page to CPU RAM (slower).")
+    return tuple(out)

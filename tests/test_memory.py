@@ -244,3 +244,18 @@ def test_gemma2_has_no_sdpa_and_softcaps():
     assert eager_4k - eager == (4 + 2 + 2) * 8 * 2048
     est = estimate_memory(gemma, job("lora"))
     assert any("no SDPA" in a for a in est.assumptions)
+
+
+def test_three_counters_named_as_torch_and_nvidia_smi_name_them(capsys):
+    from tuneplan.cli import main
+    from tuneplan.memory.components import ALLOCATOR, CUDA_CONTEXT
+
+    est = estimate_memory(LLAMA8, job("qlora", seq_len=4096))
+    alloc, reserved, device = est.peak_allocated_bytes, est.peak_reserved_bytes, est.device_bytes
+    assert alloc < reserved < device == est.peak_bytes
+    assert reserved - alloc == est.component(ALLOCATOR) and device - reserved == est.component(CUDA_CONTEXT)
+    assert alloc == sum(c.bytes for c in est.components if c.key not in (ALLOCATOR, CUDA_CONTEXT))
+    assert main(["estimate", "llama-3.1-8b", "--method", "qlora", "--seq-len", "4096", "--json"]) == 0
+    import json
+    counters = json.loads(capsys.readouterr().out)["counters"]
+    assert counters == {"max_memory_allocated": alloc, "max_memory_reserved": reserved, "device_used": device}

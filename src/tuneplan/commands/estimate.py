@@ -59,8 +59,13 @@ def render_estimate(est: MemoryEstimate, console: Console) -> None:
     for c in est.components:
         table.add_row(c.label, fmt_gib(c.bytes), f"{c.bytes / est.peak_bytes:.0%}", c.note)
     table.add_section()
-    table.add_row(f"[bold]Peak ({est.peak_phase})[/bold]", f"[bold]{fmt_gib(est.peak_bytes)}[/bold]", "100%",
-                  f"{fmt_params(est.trainable_params)} of {fmt_params(est.total_params)} params trainable")
+    table.add_row("Peak allocated", fmt_gib(est.peak_allocated_bytes), "",
+                  "torch.cuda.max_memory_allocated(): live tensors")
+    table.add_row("Peak reserved", fmt_gib(est.peak_reserved_bytes), "",
+                  "torch.cuda.max_memory_reserved(): + caching-allocator overhead")
+    table.add_row(f"[bold]Device total ({est.peak_phase})[/bold]", f"[bold]{fmt_gib(est.device_bytes)}[/bold]", "100%",
+                  f"nvidia-smi: + CUDA context; {fmt_params(est.trainable_params)} of "
+                  f"{fmt_params(est.total_params)} params trainable")
     console.print(table)
     phases = ", ".join(f"{k} {v / GiB:.2f}" for k, v in est.phase_bytes)
     console.print(f"Phase peaks (GiB, allocated, before overhead): {phases}")

@@ -38,7 +38,8 @@ class MemoryEstimate:
     Args:
         components: the parts of the peak; they sum to `peak_bytes`.
         peak_bytes: estimated peak memory per GPU (bytes) as nvidia-smi would show it,
-            including CUDA context and allocator overhead.
+            including CUDA context and allocator overhead (= device_bytes; see also
+            peak_allocated_bytes and peak_reserved_bytes, the torch counters).
         peak_phase: forward | backward | optimizer: when the peak happens.
         phase_bytes: (phase, bytes) peak of each phase, before context/allocator overhead.
         trainable_params / total_params: element counts.
@@ -61,6 +62,28 @@ class MemoryEstimate:
         """Bytes of one component by key (0 if absent)."""
         return sum(c.bytes for c in self.components if c.key == key)
 
+    @property
+    def peak_allocated_bytes(self) -> int:
+        """Peak of live tensors: what torch.cuda.max_memory_allocated() reports."""
+        return sum(c.bytes for c in self.components if c.key not in K.OVERHEAD)
+
+    @property
+    def peak_reserved_bytes(self) -> int:
+        """Peak held by PyTorch's caching allocator: torch.cuda.max_memory_reserved()."""
+        return self.peak_allocated_bytes + self.component(K.ALLOCATOR)
+
+    @property
+    def device_bytes(self) -> int:
+        """Device memory the process uses at the peak, CUDA context included: what
+        nvidia-smi or torch.cuda.mem_get_info() show (= peak_bytes)."""
+        return self.peak_reserved_bytes + self.component(K.CUDA_CONTEXT)
+
+    def counters(self) -> dict[str, int]:
+        """The three figures by the names torch and nvidia-smi use (bytes)."""
+        return {"max_memory_allocated": self.peak_allocated_bytes,
+                "max_memory_reserved": self.peak_reserved_bytes,
+                "device_used": self.device_bytes}
+
     def to_dict(self) -> dict:
         """JSON-ready view (bytes as integers)."""
         return {
@@ -71,6 +94,7 @@ class MemoryEstimate:
             "unit": "bytes",
             "components": [c.__dict__ for c in self.components],
             "peak_bytes": self.peak_bytes,
+            "counters": self.counters(),
             "peak_phase": self.peak_phase,
             "phase_bytes": dict(self.phase_bytes),
             "trainable_params": self.trainable_params,

@@ -40,7 +40,7 @@ class Row:
 
 def estimate_allocated(est: MemoryEstimate) -> int:
     """Estimated allocated bytes at the peak (no CUDA context, no allocator overhead)."""
-    return sum(c.bytes for c in est.components if c.key not in NOT_TRACED)
+    return est.peak_allocated_bytes
 
 
 def rows(at_peak: dict[str, int], est: MemoryEstimate) -> list[Row]:

@@ -44,6 +44,10 @@ DQ_BLOCKSIZE = 256
 # torchtune's CEWithChunkedOutputLoss splits the (bf16) logits into 8 chunks and upcasts
 # one chunk at a time (torchtune/modules/loss/ce_chunked_output_loss.py, num_output_chunks=8).
 TORCHTUNE_CE_CHUNKS = 8
+# litgpt's fine-tuning scripts run the lm_head over 128 tokens at a time and compute the
+# loss per chunk without upcasting (litgpt finetune/lora.py: model(input_ids,
+# lm_head_chunk_size=128); litgpt/utils.py chunked_cross_entropy(chunk_size=128)).
+LITGPT_LM_HEAD_CHUNK_TOKENS = 128
 
 # ---------------------------------------------------------------- devices: usable memory
 # What a framework can allocate is less than the marketing figure. Discrete cards: the
@@ -105,6 +109,7 @@ TIGHT_HEADROOM = 0.10
 # runs FSDP2 + compiled ops; Unsloth hand-written Triton kernels.
 FRAMEWORK_EFFICIENCY = {
     "hf": 0.35,
+    "litgpt": 0.40,  # Fabric + plain PyTorch modules, SDPA; between HF and torchtune (stated, not fitted)
     "llamafactory": 0.35,
     "axolotl": 0.40,
     "torchtune": 0.45,

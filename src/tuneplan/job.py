@@ -21,6 +21,7 @@ from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision, precision
 from tuneplan.choices.tasks import TASKS, task
+from tuneplan.choices.versions import STACKS, Stack, stack
 from tuneplan.errors import TuneplanError
 
 METHODS = ("full", "lora", "qlora", "dora", "freeze")
@@ -34,6 +35,7 @@ ATTENTION_NAMES = tuple(ATTENTION)
 FRAMEWORK_NAMES = tuple(FRAMEWORKS)
 CROSS_ENTROPY_NAMES = tuple(CROSS_ENTROPY)
 TASK_NAMES = tuple(TASKS)
+STACK_NAMES = tuple(STACKS)
 
 # Short names for LoRA target sets; anything else is a comma list of module names.
 TARGET_PRESETS = {
@@ -118,8 +120,12 @@ class Training:
         checkpointing: none | full (recompute each decoder layer) | offload (layer inputs on CPU).
         attention: a row of tuneplan.choices.attention (sdpa | flash | eager).
         framework: a row of tuneplan.choices.frameworks (memory/time profile).
-        cross_entropy: a row of tuneplan.choices.cross_entropy (plain | chunked | fused);
-            None takes the framework profile's default.
+        cross_entropy: a row of tuneplan.choices.cross_entropy (plain | chunked | fused |
+            lm-head-chunked); None takes the framework profile's default.
+        optimizer_in_backward: step each parameter in its gradient hook during backward and
+            free the gradient at once (torchtune optimizer_in_bwd=True), so the full set of
+            gradients never exists; needs grad_accum 1.
+        stack: library versions (tuneplan.choices.versions), today's by default.
     """
 
     micro_batch: int = 1
@@ -131,6 +137,8 @@ class Training:
     attention: str = "sdpa"
     framework: str = "hf"
     cross_entropy: str | None = None
+    optimizer_in_backward: bool = False
+    stack: str = "current"
 
     def __post_init__(self) -> None:
         _positive("micro-batch", self.micro_batch)
@@ -143,6 +151,10 @@ class Training:
         framework(self.framework)
         if self.cross_entropy is not None:
             cross_entropy(self.cross_entropy)
+        stack(self.stack)
+        if self.optimizer_in_backward and self.grad_accum > 1:
+            raise TuneplanError("optimizer in backward steps on every micro-batch; it cannot accumulate "
+                                "gradients (use --grad-accum 1)")
 
     @property
     def tokens_per_micro_batch(self) -> int:
@@ -172,6 +184,11 @@ class Training:
     def loss(self) -> CrossEntropy:
         """The cross-entropy implementation in effect: the asked one, else the profile's default."""
         return CROSS_ENTROPY[self.cross_entropy or self.profile.default_cross_entropy]
+
+    @property
+    def versions(self) -> Stack:
+        """The library-versions record."""
+        return STACKS[self.stack]
 
     @property
     def param_bytes(self) -> int:

@@ -18,6 +18,9 @@ class CrossEntropy:
             the full logits never exist (Liger FusedLinearCrossEntropy, Unsloth).
         chunks: the full compute-dtype logits exist, and the fp32 upcast is done in this
             many chunks (torchtune CEWithChunkedOutputLoss); None for plain and fused.
+        chunk_tokens: the lm_head and the loss run over this many tokens at a time in the
+            compute dtype with no fp32 upcast; every chunk's log-probabilities are kept for
+            backward (litgpt lm_head_chunk_size=128 + utils.chunked_cross_entropy).
         note: what the breakdown line says.
         source: where the behaviour is read from.
     """
@@ -27,6 +30,7 @@ class CrossEntropy:
     chunks: int | None
     note: str
     source: str
+    chunk_tokens: int | None = None
 
 
 CROSS_ENTROPY: dict[str, CrossEntropy] = {c.name: c for c in (
@@ -36,6 +40,10 @@ CROSS_ENTROPY: dict[str, CrossEntropy] = {c.name: c for c in (
                  source="torchtune modules/loss/ce_chunked_output_loss.py (num_output_chunks=8)"),
     CrossEntropy("fused", fused=True, chunks=None, note="fused/chunked CE",
                  source="Liger-Kernel ops/fused_linear_cross_entropy.py; Unsloth fast_cross_entropy_loss"),
+    CrossEntropy("lm-head-chunked", fused=False, chunks=None, chunk_tokens=cal.LITGPT_LM_HEAD_CHUNK_TOKENS,
+                 note="lm_head + cross-entropy in 128-token chunks, compute dtype",
+                 source="litgpt finetune/lora.py (model(..., lm_head_chunk_size=128)) and "
+                        "litgpt/utils.py chunked_cross_entropy"),
 )}
 
 

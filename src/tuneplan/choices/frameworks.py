@@ -41,6 +41,16 @@ class FrameworkProfile:
             torchtune's no-autocast step); others are traced as the HF step, with a note.
         flop_efficiency: achieved / peak FLOP/s over executed FLOPs (tuneplan.calibration).
         device_notes: (device vendor, caveat) pairs shown when the job runs on that vendor.
+        fsdp_fp32_params: under FSDP with bf16/fp16 mixed precision the trainable flat
+            parameters are upcast to fp32 even when the model was loaded in 16-bit, so the
+            shards, their gradients and the optimizer states are fp32 and the gathered
+            copy is 16-bit (accelerate accelerator.py prepare_model, FSDP branch: "if model
+            is loaded in 16bit ... we still want to upcast the flat_param"; HF Trainer, TRL,
+            Axolotl and LLaMA-Factory launch FSDP through accelerate). torchtune and litgpt
+            shard the model in its own dtype.
+        fused_qkv: the stack's own modelling code computes q, k, v with one fused matmul and
+            slices views out of it, so SDPA's saved v keeps the whole qkv output alive
+            (litgpt model.py CausalSelfAttention: `qkv = self.attn(x)` then split).
     """
 
     name: str
@@ -54,19 +64,22 @@ class FrameworkProfile:
     trace_exact: bool
     flop_efficiency: float
     device_notes: tuple[tuple[str, str], ...] = ()
+    fsdp_fp32_params: bool = False
+    fused_qkv: bool = False
 
 
 FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
     FrameworkProfile(
         "hf", "HF Transformers Trainer / TRL + PEFT", adapter_fp32=True, autocast_half=True,
         adapter_input_copies=True, default_cross_entropy="plain", quantises_fused_experts=False,
-        offloads_checkpoints=False, trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"]),
+        offloads_checkpoints=False, trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
+        fsdp_fp32_params=True),
     FrameworkProfile(
         # Unsloth patches PEFT's LoRA forward (no per-adapter input copies) and computes the
         # loss with its fused cross-entropy kernel.
         "unsloth", "Unsloth", adapter_fp32=True, autocast_half=True, adapter_input_copies=False,
         default_cross_entropy="fused", quantises_fused_experts=True, offloads_checkpoints=True,
-        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"],
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"], fsdp_fp32_params=True,
         device_notes=(
             ("Apple", "Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon."),
             ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
@@ -80,11 +93,20 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
-        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["axolotl"]),
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["axolotl"], fsdp_fp32_params=True),
     FrameworkProfile(
         "llamafactory", "LLaMA-Factory", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
-        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["llamafactory"]),
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["llamafactory"], fsdp_fp32_params=True),
+    FrameworkProfile(
+        # litgpt (Lightning Fabric) with precision "bf16-true": the whole model, LoRA
+        # included, in bf16 with no autocast (litgpt/lora.py LoRALinear creates lora_A/B in
+        # the module's dtype); its own GPT modelling code with a fused qkv linear; the
+        # lm_head and loss in 128-token chunks. Its model code is otherwise modelled as
+        # transformers' (same saved tensors for norms, MLP and SDPA).
+        "litgpt", "litgpt (Lightning)", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
+        default_cross_entropy="lm-head-chunked", quantises_fused_experts=False, offloads_checkpoints=False,
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["litgpt"], fused_qkv=True),
 )}
 
 

@@ -73,9 +73,13 @@ class _Saver:
     method: Method
     c: int
     per_adapter_copy: bool
+    quantised_saves_input: bool = False  # bitsandbytes < 0.43.2 MatMul4Bit (tuneplan.choices.versions)
+    experts_quantised: bool = False
 
     def saves_input(self, lin: Linear) -> bool:
         m = self.method
+        if self.quantised_saves_input and (lin.group != "expert" or self.experts_quantised):
+            return True
         return m.kind in ("full", "freeze") or (m.is_adapter and is_target(lin, m))
 
     def input_bytes(self, group: list[Linear], width: int, tokens_factor: float = 1.0) -> float:
@@ -130,9 +134,10 @@ def _attention_saves(spec: ModelSpec, kernel: Attention, t: Training, sv: _Saver
     saved = sv.input_bytes(first_attn, h)
     if spec.qk_norm:  # per-head RMSNorm of q and k (Qwen3, Gemma 3, OLMo 2): same saves as a norm
         saved += (norm // h) * (spec.q_dim + spec.kv_dim)
-    if spec.fused and not kernel.quadratic and not spec.is_mla:
-        # Phi-3 slices q, k, v out of one qkv_proj output; SDPA saves v, a view, which keeps
-        # the whole [q + 2 kv] storage alive (trace: Phi-3.5-mini)
+    if (spec.fused or t.profile.fused_qkv) and not kernel.quadratic and not spec.is_mla:
+        # Phi-3 (and litgpt's own model code, for every architecture) slices q, k, v out of
+        # one qkv output; SDPA saves v, a view, which keeps the whole [q + 2 kv] storage
+        # alive (trace: Phi-3.5-mini)
         saved += c * (spec.q_dim + spec.kv_dim)
     if spec.is_mla:  # latent projections: q_b and kv_b read normalised latents
         for lin in (lin for lin in attn if lin.name in ("q_b_proj", "kv_b_proj")):
@@ -198,7 +203,8 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     norm = _norm_bytes(spec, t, full)
     per_adapter_copy = (m.is_adapter and t.autocast and t.profile.adapter_input_copies
                         and (m.kind != "qlora" or t.dtypes.fp32_residual))
-    sv = _Saver(m, t.compute_bytes, per_adapter_copy)
+    old_bnb = m.kind == "qlora" and m.quant != "int8" and t.versions.bnb_4bit_saves_input
+    sv = _Saver(m, t.compute_bytes, per_adapter_copy, old_bnb, t.profile.quantises_fused_experts)
     saved = spec.norms_per_layer * norm  # Gemma 2/3 add post-attention and post-MLP norms
     saved += _attention_saves(spec, kernel, t, sv, lins, norm)
     if spec.moe_layers and spec.moe_layers[layer]:
@@ -238,6 +244,14 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
     if ce.chunks:
         chunk = math.ceil(tokens / ce.chunks)
         return c * tokens * v + 8 * chunk * v, c * tokens * v, c * tokens * v + 12 * chunk * v
+    if ce.chunk_tokens:
+        # litgpt: the list of compute-dtype logit chunks stays referenced by the training
+        # loop through backward (finetune/lora.py: `logits = model(...)`, then
+        # chunked_cross_entropy(logits, ...), then fabric.backward), and each chunk's
+        # log_softmax output is kept: 2 x c bytes per logit; backward works one chunk at a time
+        chunk = min(tokens, ce.chunk_tokens * t.micro_batch)
+        kept = 2 * c * tokens * v
+        return kept, kept, kept + 2 * c * chunk * v
     fwd = (c + 8) * tokens * v if c == 2 else 8 * tokens * v
     kept = 4 * tokens * v
     if spec.final_softcap:  # Gemma 2: logits / cap -> tanh -> * cap; tanh keeps its output

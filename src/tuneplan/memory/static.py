@@ -72,10 +72,19 @@ def optimizer_bytes(tensors: tuple[tuple[int, int, int, int], ...], training: Tr
     return total
 
 
+def fsdp_fp32_params(job: Job) -> bool:
+    """Whether trained parameters are held as fp32 shards: FSDP under a stack that upcasts a
+    16-bit model's flat parameters (FrameworkProfile.fsdp_fp32_params) with bf16/fp16
+    mixed precision (the precision whose autocast the profile decides)."""
+    t, p = job.training, job.parallel
+    return (t.profile.fsdp_fp32_params and p.sharding == "fsdp" and p.num_gpus > 1
+            and t.dtypes.autocast == "profile" and t.param_bytes == 2)
+
+
 def static_memory(spec: ModelSpec, job: Job) -> Static:
     """Weights, constants, adapters, gradients, optimizer states and master weights (bytes)."""
     t = job.training
-    return _static(spec, job.method, t.precision, t.optimizer, t.framework)
+    return _static(spec, job.method, t.precision, t.optimizer, t.framework, fsdp_fp32_params(job))
 
 
 def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
@@ -99,7 +108,8 @@ def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=16384)
-def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str) -> Static:
+def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str,
+            fp32_trained: bool = False) -> Static:
     t = Training(precision=precision, optimizer=optimizer, framework=framework)
     quantised_experts = t.profile.quantises_fused_experts
     largest = max((lin.d_in * lin.d_out for layer, _ in layer_groups(spec) for lin in layer_linears(spec, layer)
@@ -123,7 +133,18 @@ def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framewor
     else:
         optimizer_b = optimizer_bytes(tr.tensors, t, state_bytes)
     master = 4 * tr.base if t.dtypes.fp32_master else 0
+    if fp32_trained:
+        # accelerate FSDP upcast: the trained flat parameters are fp32 (they are the master
+        # copy), so are their gradients and the optimizer states; frozen ones stay 16-bit
+        weights += (4 - pb) * tr.base
+        gradients += (4 - pb) * tr.base
+        # trained base tensors: all of them, or for adapters only the trained embeddings (last)
+        base_tensors = tr.tensors if not m.is_adapter else tr.tensors[len(tr.tensors) - (1 if m.train_embeddings else 0):]
+        optimizer_b += optimizer_bytes(base_tensors, t, 4) - optimizer_bytes(base_tensors, t, state_bytes)
+        master = 0
     # torch _multi_tensor_adamw: exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs) is one
     # full-size temporary over the whole parameter group (torch/optim/adamw.py / adam.py).
     temp = state_bytes * tr.base + ab * tr.adapter if t.optim.full_size_temp else 0
+    if fp32_trained and t.optim.full_size_temp:
+        temp += (4 - state_bytes) * tr.base
     return Static(weights, quant_consts, adapters, gradients, optimizer_b, master, temp, largest, layer_params)

@@ -16,7 +16,7 @@ from tuneplan import calibration as cal
 from tuneplan.job import Job
 from tuneplan.memory import components as K
 from tuneplan.memory.activations import attention_kernel, logits_bytes, stack_activations
-from tuneplan.memory.static import Static, static_memory
+from tuneplan.memory.static import Static, fsdp_fp32_params, static_memory
 from tuneplan.memory.trained import check_method, first_trained_layer, targets_text, trainable
 from tuneplan.models import ModelSpec, param_counts
 
@@ -64,8 +64,16 @@ class MemoryEstimate:
 
     @property
     def peak_allocated_bytes(self) -> int:
-        """Peak of live tensors: what torch.cuda.max_memory_allocated() reports."""
-        return sum(c.bytes for c in self.components if c.key not in K.OVERHEAD)
+        """Peak of live tensors: what torch.cuda.max_memory_allocated() reports. Paged
+        optimizer states (managed memory) are not counted there; see `managed_bytes`."""
+        return sum(c.bytes for c in self.components if c.key not in K.OVERHEAD) - self.managed_bytes
+
+    @property
+    def managed_bytes(self) -> int:
+        """Bytes in CUDA managed memory at the peak: bitsandbytes paged optimizer states
+        (bitsandbytes/functional.py get_paged -> cudaMallocManaged), which the caching
+        allocator and its counters never see but the device holds while they are resident."""
+        return self.component(K.OPTIMIZER) if self.job.training.optim.paged else 0
 
     @property
     def peak_reserved_bytes(self) -> int:
@@ -74,9 +82,9 @@ class MemoryEstimate:
 
     @property
     def device_bytes(self) -> int:
-        """Device memory the process uses at the peak, CUDA context included: what
-        nvidia-smi or torch.cuda.mem_get_info() show (= peak_bytes)."""
-        return self.peak_reserved_bytes + self.component(K.CUDA_CONTEXT)
+        """Device memory the process uses at the peak, CUDA context and managed (paged)
+        memory included: what nvidia-smi or torch.cuda.mem_get_info() show (= peak_bytes)."""
+        return self.peak_reserved_bytes + self.managed_bytes + self.component(K.CUDA_CONTEXT)
 
     def counters(self) -> dict[str, int]:
         """The three figures by the names torch and nvidia-smi use (bytes)."""
@@ -147,6 +155,11 @@ def _per_gpu(st: Static, job: Job) -> _PerGpu:
     if stage == 3 and world > 1:
         # FSDP/ZeRO-3 all-gathers one layer (plus one prefetched) in the compute dtype
         gather = 2 * t.compute_bytes * st.layer_params if m.kind != "qlora" else st.layer_params
+        if m.kind in ("full", "freeze"):
+            # and a trained layer's unsharded gradient exists until its reduce-scatter
+            # (torch/distributed/fsdp/_runtime_utils.py _post_backward_hook; FSDP2
+            # foreach_reduce): one layer in the compute dtype
+            gather += t.compute_bytes * st.layer_params
     if p.offload_params:
         cpu += weights + quant + adapters
         weights = quant = adapters = 0
@@ -221,7 +234,8 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     # lm_head/embedding (if trained) and that layer's own
     head_grads = 0
     if m.kind == "full" or m.train_embeddings:
-        head_grads = _sharded(t.param_bytes * spec.vocab_size * spec.hidden_size, 2, stage, world)
+        grad_bytes = 4 if fsdp_fp32_params(job) else t.param_bytes
+        head_grads = _sharded(grad_bytes * spec.vocab_size * spec.hidden_size, 2, stage, world)
     layer_grads = (grads - head_grads) // max(1, spec.num_layers - first_trained)
     # The input embedding's gradient is the last one made (embedding backward runs after
     # the first decoder layer's). Untied, it does not exist yet while layer 0 runs its
@@ -239,6 +253,17 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         layer0_grads, embed_extra = grads - emb_grad, 0
     if emb_grad:  # the gradient flowing into the embedding output, [tokens, h] in the param dtype
         embed_extra += t.param_bytes * h * tokens
+    opt_temp = g.opt_temp
+    if t.optimizer_in_backward:
+        # torchtune optimizer_in_bwd: a post-accumulate-grad hook steps each parameter and
+        # frees its gradient (torchtune/training/memory.py register_optim_in_bwd_hooks;
+        # recipes/full_finetune_single_device.py), so at most the gradients of the layer
+        # being differentiated exist, never the whole set, and there is no separate step
+        accum_grads = head_grads = 0  # lm_head's gradient is stepped and freed as soon as it exists
+        layer_grads = min(layer_grads, grads)
+        layer0_grads = layer_grads
+        grads = max(layer_grads, emb_grad)
+        opt_temp = 0
 
     # --- phases: each candidate moment is a list of (component key, bytes)
     base = ((K.WEIGHTS, g.weights), (K.QUANT_CONSTANTS, g.quant), (K.ADAPTERS, g.adapters),
@@ -260,7 +285,7 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         ("backward_end", ((K.GRADIENTS, layer0_grads), (K.ACTIVATIONS, one_layer), (K.WORKING, transient))),
         # embedding backward: every gradient, the embedding's being made
         ("backward_embed", ((K.GRADIENTS, grads), (K.WORKING, embed_extra))),
-        ("optimizer", ((K.GRADIENTS, grads), (K.OPTIMIZER_TEMP, g.opt_temp))),
+        ("optimizer", ((K.GRADIENTS, 0 if t.optimizer_in_backward else grads), (K.OPTIMIZER_TEMP, opt_temp))),
     )
     return _Moments(base, candidates, cpu, autocast_copies)
 
@@ -377,5 +402,16 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
     if p.num_gpus > 1:
         out.append(f"{p.num_gpus} GPUs with {p.sharding}; activations are per GPU and not sharded.")
     if t.optim.paged:
-        out.append("Paged optimizer states are counted on the GPU; under pressure they page to CPU RAM (slower).")
+        out.append("Paged optimizer states are counted on the GPU (device total) but live in CUDA managed memory, "
+                   "which torch's allocated/reserved counters do not see; under pressure they page to CPU RAM.")
+    if t.optimizer_in_backward:
+        out.append("Optimizer in backward: each parameter is stepped and its gradient freed during backward, so "
+                   "at most one layer's gradients exist.")
+    if fsdp_fp32_params(job):
+        out.append(f"FSDP under {t.profile.label}: accelerate upcasts the trained flat parameters to fp32 "
+                   "(fp32 shards, gradients and optimizer states; 16-bit all-gathered copies).")
+    if t.versions.bnb_4bit_saves_input and m.kind == "qlora":
+        out.append(f"Library versions: {t.versions.label}; every 4-bit linear keeps its input for backward.")
+    if t.loss.chunk_tokens:
+        out.append(f"Loss: {t.loss.note}; the logit chunks and their log-probabilities stay alive through backward.")
     return tuple(out)

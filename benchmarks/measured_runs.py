@@ -1,0 +1,1028 @@
+"""tuneplan against published measured fine-tuning runs (memory and time).
+
+Scores every row of ../shared/calibration/{memory,throughput}.csv that tuneplan can
+express, on the quantity the row measured, and says why each other row is skipped.
+
+Memory: each row is compared on the counter it measured (torch max_memory_allocated or
+active bytes -> allocated; max_memory_reserved -> reserved; nvidia-smi / a VRAM capacity
+-> device); rows whose counter is unknown are compared on `reserved` (the middle counter:
+allocated <= reserved <= device, and torchtune's own tutorials show their "Peak Memory"
+equal to max_memory_reserved) and reported as their own counter group. OOM rows are lower
+bounds: the verdict is right when the device-level prediction exceeds the bound; a
+predicted fit for an OOM row is the most harmful error and is counted apart.
+Time: tokens/s (per GPU or total, as the row states) against tuneplan.timing.step_time.
+
+Nothing here is fitted: a row's settings come from the row (its columns and notes), and
+every approximation is recorded on the row as a caveat. Options that only newer tuneplan
+versions have (optimizer_in_backward, stack, cross_entropy, the litgpt profile) are used when
+tuneplan.job.Training accepts them (supports()), else the row carries a caveat instead.
+
+    python benchmarks/measured_runs.py                      # writes benchmarks/results/measured_runs.{md,json}
+    python benchmarks/measured_runs.py --calibration DIR --records probe.jsonl --no-write
+
+No network, no torch; runs in well under 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CALIBRATION = ROOT.parent / "shared" / "calibration"
+MODELS_DIR = Path(__file__).resolve().parent / "calibration_models"
+RESULTS = Path(__file__).resolve().parent / "results"
+GiB = 2**30
+
+# ---------------------------------------------------------------- tuneplan entry points
+# Only these are used (they stay stable through refactors): resolve_model, estimate,
+# timing.step_time, hardware.resolve_device, and the Job value objects (make_job).
+
+
+def counters(est: Any) -> dict[str, int]:
+    """Peak bytes per GPU as each counter would report them.
+
+    allocated = torch.cuda.max_memory_allocated (every component but allocator overhead and
+    CUDA context); reserved = max_memory_reserved (allocated + caching-allocator overhead);
+    device = what nvidia-smi shows (reserved + CUDA context) = est.peak_bytes. Prefers the
+    named attributes when the MemoryEstimate has them.
+    """
+    names = ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes")
+    if all(hasattr(est, n) for n in names):
+        return {"allocated": int(est.peak_allocated_bytes), "reserved": int(est.peak_reserved_bytes),
+                "device": int(est.device_bytes)}
+    allocated = sum(c.bytes for c in est.components if c.key not in ("allocator", "cuda_context"))
+    allocator = sum(c.bytes for c in est.components if c.key == "allocator")
+    return {"allocated": int(allocated), "reserved": int(allocated + allocator), "device": int(est.peak_bytes)}
+
+
+def make_job(settings: dict[str, Any]) -> Any:
+    """Build a tuneplan Job from estimate()-style settings (method=, rank, seq_len, num_gpus, ...)."""
+    from dataclasses import fields
+
+    from tuneplan.job import Job, Method, Parallel, Training, parse_targets
+
+    if hasattr(Job, "from_settings"):
+        return Job.from_settings(**settings)
+    s = dict(settings)
+    if "method" in s:
+        s["kind"] = s.pop("method")
+    if isinstance(s.get("targets"), str):
+        s["targets"] = parse_targets(s["targets"])
+    groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}}
+    for key, value in s.items():
+        for cls in groups:
+            if key in {f.name for f in fields(cls)}:
+                groups[cls][key] = value
+                break
+        else:
+            raise ValueError(f"unknown setting {key!r}")
+    return Job(Method(**groups[Method]), Training(**groups[Training]), Parallel(**groups[Parallel]))
+
+
+# ---------------------------------------------------------------- what this tuneplan can express
+
+
+def supports(**probe: Any) -> bool:
+    """Whether tuneplan.job.Training accepts these settings (a field and a value it knows).
+
+    The benchmark expresses a row with every option the installed tuneplan has and records
+    a caveat where it has none, so it scores older and newer versions alike.
+    """
+    from dataclasses import fields
+
+    from tuneplan.errors import TuneplanError
+    from tuneplan.job import Training
+
+    names = {f.name for f in fields(Training)}
+    if any(k not in names for k in probe):
+        return False
+    try:
+        Training(**probe)
+    except (TuneplanError, TypeError, ValueError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- models
+
+# Architectures tuneplan cannot build (tuneplan.models.KNOWN_TYPES has no such model_type).
+UNSUPPORTED_MODELS = {
+    "microsoft/phi-1_5": "architecture not in tuneplan.models: phi-1.5 (model_type phi: parallel attention+MLP, partial rotary, GELU MLP with biases) "
+                         "",
+    "stabilityai/stablelm-base-alpha-3b": "architecture not in tuneplan.models: StableLM-Alpha is GPT-NeoX (model_type gpt_neox: LayerNorm, fused qkv, "
+                                          "GELU MLP)",
+    "tiiuae/falcon-40b": "architecture not in tuneplan.models: Falcon (model_type falcon: multi-query groups, "
+                         "parallel attention)",
+    "Qwen/Qwen-7B": "architecture not in tuneplan.models: Qwen v1 (model_type qwen, trust_remote_code QWenLMHeadModel)",
+    "Qwen/Qwen-14B": "architecture not in tuneplan.models: Qwen v1 (model_type qwen, trust_remote_code QWenLMHeadModel)",
+}
+# config.json files added for models the bundled catalog lacks (each cites its source).
+EXTRA_CONFIGS = {
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b-hf.json",
+    "meta-llama/Llama-2-13b-hf": "llama-2-13b-hf.json",
+    "meta-llama/Llama-2-70b-hf": "llama-2-70b-hf.json",
+    "meta-llama/Meta-Llama-3-8B": "meta-llama-3-8b.json",
+    "meta-llama/Meta-Llama-3-8B-Instruct": "meta-llama-3-8b.json",
+    "Qwen/Qwen2-7B": "qwen2-7b.json",
+    "google/gemma-7b": "gemma-7b.json",
+}
+
+
+def resolve_row_model(hf_id: str) -> tuple[Any | None, str, str]:
+    """(ModelSpec or None, how it was resolved, skip reason)."""
+    from tuneplan.errors import TuneplanError
+    from tuneplan.models import resolve_model
+
+    hf_id = hf_id.strip()
+    if hf_id in UNSUPPORTED_MODELS:
+        return None, "", UNSUPPORTED_MODELS[hf_id]
+    if hf_id in EXTRA_CONFIGS:
+        path = MODELS_DIR / EXTRA_CONFIGS[hf_id]
+        return resolve_model(str(path)), f"benchmarks/calibration_models/{path.name}", ""
+    try:
+        return resolve_model(hf_id), "catalog", ""
+    except TuneplanError:
+        pass
+    if hf_id.endswith("-Instruct"):  # Meta's -Instruct configs share every architecture field with the base
+        try:
+            base = hf_id[: -len("-Instruct")]
+            return resolve_model(base), f"catalog ({base}; Instruct has the same architecture)", ""
+        except TuneplanError:
+            pass
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", hf_id):
+        return None, "", f"model not a Hugging Face id ({hf_id!r}); architecture not in tuneplan's catalog"
+    return None, "", f"no config.json for {hf_id} in the catalog or benchmarks/calibration_models"
+
+
+# ---------------------------------------------------------------- row interpretation
+
+
+@dataclass
+class Row:
+    """One measured run, as tuneplan sees it."""
+
+    id: str
+    kind: str  # memory | time
+    source: dict[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    model_arg: str = ""
+    model_how: str = ""
+    caveats: list[str] = field(default_factory=list)
+    skip: str = ""
+    # memory
+    measured_what: str = ""
+    counter_group: str = ""  # allocated | active | reserved | device | unknown | capacity
+    counter: str = ""  # the predicted counter compared: allocated | reserved | device
+    bound: bool = False  # OOM lower bound
+    measured_gib: float | None = None
+    # time
+    device_id: str = ""
+    per_gpu: bool = False
+    measured_tps: float | None = None
+    # results
+    predicted: float | None = None
+    error: float | None = None
+    verdict: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def framework(self) -> str:
+        return self.source.get("framework", "")
+
+    @property
+    def confidence(self) -> str:
+        return self.source.get("confidence", "").strip() or "n/s"
+
+    @property
+    def method(self) -> str:
+        return self.settings.get("method", self.source.get("method", ""))
+
+    @property
+    def sharding(self) -> str:
+        n = self.settings.get("num_gpus", 1)
+        if n == 1:
+            return "single GPU"
+        label = f"{self.settings.get('sharding', 'ddp')}"
+        if self.settings.get("offload_params") or self.settings.get("offload_optimizer"):
+            label += "+offload"
+        return label
+
+
+def _int(text: str) -> int | None:
+    m = re.match(r"\s*<?=?\s*(\d[\d,]*)", text or "")
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+FRAMEWORK_PROFILE = {
+    "torchtune": ("torchtune", ""),
+    "unsloth": ("unsloth", ""),
+    "llamafactory": ("llamafactory", ""),
+    "axolotl": ("axolotl", ""),
+    "trl": ("hf", "TRL SFTTrainer runs the HF Trainer + PEFT: hf profile"),
+    "hf-trainer-peft": ("hf", "HF Trainer / PEFT: hf profile"),
+    # litgpt has no profile. Its LoRA runs are pure bf16 ('bf16-true': adapters in the model
+    # dtype, no autocast) with the logits kept in bf16 and cross-entropy upcast chunk by chunk
+    # (lm_head_chunk_size=128): exactly what the torchtune profile models; the hf profile would
+    # add fp32 adapters, autocast copies and fp32 logits that litgpt does not have.
+    "litgpt": ("torchtune", "litgpt has no profile: torchtune profile used (pure bf16, adapters in the model "
+                            "dtype, no autocast, bf16 logits with chunked CE, as litgpt's bf16-true + "
+                            "lm_head_chunk_size)"),
+}
+
+
+# Frameworks that newer tuneplan versions have a profile for (used when supports() says so).
+NATIVE_PROFILE = {"litgpt": "litgpt"}
+
+# Sources whose bitsandbytes QLoRA ran before bitsandbytes 0.43.2 (PR #1270, 2024-07-16), when
+# MatMul4Bit still saved every 4-bit linear's input. Unsloth's own LoRA kernels bypass it.
+BNB_PRE_0432 = {
+    "lr": "litgpt resource tables, Oct 2023 (bitsandbytes 0.41.x)",
+    "lf": "LLaMA-Factory comparison quoted by unsloth README@bb66faa (Dec 2023)",
+}
+BNB_STACK = "bnb-pre-0.43.2"
+
+
+def parse_targets(text: str) -> tuple[tuple[str, ...] | None, list[str]]:
+    """LoRA targets from the CSV's free text -> transformers module names (+ caveats)."""
+    caveats: list[str] = []
+    body = re.sub(r"\(.*?\)", "", text or "").lower()
+    if not body.strip():
+        return None, caveats
+    names: list[str] = []
+    if re.search(r"output head|\bhead\b", body):
+        caveats.append("LoRA on the output head is not expressible (adds r*(h+v) adapter params, < 0.1 GiB)")
+        body = re.sub(r"output head|\bhead\b", " ", body)
+    for tok in re.split(r"[\s,+]+", body):
+        tok = tok.strip()
+        mapped = {
+            "q": ["q_proj"], "q_proj": ["q_proj"], "k": ["k_proj"], "k_proj": ["k_proj"],
+            "v": ["v_proj"], "v_proj": ["v_proj"], "o": ["o_proj"], "o_proj": ["o_proj"],
+            "output_proj": ["o_proj"],  # torchtune's name for the attention output projection
+            "mlp": ["gate_proj", "up_proj", "down_proj"], "w1": ["gate_proj"], "w3": ["up_proj"],
+            "w2": ["down_proj"], "gate": ["gate_proj"], "gate_proj": ["gate_proj"], "up": ["up_proj"],
+            "up_proj": ["up_proj"], "down": ["down_proj"], "down_proj": ["down_proj"],
+        }.get(tok)
+        if mapped:
+            names += [n for n in mapped if n not in names]
+    order = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    return tuple(n for n in order if n in names) or None, caveats
+
+
+def parse_optimizer(text: str) -> tuple[str, list[str]]:
+    """Optimizer column -> tuneplan optimizer (+ caveats)."""
+    t = text or ""
+    low = t.lower()
+    cav: list[str] = []
+    in_bwd = "optimizer_in_bwd" in low
+    if in_bwd and not supports(optimizer_in_backward=True):
+        cav.append("optimizer_in_bwd (step fused into backward, each gradient freed at once) is not expressible: "
+                   "tuneplan keeps every gradient until the step")
+    if t.startswith("bnb PagedAdamW8bit"):
+        opt = "paged-adamw-8bit"
+    elif "8-bit" in low or "8bit" in low:
+        opt = "adamw-8bit"
+        if "unknown" in low:
+            cav.append("optimizer not stated; adamw-8bit (the notebooks' default) assumed")
+        elif "paged" in low:
+            cav.append("8-bit AdamW taken as non-paged (the row names 8-bit AdamW; PagedAdamW8bit is only the config default)")
+    elif "pagedadamw" in low.replace(" ", ""):
+        opt = "paged-adamw"
+    elif "adamw" in low:
+        if in_bwd or "foreach=false" in low or "fused" in low:
+            opt = "adamw"  # per-parameter or fused step: no full-size temporary
+        else:
+            # torch.optim.AdamW with neither foreach nor fused given defaults to foreach on CUDA
+            opt = "adamw-foreach"
+    else:
+        opt = "adamw"
+        cav.append(f"optimizer {t!r} not recognised; adamw assumed")
+    return opt, cav
+
+
+def parse_checkpointing(text: str) -> tuple[str | None, list[str]]:
+    low = (text or "").lower()
+    cav = []
+    if "unconfirmed" in low or "assumed" in low:
+        cav.append("activation checkpointing taken from the framework default (unconfirmed)")
+    if low.startswith("unknown"):
+        return None, cav
+    if "offload" in low or low.startswith("unsloth"):
+        return "offload", cav
+    if low.startswith("full") or low.startswith("on") or low.startswith("default(on)"):
+        return "full", cav
+    if low.startswith("none") or low.startswith("off"):
+        return "none", cav
+    return None, cav
+
+
+def parse_attention(text: str) -> tuple[str, list[str]]:
+    low = (text or "").lower()
+    if low.startswith("flash"):
+        return "flash", []
+    if low.startswith("sdpa/eager"):
+        return "sdpa", ["attention sdpa or eager not stated; sdpa assumed"]
+    if low.startswith("unknown"):
+        return "sdpa", ["attention not stated; transformers' default sdpa assumed"]
+    return "sdpa", []
+
+
+def parse_seq(text: str, dataset_longest: int | None = None) -> tuple[int | None, list[str], str]:
+    """(seq_len, caveats, skip reason). '<=N' caps are used as N with a caveat: the peak over a
+    run is reached by the longest padded batch, which hits the cap when the data has samples
+    longer than it."""
+    t = (text or "").strip()
+    n = _int(t)
+    if n is None:
+        return None, [], f"sequence length not stated ({t!r})"
+    if t.startswith("<="):
+        return n, [f"seq_len {n} is a cap on padded variable-length data; the peak reaches it only if some "
+                   "batch holds a sample that long"], ""
+    return n, [], ""
+
+
+def counter_of(measured_what: str) -> tuple[str, str, bool]:
+    """(counter group, predicted counter to compare, is OOM bound)."""
+    w = (measured_what or "").lower()
+    if w.startswith("oom"):
+        return "oom", "device", True
+    if w.startswith("max-context claim"):
+        return "capacity", "device", False
+    if "max_memory_allocated" in w or "memory snapshot" in w:
+        return "allocated", "allocated", False
+    if "active_bytes" in w or "active" in w and "not specified" not in w:
+        return "active", "allocated", False
+    if "max_memory_reserved" in w:
+        return "reserved", "reserved", False
+    if "nvidia-smi" in w:
+        return "device", "device", False
+    return "unknown", "reserved", False
+
+
+COUNTER_RULE = {
+    "allocated": "torch max_memory_allocated -> predicted allocated",
+    "active": "torch active_bytes.all.peak -> predicted allocated (active = allocated blocks incl. ones "
+              "awaiting stream sync)",
+    "reserved": "torch max_memory_reserved -> predicted reserved (allocated + caching-allocator overhead)",
+    "device": "nvidia-smi -> predicted device (reserved + CUDA context)",
+    "unknown": "counter not stated (torchtune get_memory_stats peak, 'GRAM') -> predicted reserved: the middle "
+               "of allocated <= reserved <= device, and torchtune's tutorials quote 'Peak Memory' equal to "
+               "max_memory_reserved",
+    "capacity": "largest context that fits a GPU of this size (peak ~= VRAM) -> predicted device",
+    "oom": "OOM: measured value is a lower bound; right when the device-level prediction exceeds it",
+}
+
+# Rows whose settings the CSV itself marks as unknowable, with the reason (checked against
+# the row text, never against the prediction).
+SKIP_ROWS = {
+    "tt09": "padded length unknown: unpacked Alpaca with a 4096 cap; the cap is far above Alpaca's longest sample (1304 Llama-2 "
+            "tokens, litgpt rows), so the padded length of the peak batch is unknown",
+    "tt25": "activation checkpointing not stated (no 70B full config in the repo at that commit)",
+    "pm06": "not a tuneplan method: LayerNorm-only tuning (every layer's norm weights; freeze trains whole top layers)",
+    "pm07": "not a tuneplan method: TinyLoRA (64 trainable parameters)",
+    "pm08": "not a tuneplan method: IA3",
+}
+
+
+# torchtune's Nov-2024 "Optimization flags" table is cumulative: rows after "+ Compile" keep it on.
+CUMULATIVE_COMPILE = {"tt14", "tt15", "tt16"}
+
+
+_PROBE: list[Any] = []
+
+
+def _probe_estimate() -> Any:
+    """One small estimate, to see which attributes this tuneplan's MemoryEstimate has."""
+    if not _PROBE:
+        import tuneplan
+
+        _PROBE.append(tuneplan.estimate("llama-3.2-1b", method="lora", seq_len=256))
+    return _PROBE[0]
+
+
+def interpret_memory(src: dict[str, str]) -> Row:
+    r = Row(id=src["id"], kind="memory", source=src, measured_what=src.get("measured_what", ""))
+    r.counter_group, r.counter, r.bound = counter_of(r.measured_what)
+    try:
+        r.measured_gib = float(src["measured_gib"])
+    except (KeyError, ValueError):
+        r.skip = "no measured value"
+        return r
+    if r.id in SKIP_ROWS:
+        r.skip = SKIP_ROWS[r.id]
+        return r
+    _common_settings(r, src)
+    return r
+
+
+def _common_settings(r: Row, src: dict[str, str]) -> None:
+    """Fill r.settings / r.caveats / r.skip from the memory.csv-style columns."""
+    method = (src.get("method") or "").strip()
+    if method in ("adapter-other",):
+        r.skip = f"not a tuneplan method: {src.get('lora_targets') or method}"
+        return
+    if method == "pretrain":
+        method = "full"
+    if method not in ("full", "lora", "qlora", "dora", "freeze"):
+        r.skip = f"method {method!r} not expressible"
+        return
+    spec, how, reason = resolve_row_model(src.get("model_hf_id", ""))
+    if spec is None:
+        r.skip = reason
+        return
+    r.model_how = how
+    r.extra["spec"] = spec
+    fw = (src.get("framework") or "").strip()
+    if fw not in FRAMEWORK_PROFILE:
+        r.skip = f"framework {fw!r} has no tuneplan profile"
+        return
+    profile, note = FRAMEWORK_PROFILE[fw]
+    if fw in NATIVE_PROFILE and supports(framework=NATIVE_PROFILE[fw]):
+        profile, note = NATIVE_PROFILE[fw], ""
+    if note:
+        r.caveats.append(note)
+    s: dict[str, Any] = {"method": method, "framework": profile}
+    # precision: every row is 16-bit; "pure" and HF bf16-loaded models keep optimizer states in bf16
+    prec = (src.get("precision") or "").lower()
+    s["precision"] = "bf16"
+    if "not specified" in prec:
+        r.caveats.append("16-bit dtype not stated; bf16 assumed (fp16 has the same bytes)")
+    if "no amp" in prec and profile == "hf":
+        r.caveats.append("custom loop without autocast: PEFT casts adapter inputs to fp32 (4-byte copies); "
+                         "the hf profile assumes autocast (compute-dtype copies)")
+    if method in ("lora", "qlora", "dora"):
+        rank = _int(src.get("lora_rank", ""))
+        if rank is None:
+            r.skip = "LoRA rank not stated"
+            return
+        s["rank"] = rank
+        targets, cav = parse_targets(src.get("lora_targets", ""))
+        if targets is None:
+            r.skip = f"LoRA targets not understood ({src.get('lora_targets')!r})"
+            return
+        s["targets"] = targets
+        r.caveats += cav
+        if "unconfirmed" in (src.get("lora_targets") or ""):
+            r.caveats.append("LoRA targets are the framework default at the time (unconfirmed)")
+    if method == "qlora":
+        q = (src.get("quant") or "").lower()
+        if "nf4" not in q:
+            r.skip = f"quantisation {q!r} not expressible"
+            return
+        s["quant"] = "nf4"
+        if fw == "litgpt":  # litgpt names the variants: bnb.nf4 and bnb.nf4-dq
+            s["double_quant"] = "double quant" in q
+        elif "torchao" in q:
+            s["double_quant"] = True  # torchao NF4Tensor quantises its per-64 scalers to int8 per 256 blocks
+        else:
+            s["double_quant"] = True
+            r.caveats.append("bitsandbytes double quantisation not stated; on assumed")
+    opt, cav = parse_optimizer(src.get("optimizer", ""))
+    s["optimizer"] = opt
+    r.caveats += cav
+    if "optimizer_in_bwd" in (src.get("optimizer") or "") and supports(optimizer_in_backward=True):
+        s["optimizer_in_backward"] = True
+    if "paged" in opt and not hasattr(_probe_estimate(), "peak_allocated_bytes"):
+        r.caveats.append("paged optimizer states live in cudaMallocManaged memory, which torch counters do not "
+                         "see; this tuneplan counts them on the GPU")
+    mb = _int(src.get("micro_batch", ""))
+    if not mb:
+        r.skip = "micro-batch not stated"
+        return
+    s["micro_batch"] = mb
+    seq, cav, why = parse_seq(src.get("seq_len", ""))
+    if why:
+        r.skip = why
+        return
+    s["seq_len"] = seq
+    r.caveats += cav
+    ckpt, cav = parse_checkpointing(src.get("grad_ckpt", ""))
+    r.caveats += cav
+    if ckpt is None:
+        r.skip = f"activation checkpointing not stated ({src.get('grad_ckpt')!r})"
+        return
+    off = (src.get("offload") or "").lower()
+    if off.startswith("activations") and ckpt == "full":
+        ckpt = "offload"
+    s["checkpointing"] = ckpt
+    s["attention"], cav = parse_attention(src.get("attention", ""))
+    r.caveats += cav
+    ce = (src.get("fused_ce") or "").lower()
+    has_ce = supports(cross_entropy="plain")
+    if ce.startswith("yes"):
+        s["fused_ce"] = True  # cross_entropy="fused" where tuneplan has it (Job.from_settings maps it)
+        if "kernels" in ce:
+            r.caveats.append("Liger's other kernels (RMSNorm, SwiGLU, RoPE) are not modelled; only its fused "
+                             "linear cross-entropy")
+    elif ce.startswith("chunked"):
+        if "lm_head_chunk_size" in ce and has_ce and supports(cross_entropy="lm-head-chunked"):
+            s["cross_entropy"] = "lm-head-chunked"
+        elif has_ce and "lm_head_chunk_size" not in ce:
+            s["cross_entropy"] = "chunked"
+        elif profile not in ("torchtune", "litgpt"):
+            r.caveats.append("chunked CE outside torchtune not expressible; plain CE assumed")
+    elif has_ce and profile == "unsloth":
+        # Unsloth's fast_cross_entropy_loss (unsloth/kernels/cross_entropy_loss.py, since its first
+        # release) is not a fused linear+CE: the bf16 logits exist, the kernel keeps a per-row
+        # logsumexp and writes the gradient in place, with no fp32 copy. The row's "no" says
+        # "not fused"; the closest tuneplan choice is "chunked" (bf16 logits + a small upcast).
+        s["cross_entropy"] = "chunked"
+        r.caveats.append("Unsloth's Triton cross-entropy keeps bf16 logits without an fp32 copy: modelled as "
+                         "'chunked' (the row's fused_ce 'no' means no fused linear+CE)")
+    elif has_ce:
+        s["cross_entropy"] = "plain"
+    elif profile == "torchtune":
+        r.caveats.append("plain nn.CrossEntropyLoss: the torchtune profile always models CEWithChunkedOutputLoss "
+                         "(bf16 logits kept, 1/8 upcast at a time)")
+    # library versions: bitsandbytes QLoRA before 0.43.2
+    if method == "qlora" and "bnb" in (src.get("quant") or "") and r.id[:2] in BNB_PRE_0432 \
+            and profile != "unsloth":
+        if supports(stack=BNB_STACK):
+            s["stack"] = BNB_STACK
+        else:
+            r.caveats.append(f"bitsandbytes < 0.43.2 ({BNB_PRE_0432[r.id[:2]]}) saved every 4-bit linear's input; "
+                             "this tuneplan models the later behaviour")
+    if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
+        r.caveats.append("torch.compile on (fusions change saved activations and kernel speed); not modelled")
+    n = _int(src.get("n_gpus", "")) or 1
+    s["num_gpus"] = n
+    shard = (src.get("sharding") or "").lower()
+    if n > 1:
+        if shard.startswith("fsdp"):
+            s["sharding"] = "fsdp"
+        elif shard.startswith("ddp"):
+            s["sharding"] = "ddp"
+        else:
+            r.skip = f"multi-GPU strategy {src.get('sharding')!r} not expressible"
+            return
+    if off.startswith("both"):
+        s["offload_params"] = True
+        s["offload_optimizer"] = True
+    ga = re.search(r"gradient accumulation:\s*(\d+)", (src.get("notes") or "").lower())
+    if ga:
+        s["grad_accum"] = int(ga.group(1))
+    m = re.search(r"global batch (\d+) via grad accumulation", (src.get("notes") or "").lower())
+    if m:
+        s["grad_accum"] = max(1, int(m.group(1)) // (mb * n))
+    if r.id.startswith("pm"):
+        r.caveats.append("peak over a 5000-step run including periodic eval/generation (batch 50)")
+    r.settings = s
+
+
+# ---------------------------------------------------------------- time rows
+
+DEVICE_MAP = [  # (pattern in the CSV device text, catalog id, note)
+    (r"^rtx 4090", "rtx-4090", ""),
+    (r"^rtx a6000", "rtx-a6000", ""),
+    (r"^a100 sxm4 80gb", "a100-80gb-sxm", ""),
+    (r"^a100 80gb", "a100-80gb-sxm", ""),
+    (r"^a100 40gb", "a100-40gb-sxm", ""),
+    (r"^a100", "a100-80gb-sxm", "A100 variant not stated; 80GB SXM assumed"),
+    (r"^h100 80gb sxm", "h100-sxm", ""),
+    (r"^rtx pro 6000 blackwell", "rtx-pro-6000-blackwell", ""),
+]
+
+
+def map_device(text: str) -> tuple[str | None, str]:
+    low = (text or "").strip().lower()
+    if low.startswith("apple") or low.startswith("m1") or low.startswith("m2"):
+        return None, "Apple silicon / MLX: tuneplan's time model is a PyTorch/CUDA step"
+    for pat, dev, note in DEVICE_MAP:
+        if re.search(pat, low):
+            return dev, note
+    return None, f"device {text!r} is not in tuneplan's device catalog"
+
+
+def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
+    """A throughput.csv row -> settings, device and the measured tokens/s (or the skip reason).
+
+    The torchtune README rows are linked to the memory.csv row of the same table row, which
+    holds the config read at the publishing commit; other rows carry their own settings.
+    """
+    r = Row(id=src["id"], kind="time", source=src)
+    fw = (src.get("framework") or "").lower()
+    model = src.get("model_hf_id") or ""
+    prec = (src.get("precision") or "").lower()
+    measured = (src.get("measured") or "").strip()
+    shard = src.get("sharding") or ""
+    reasons = []  # every reason that applies, most basic first
+    if "mlx" in fw:
+        reasons.append("Apple/MLX: MLX (Apple silicon, or MLX's CUDA backend) has no tuneplan profile; the time "
+                       "model is a PyTorch/CUDA step")
+    if "mpt" in model.lower():
+        reasons.append("architecture not in tuneplan.models: MPT (llm-foundry: ALiBi, non-gated GELU MLP)")
+    if "fp8" in prec:
+        reasons.append("FP8 training (Transformer Engine): tuneplan times bf16 steps only")
+    if re.search(r"\b(TP|PP)\d", shard) and "TP1 PP1" not in shard:
+        reasons.append(f"tensor/pipeline parallelism ({shard}) is not expressible")
+    n = _int(src.get("n_gpus", "")) or 1
+    if n > 8:
+        reasons.append(f"multi-node ({n} GPUs): inter-node links are not modelled")
+    if not reasons and linked is None:
+        spec, _, why = resolve_row_model(model)
+        if spec is None:
+            reasons.append(why)
+    if measured not in ("tokens_per_s_total", "tokens_per_s_per_gpu"):
+        if measured == "epoch_time":
+            reasons.append("epoch time with no token count: tokens per epoch not stated")
+        elif measured == "s_per_step" and not src.get("derived_tokens_per_s_total", "").strip()[:1].isdigit():
+            reasons.append("seconds per step with no token count per step")
+    if not reasons and linked is None:
+        reasons.append("settings not stated: sequence length, micro-batch, packing, LoRA config")
+    dev, dev_note = map_device(src.get("device", ""))
+    if dev is None and "MLX" not in " ".join(reasons):
+        reasons.append(dev_note)
+    if reasons:
+        r.skip = "; ".join(dict.fromkeys(reasons))
+        return r
+    assert linked is not None
+    if (src.get("packing") or "").lower().startswith("no"):
+        r.skip = "unpacked variable-length data: real tokens per step unknown"
+        return r
+    mem = interpret_memory(linked)
+    if mem.skip:
+        r.skip = f"config (memory row {linked['id']}): {mem.skip}"
+        return r
+    r.settings = dict(mem.settings)
+    r.extra["spec"] = mem.extra["spec"]
+    r.model_how = mem.model_how
+    r.caveats = [c for c in mem.caveats if "peak" not in c and "cap on padded" not in c and "counter" not in c]
+    r.caveats.append(f"settings from memory.csv row {linked['id']} (same published table row)")
+    ga = _int(src.get("grad_accum", ""))
+    if ga:
+        r.settings["grad_accum"] = ga
+    if dev_note:
+        r.caveats.append(dev_note)
+    r.device_id = dev
+    r.per_gpu = measured == "tokens_per_s_per_gpu"
+    r.measured_tps = float(src["value"])
+    return r
+
+
+def link_time_rows(mem_rows: list[dict[str, str]], time_rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """throughput.csv id -> the memory.csv row of the same published table row (same framework,
+    same tokens/s figure)."""
+    out = {}
+    for t in time_rows:
+        if not (t.get("framework") or "").startswith("torchtune"):
+            continue
+        for m in mem_rows:
+            if m.get("framework") == "torchtune" and m.get("tokens_per_s") and t.get("value") \
+                    and float(m["tokens_per_s"]) == float(t["value"]):
+                out[t["id"]] = m
+                break
+    return out
+
+
+def memory_only_time_rows(mem_rows: list[dict[str, str]], linked: dict[str, dict[str, str]]) -> list[Row]:
+    """memory.csv rows that report tokens/s but have no throughput.csv twin: listed, not scored."""
+    used = {m["id"] for m in linked.values()}
+    out = []
+    for m in mem_rows:
+        if not m.get("tokens_per_s") or m["id"] in used:
+            continue
+        r = Row(id=m["id"], kind="time", source=m)
+        if m["id"].startswith("tt"):
+            r.skip = ("packing not stated: torchtune 2024-05 README table gives only 'Seq Length = 2048', so real "
+                      "tokens per step are unknown")
+        else:
+            r.skip = "unpacked variable-length data: padded to the longest in each batch, real tokens per step unknown"
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_memory(r: Row) -> None:
+    import tuneplan
+    from tuneplan.errors import TuneplanError
+
+    try:
+        est = tuneplan.estimate(r.extra["spec"], **r.settings)
+    except TuneplanError as e:
+        r.skip = f"tuneplan rejects the settings: {e}"
+        return
+    c = counters(est)
+    r.extra["counters_gib"] = {k: v / GiB for k, v in c.items()}
+    r.extra["peak_phase"] = est.peak_phase
+    r.predicted = c[r.counter] / GiB
+    r.error = r.predicted / r.measured_gib - 1
+    if r.bound:
+        r.verdict = "right (predicted OOM)" if r.predicted > r.measured_gib else "WRONG (predicted fit)"
+
+
+def score_time(r: Row) -> None:
+    from tuneplan.errors import TuneplanError
+    from tuneplan.hardware import resolve_device
+    from tuneplan.timing import step_time
+
+    try:
+        st = step_time(r.extra["spec"], make_job(r.settings), resolve_device(r.device_id))
+    except TuneplanError as e:
+        r.skip = f"tuneplan rejects the settings: {e}"
+        return
+    total = st.tokens_per_s
+    pred = total / r.settings.get("num_gpus", 1) if r.per_gpu else total
+    r.predicted = pred
+    r.error = pred / r.measured_tps - 1
+    r.extra["bound_by"] = st.bound
+    r.extra["mfu"] = st.mfu
+
+
+def stats(errors: list[float]) -> dict[str, Any]:
+    if not errors:
+        return {"n": 0}
+    ab = [abs(e) for e in errors]
+    return {
+        "n": len(errors),
+        "median_abs": statistics.median(ab),
+        "mean_signed": statistics.fmean(errors),
+        "worst": max(errors, key=abs),
+        "within_5": sum(a <= 0.05 for a in ab) / len(ab),
+        "within_10": sum(a <= 0.10 for a in ab) / len(ab),
+        "within_20": sum(a <= 0.20 for a in ab) / len(ab),
+    }
+
+
+def _stats_rows(rows: list[Row]) -> dict[str, Any]:
+    s = stats([r.error for r in rows])
+    if rows:
+        s["worst_id"] = max(rows, key=lambda r: abs(r.error)).id
+    return s
+
+
+def _group(rows: list[Row], key) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    out = {}
+    for k in sorted(groups):
+        s = stats([r.error for r in groups[k]])
+        worst = max(groups[k], key=lambda r: abs(r.error))
+        s["worst_id"] = worst.id
+        out[k] = s
+    return out
+
+
+def breakdowns(rows: list[Row], kind: str) -> dict[str, Any]:
+    out = {
+        "overall": _stats_rows(rows),
+        "by_framework": _group(rows, lambda r: r.framework),
+        "by_method": _group(rows, lambda r: r.method),
+        "by_sharding": _group(rows, lambda r: r.sharding),
+        "by_confidence": _group(rows, lambda r: r.confidence),
+        "excluding_low_confidence": _stats_rows([r for r in rows if r.confidence != "low"]),
+    }
+    if kind == "memory":
+        out["by_counter"] = _group(rows, lambda r: r.counter_group)
+    return out
+
+
+def load_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return [dict(r) for r in csv.DictReader(f)]
+
+
+def load_records(path: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Probe records (JSONL, or a JSON list): dicts with memory.csv fields (measured_gib) and/or
+    throughput.csv fields (measured, value). Values are stringified like CSV cells."""
+    text = path.read_text()
+    items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    mem, tput = [], []
+    for i, d in enumerate(items):
+        d = {k: ("" if v is None else str(v)) for k, v in d.items()}
+        d.setdefault("id", f"rec{i + 1:03d}")
+        if d.get("measured_gib"):
+            mem.append(d)
+        if d.get("measured") and d.get("value"):
+            tput.append(d)
+    return mem, tput
+
+
+def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) -> dict[str, Any]:
+    """Score every row. Returns the JSON-ready result (summary + per-row)."""
+    mem_src = load_csv(calibration / "memory.csv")
+    tput_src = load_csv(calibration / "throughput.csv")
+    if records:
+        m, t = load_records(records)
+        mem_src += m
+        tput_src += t
+    mem_rows = [interpret_memory(s) for s in mem_src]
+    for r in mem_rows:
+        if not r.skip:
+            score_memory(r)
+    linked = link_time_rows(mem_src, tput_src)
+    time_rows = [interpret_time(s, linked.get(s["id"])) for s in tput_src]
+    time_rows += memory_only_time_rows(mem_src, linked)
+    for r in time_rows:
+        if not r.skip:
+            score_time(r)
+    point = [r for r in mem_rows if not r.skip and not r.bound]
+    bounds = [r for r in mem_rows if not r.skip and r.bound]
+    timed = [r for r in time_rows if not r.skip]
+    summary = {
+        "memory": {
+            "rows": len(mem_rows), "scored": len(point), "oom_rows_scored": len(bounds),
+            "skipped": sum(1 for r in mem_rows if r.skip),
+            **breakdowns(point, "memory"),
+            "oom": {"n": len(bounds), "right": sum(r.verdict.startswith("right") for r in bounds),
+                    "predicted_fit_wrong": sum(r.verdict.startswith("WRONG") for r in bounds),
+                    "wrong_ids": [r.id for r in bounds if r.verdict.startswith("WRONG")]},
+            "counter_rules": COUNTER_RULE,
+        },
+        "time": {
+            "rows": len(time_rows), "scored": len(timed), "skipped": sum(1 for r in time_rows if r.skip),
+            **breakdowns(timed, "time"),
+        },
+    }
+    return {"calibration": str(calibration), "summary": summary,
+            "rows": [row_json(r) for r in mem_rows + time_rows]}
+
+
+def row_json(r: Row) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": r.id, "kind": r.kind, "framework": r.framework, "model": r.source.get("model_hf_id", ""),
+                         "confidence": r.confidence}
+    if r.skip:
+        d["skipped"] = r.skip
+        return d
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.settings.items()}
+    d.update(settings=settings, model_resolved=r.model_how, method=r.method, sharding=r.sharding, caveats=r.caveats)
+    if r.kind == "memory":
+        d.update(measured_what=r.measured_what, counter_group=r.counter_group, counter=r.counter,
+                 measured_gib=r.measured_gib, predicted_gib=r.predicted, error=r.error,
+                 counters_gib=r.extra.get("counters_gib"), peak_phase=r.extra.get("peak_phase"))
+        if r.bound:
+            d["verdict"] = r.verdict
+    else:
+        d.update(device=r.device_id, per_gpu=r.per_gpu, measured_tokens_per_s=r.measured_tps,
+                 predicted_tokens_per_s=r.predicted, error=r.error, bound_by=r.extra.get("bound_by"),
+                 predicted_mfu=r.extra.get("mfu"))
+    return d
+
+
+# ---------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:+.1f}%"
+
+
+def _stat_table(groups: dict[str, dict[str, Any]], title: str) -> list[str]:
+    out = [f"| {title} | n | median abs err | mean signed | worst | within 5% | within 10% | within 20% |",
+           "|---|---|---|---|---|---|---|---|"]
+    for k, s in groups.items():
+        if not s.get("n"):
+            out.append(f"| {k} | 0 | | | | | | |")
+            continue
+        out.append(f"| {k} | {s['n']} | {100 * s['median_abs']:.1f}% | {_pct(s['mean_signed'])} | "
+                   f"{_pct(s['worst'])} ({s.get('worst_id', '')}) | {100 * s['within_5']:.0f}% | "
+                   f"{100 * s['within_10']:.0f}% | {100 * s['within_20']:.0f}% |")
+    return out
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def render_md(result: dict[str, Any], analysis: str = "") -> str:
+    s = result["summary"]
+    mem, tim = s["memory"], s["time"]
+    o, t = mem["overall"], tim["overall"]
+    lines = [
+        "# tuneplan vs published measured runs",
+        "",
+        "Generated by `python benchmarks/measured_runs.py` from `../shared/calibration/memory.csv` and "
+        "`throughput.csv`. Error = predicted / measured - 1 (positive: tuneplan predicts more memory / more "
+        "tokens per second than measured). Nothing is fitted; each row's settings come from its own columns and "
+        "notes, approximations are listed per row as caveats.",
+        "",
+        "## Headline",
+        "",
+        "| | rows | scored | skipped | median abs err | mean signed | within 10% | within 20% |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| memory (point measurements) | {mem['rows']} | {mem['scored']} (+{mem['oom_rows_scored']} OOM bounds) | "
+        f"{mem['skipped']} | {100 * o.get('median_abs', 0):.1f}% | {_pct(o.get('mean_signed'))} | "
+        f"{100 * o.get('within_10', 0):.0f}% | {100 * o.get('within_20', 0):.0f}% |",
+        f"| time (tokens/s; throughput.csv + memory.csv rows reporting tokens/s) | {tim['rows']} | {tim['scored']} | {tim['skipped']} | "
+        f"{100 * t.get('median_abs', 0):.1f}% | {_pct(t.get('mean_signed'))} | "
+        f"{100 * t.get('within_10', 0):.0f}% | {100 * t.get('within_20', 0):.0f}% |",
+        "",
+        f"OOM rows (lower bounds): {mem['oom']['n']} scored, {mem['oom']['right']} right, "
+        f"**{mem['oom']['predicted_fit_wrong']} predicted to fit** "
+        f"({', '.join(mem['oom']['wrong_ids']) or 'none'}).",
+        "",
+        "## Memory",
+        "",
+        "How each row's counter is compared:",
+        "",
+    ]
+    lines += [f"- **{k}**: {v}" for k, v in mem["counter_rules"].items()]
+    lines += [""]
+    for key, title in (("by_counter", "counter measured"), ("by_framework", "framework"), ("by_method", "method"),
+                       ("by_sharding", "sharding"), ("by_confidence", "confidence")):
+        lines += _stat_table(mem[key], title) + [""]
+    lines += _stat_table({"excluding low confidence": mem["excluding_low_confidence"]}, "subset") + [""]
+    lines += ["## Time", ""]
+    lines += _stat_table({"excluding low confidence": tim["excluding_low_confidence"]}, "subset") + [""]
+    for key, title in (("by_framework", "framework"), ("by_method", "method"), ("by_sharding", "sharding"),
+                       ("by_confidence", "confidence")):
+        lines += _stat_table(tim[key], title) + [""]
+    lines += ["## Why rows are skipped", "", "| kind | reason | rows |", "|---|---|---|"]
+    tally: dict[tuple[str, str], list[str]] = {}
+    for d in result["rows"]:
+        if "skipped" in d:
+            reason = re.split(r"[;:(]", d["skipped"])[0].strip()
+            tally.setdefault((d["kind"], reason), []).append(d["id"])
+    for (kind, reason), ids in sorted(tally.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
+        lines.append(f"| {kind} | {_esc(reason)} | {len(ids)}: {', '.join(ids)} |")
+    lines += [""]
+    lines += ["## Per row: memory", "",
+              "| id | framework | model | method | measured (counter) | measured GiB | predicted GiB "
+              "(alloc / reserved / device) | error | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    rows = result["rows"]
+    for d in rows:
+        if d["kind"] != "memory":
+            continue
+        if "skipped" in d:
+            lines.append(f"| {d['id']} | {d['framework']} | {d['model']} | | | | | skipped | {_esc(d['skipped'])} |")
+            continue
+        c = d["counters_gib"]
+        note = d.get("verdict", "")
+        lines.append(f"| {d['id']} | {d['framework']} | {d['model']} | {d['method']} | "
+                     f"{d['counter_group']} -> {d['counter']} | {d['measured_gib']:.2f} | "
+                     f"**{d['predicted_gib']:.2f}** ({c['allocated']:.2f} / {c['reserved']:.2f} / {c['device']:.2f}) | "
+                     f"{_pct(d['error'])} | {_esc(note + ('; ' if note and d['caveats'] else '') + '; '.join(d['caveats']))} |")
+    lines += ["", "## Per row: time", "",
+              "| id | framework | model | method | device | measured tok/s | predicted tok/s | error | bound by | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        if d["kind"] != "time":
+            continue
+        if "skipped" in d:
+            lines.append(f"| {d['id']} | {d['framework']} | {d['model']} | | | | | skipped | | {_esc(d['skipped'])} |")
+            continue
+        unit = "/GPU" if d["per_gpu"] else " total"
+        lines.append(f"| {d['id']} | {d['framework']} | {d['model']} | {d['method']} | "
+                     f"{d['settings'].get('num_gpus', 1)}x {d['device']} | {d['measured_tokens_per_s']:.0f}{unit} | "
+                     f"{d['predicted_tokens_per_s']:.0f} | {_pct(d['error'])} | {d['bound_by']} | "
+                     f"{_esc('; '.join(d['caveats']))} |")
+    if analysis:
+        lines += ["", analysis.strip()]
+    return "\n".join(lines) + "\n"
+
+
+ANALYSIS_MARK = "## Systematic errors and their mechanisms"
+
+
+def existing_analysis(md_path: Path) -> str:
+    """The hand-written analysis section of a previous report (kept across re-runs)."""
+    if not md_path.exists():
+        return ""
+    text = md_path.read_text()
+    i = text.find(ANALYSIS_MARK)
+    return text[i:] if i >= 0 else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION,
+                    help="folder with memory.csv and throughput.csv (default ../shared/calibration)")
+    ap.add_argument("--records", type=Path, help="extra measured runs (JSONL or JSON list of CSV-like dicts)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where measured_runs.{md,json} go")
+    ap.add_argument("--no-write", action="store_true", help="print the headline only")
+    args = ap.parse_args(argv)
+    if not (args.calibration / "memory.csv").exists():
+        print(f"no memory.csv under {args.calibration}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    result = run(args.calibration, args.records)
+    result["runtime_s"] = round(time.perf_counter() - t0, 2)
+    s = result["summary"]
+    m, t = s["memory"], s["time"]
+    print(f"memory: {m['scored']} scored + {m['oom_rows_scored']} OOM bounds, {m['skipped']} skipped; "
+          f"median |err| {100 * m['overall'].get('median_abs', 0):.1f}%, mean signed "
+          f"{_pct(m['overall'].get('mean_signed'))}; OOM predicted to fit: {m['oom']['predicted_fit_wrong']}")
+    print(f"time:   {t['scored']} scored, {t['skipped']} skipped; median |err| "
+          f"{100 * t['overall'].get('median_abs', 0):.1f}%, mean signed {_pct(t['overall'].get('mean_signed'))}")
+    if not args.no_write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        md = args.out / "measured_runs.md"
+        analysis = existing_analysis(md)
+        md.write_text(render_md(result, analysis))
+        (args.out / "measured_runs.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {md} and measured_runs.json ({result['runtime_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

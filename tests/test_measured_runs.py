@@ -1,0 +1,168 @@
+"""Accuracy lock against published measured runs (benchmarks/measured_runs.py).
+
+Scores ../shared/calibration in-process (skipped when that folder is absent) and fails if the
+median memory or time error gets worse than the committed figures in
+benchmarks/results/measured_runs.json (plus 0.5 percentage point), if fewer rows can be
+expressed, or if more OOM rows are predicted to fit. Also unit-tests the counter selection
+and the OOM rule on hand-made rows. No torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = ROOT.parent / "shared" / "calibration"
+RESULTS = ROOT / "benchmarks" / "results" / "measured_runs.json"
+TOLERANCE = 0.005  # 0.5 percentage point on the median |error|
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("measured_runs", ROOT / "benchmarks" / "measured_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["measured_runs"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load_bench()
+needs_data = pytest.mark.skipif(not (CALIBRATION / "memory.csv").exists(), reason=f"{CALIBRATION} absent")
+
+
+@pytest.fixture(scope="module")
+def scored():
+    return bench.run(CALIBRATION)
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return json.loads(RESULTS.read_text())["summary"]
+
+
+def test_benchmark_never_imports_torch():
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['measured_runs.py', '--no-write', '--calibration', {str(CALIBRATION)!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(ROOT / 'benchmarks' / 'measured_runs.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@needs_data
+def test_memory_median_error_not_worse(scored, committed):
+    now, was = scored["summary"]["memory"]["overall"], committed["memory"]["overall"]
+    assert now["median_abs"] <= was["median_abs"] + TOLERANCE, (now["median_abs"], was["median_abs"])
+
+
+@needs_data
+def test_time_median_error_not_worse(scored, committed):
+    now, was = scored["summary"]["time"]["overall"], committed["time"]["overall"]
+    assert now["median_abs"] <= was["median_abs"] + TOLERANCE, (now["median_abs"], was["median_abs"])
+
+
+@needs_data
+def test_expressible_rows_do_not_shrink(scored, committed):
+    m, t = scored["summary"]["memory"], scored["summary"]["time"]
+    assert m["scored"] >= committed["memory"]["scored"]
+    assert m["oom_rows_scored"] >= committed["memory"]["oom_rows_scored"]
+    assert t["scored"] >= committed["time"]["scored"]
+
+
+@needs_data
+def test_oom_rows_predicted_to_fit_do_not_increase(scored, committed):
+    assert scored["summary"]["memory"]["oom"]["predicted_fit_wrong"] <= committed["memory"]["oom"]["predicted_fit_wrong"]
+
+
+@needs_data
+def test_every_row_is_scored_or_says_why(scored):
+    for d in scored["rows"]:
+        assert ("skipped" in d and d["skipped"]) or d.get("error") is not None, d["id"]
+
+
+# ---------------------------------------------------------------- counters and the OOM rule
+
+
+def _fake_estimate(**named):
+    comps = [SimpleNamespace(key="weights", bytes=10 * 2**30), SimpleNamespace(key="activations", bytes=6 * 2**30),
+             SimpleNamespace(key="allocator", bytes=2**30), SimpleNamespace(key="cuda_context", bytes=2**29)]
+    return SimpleNamespace(components=comps, peak_bytes=int(17.5 * 2**30), **named)
+
+
+def test_counters_computed_from_components():
+    c = bench.counters(_fake_estimate())
+    assert c == {"allocated": 16 * 2**30, "reserved": 17 * 2**30, "device": int(17.5 * 2**30)}
+
+
+def test_counters_prefer_named_attributes():
+    est = _fake_estimate(peak_allocated_bytes=1, peak_reserved_bytes=2, device_bytes=3)
+    assert bench.counters(est) == {"allocated": 1, "reserved": 2, "device": 3}
+
+
+@pytest.mark.parametrize("what,group,counter,bound", [
+    ("torch max_memory_allocated (GB, /1e9)", "allocated", "allocated", False),
+    ("torch active_bytes.all.peak ('Peak Memory Active')", "active", "allocated", False),
+    ("torch max_memory_reserved (GB, /1e9)", "reserved", "reserved", False),
+    ("nvidia-smi peak", "device", "device", False),
+    ("torchtune get_memory_stats peak (active/alloc/reserved not specified)", "unknown", "reserved", False),
+    ("GRAM (method not stated)", "unknown", "reserved", False),
+    ("OOM (lower bound = 40 GiB device)", "oom", "device", True),
+])
+def test_counter_selection(what, group, counter, bound):
+    assert bench.counter_of(what) == (group, counter, bound)
+
+
+HAND_ROW = {
+    "id": "x01", "framework": "hf-trainer-peft", "model_hf_id": "meta-llama/Llama-3.2-3B", "method": "lora",
+    "lora_rank": "16", "lora_targets": "q_proj,v_proj", "quant": "none", "precision": "bf16",
+    "optimizer": "torch AdamW", "micro_batch": "1", "seq_len": "1024", "grad_ckpt": "full", "attention": "sdpa",
+    "fused_ce": "no", "n_gpus": "1", "sharding": "none", "offload": "none", "device": "RTX 4090 24GB",
+    "tokens_per_s": "", "confidence": "high", "notes": "",
+}
+
+
+def _scored_row(**over):
+    r = bench.interpret_memory(HAND_ROW | over)
+    assert not r.skip, r.skip
+    bench.score_memory(r)
+    return r
+
+
+def test_hand_row_compares_the_measured_counter():
+    alloc = _scored_row(measured_what="torch max_memory_allocated", measured_gib="5.0")
+    res = _scored_row(measured_what="torch max_memory_reserved", measured_gib="5.0")
+    c = alloc.extra["counters_gib"]
+    assert alloc.predicted == pytest.approx(c["allocated"]) and res.predicted == pytest.approx(c["reserved"])
+    assert c["allocated"] < c["reserved"] < c["device"]
+    assert alloc.error == pytest.approx(c["allocated"] / 5.0 - 1)
+
+
+def test_oom_rule():
+    device = _scored_row(measured_what="torch max_memory_allocated", measured_gib="1").extra["counters_gib"]["device"]
+    below = _scored_row(measured_what="OOM (lower bound = device)", measured_gib=str(device * 0.9))
+    above = _scored_row(measured_what="OOM (lower bound = device)", measured_gib=str(device * 1.1))
+    assert below.bound and below.counter == "device"
+    assert below.verdict.startswith("right")  # predicted more than the bound: predicted OOM
+    assert above.verdict.startswith("WRONG")  # predicted to fit a run that went out of memory
+
+
+def test_unexpressible_rows_say_why():
+    r = bench.interpret_memory(HAND_ROW | {"model_hf_id": "tiiuae/falcon-40b", "measured_what": "x", "measured_gib": "1"})
+    assert "Falcon" in r.skip
+    r = bench.interpret_memory(HAND_ROW | {"method": "adapter-other", "measured_what": "x", "measured_gib": "1"})
+    assert "not a tuneplan method" in r.skip
+
+
+def test_readme_accuracy_table_is_current():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_accuracy_table.py"), "--check",
+                          str(ROOT / "README.md")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -310,3 +310,11 @@ def test_litgpt_profile_keeps_bf16_adapters_and_chunked_logits():
     assert est.component("adapters") * 2 == hf.component("adapters")
     assert logits_bytes(LLAMA8, Training(seq_len=1024, framework="litgpt"))[1] == 2 * 2 * 1024 * 128256
     assert "128-token" in est.assumptions[-1]
+
+
+def test_cpu_offload_moves_sharded_gradients_too():
+    on_gpu = estimate_memory(LLAMA8, job("full", num_gpus=8, sharding="fsdp"))
+    off = estimate_memory(LLAMA8, job("full", num_gpus=8, sharding="fsdp", offload_params=True,
+                                      offload_optimizer=True))
+    sharded_grads = static_memory(LLAMA8, job("full", num_gpus=8, sharding="fsdp")).gradients // 8
+    assert off.cpu_bytes >= sharded_grads and off.component("gradients") == 0 < on_gpu.component("gradients")

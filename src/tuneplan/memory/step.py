@@ -169,6 +169,14 @@ def _per_gpu(st: Static, job: Job) -> _PerGpu:
         cpu += optimizer + master
         optimizer = master = 0
     grads = _sharded(st.gradients, 2, stage, world)
+    if p.offload_params or (p.offload_optimizer and stage >= 2):
+        # the sharded gradients live in CPU RAM too: FSDP2 CPUOffloadPolicy offloads
+        # parameters, gradients and optimizer states (torch/distributed/fsdp/_fully_shard/
+        # _fsdp_api.py), FSDP1 CPUOffload(offload_params=True) likewise, and DeepSpeed
+        # ZeRO-Offload reduces gradients into CPU buffers for its CPU Adam step
+        # (deepspeed/runtime/zero/stage_1_and_2.py, stage3.py with offload_optimizer)
+        cpu += grads
+        grads = 0
     ddp_buckets = st.gradients if (world > 1 and stage == 0) else 0
     opt_temp = 0 if p.offload_optimizer else _sharded(st.optimizer_temp, 1, stage, world)
     return _PerGpu(weights, quant, adapters, gather, optimizer, master, grads, ddp_buckets, opt_temp, cpu)
@@ -233,7 +241,7 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     # gradients that exist when the top decoder layer's backward runs (no accumulation):
     # lm_head/embedding (if trained) and that layer's own
     head_grads = 0
-    if m.kind == "full" or m.train_embeddings:
+    if (m.kind == "full" or m.train_embeddings) and grads:
         grad_bytes = 4 if fsdp_fp32_params(job) else t.param_bytes
         head_grads = _sharded(grad_bytes * spec.vocab_size * spec.hidden_size, 2, stage, world)
     layer_grads = (grads - head_grads) // max(1, spec.num_layers - first_trained)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import re
 import statistics
@@ -122,8 +123,6 @@ UNSUPPORTED_MODELS = {
                                           "GELU MLP)",
     "tiiuae/falcon-40b": "architecture not in tuneplan.models: Falcon (model_type falcon: multi-query groups, "
                          "parallel attention)",
-    "Qwen/Qwen-7B": "architecture not in tuneplan.models: Qwen v1 (model_type qwen, trust_remote_code QWenLMHeadModel)",
-    "Qwen/Qwen-14B": "architecture not in tuneplan.models: Qwen v1 (model_type qwen, trust_remote_code QWenLMHeadModel)",
 }
 # config.json files added for models the bundled catalog lacks (each cites its source).
 EXTRA_CONFIGS = {
@@ -134,6 +133,20 @@ EXTRA_CONFIGS = {
     "meta-llama/Meta-Llama-3-8B-Instruct": "meta-llama-3-8b.json",
     "Qwen/Qwen2-7B": "qwen2-7b.json",
     "google/gemma-7b": "gemma-7b.json",
+    # Qwen v1 (trust_remote_code) as its shape-identical qwen2 layout; see each file's _source
+    "Qwen/Qwen-7B": "qwen-7b-v1.json",
+    "Qwen/Qwen-14B": "qwen-14b-v1.json",
+}
+
+# Qwen's README speed table (QwenLM/Qwen README "Profiling of Memory and Speed", 2023): its
+# finetune.py + finetune/finetune_lora_single_gpu.sh and finetune_qlora_single_gpu.sh:
+# --bf16, batch 1, gradient accumulation 8, --gradient_checkpointing, flash-attention 2,
+# LoRA r=64 on c_attn, c_proj, w1, w2 (every linear), inputs padded to model_max_length
+# (padding="max_length": every micro-batch holds seq_len tokens), HF default AdamW (torch,
+# foreach); Q-LoRA: bitsandbytes NF4 with double quantisation, a 2023 bitsandbytes.
+QWEN_README_SETTINGS = {
+    "micro_batch": 1, "grad_accum": 8, "checkpointing": "full", "attention": "flash", "framework": "hf",
+    "rank": 64, "targets": "all-linear", "precision": "bf16", "optimizer": "adamw-foreach",
 }
 
 
@@ -635,6 +648,8 @@ def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
             reasons.append("epoch time with no token count: tokens per epoch not stated")
         elif measured == "s_per_step" and not src.get("derived_tokens_per_s_total", "").strip()[:1].isdigit():
             reasons.append("seconds per step with no token count per step")
+    if not reasons and linked is None and src["id"].startswith("QW-"):
+        return _interpret_qwen_readme(r, src)
     if not reasons and linked is None:
         reasons.append("settings not stated: sequence length, micro-batch, packing, LoRA config")
     dev, dev_note = map_device(src.get("device", ""))
@@ -664,6 +679,34 @@ def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
     r.device_id = dev
     r.per_gpu = measured == "tokens_per_s_per_gpu"
     r.measured_tps = float(src["value"])
+    return r
+
+
+def _interpret_qwen_readme(r: Row, src: dict[str, str]) -> Row:
+    """A Qwen README speed row: settings from Qwen's own fine-tuning scripts (QWEN_README_SETTINGS)."""
+    method = (src.get("method") or "").strip().lower()
+    if method not in ("lora", "qlora"):
+        r.skip = "DeepSpeed ZeRO stage not stated and the row's tokens per step are ambiguous (notes)"
+        return r
+    spec, how, why = resolve_row_model(src.get("model_hf_id", ""))
+    if spec is None:
+        r.skip = why
+        return r
+    dev, dev_note = map_device(src.get("device", ""))
+    if dev is None:
+        r.skip = dev_note
+        return r
+    r.settings = {**QWEN_README_SETTINGS, "method": method, "seq_len": _int(src.get("seq_len", ""))}
+    if method == "qlora" and supports(stack=BNB_STACK):
+        r.settings["stack"] = BNB_STACK
+    r.extra["spec"] = spec
+    r.model_how = how
+    r.caveats = ["settings from Qwen's finetune scripts (QWEN_README_SETTINGS)",
+                 "tokens/s counts padded tokens: inputs are padded to the sequence length"]
+    if dev_note:
+        r.caveats.append(dev_note)
+    r.device_id = dev
+    r.measured_tps = float(src["derived_tokens_per_s_total"])
     return r
 
 
@@ -781,6 +824,7 @@ def breakdowns(rows: list[Row], kind: str) -> dict[str, Any]:
         "by_sharding": _group(rows, lambda r: r.sharding),
         "by_confidence": _group(rows, lambda r: r.confidence),
         "excluding_low_confidence": _stats_rows([r for r in rows if r.confidence != "low"]),
+        "not_used_in_fits": _stats_rows([r for r in rows if r.id not in FITTED_ROWS]),
     }
     if kind == "memory":
         out["by_counter"] = _group(rows, lambda r: r.counter_group)
@@ -806,6 +850,26 @@ def load_records(path: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]
         if d.get("measured") and d.get("value"):
             tput.append(d)
     return mem, tput
+
+
+def _fitted_rows() -> frozenset[str]:
+    """Rows that tuneplan.calibration's fitted constants were fitted on (benchmarks/fit_time_constants.py)."""
+    spec = importlib.util.spec_from_file_location("fit_time_constants", Path(__file__).with_name("fit_time_constants.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pairs = {q for pair in mod.QLORA_PAIRS for q in pair}
+    return frozenset(mod.LORA_ROWS) | frozenset(pairs) | frozenset(mod.TORCHTUNE_ROWS)
+
+
+FITTED_ROWS = _fitted_rows()
+
+
+def interpreted_time_rows(calibration: Path = DEFAULT_CALIBRATION) -> list[Row]:
+    """The throughput rows as tuneplan reads them (settings, device, measured tokens/s), unscored."""
+    mem_src = load_csv(calibration / "memory.csv")
+    tput_src = load_csv(calibration / "throughput.csv")
+    linked = link_time_rows(mem_src, tput_src)
+    return [interpret_time(s, linked.get(s["id"])) for s in tput_src]
 
 
 def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) -> dict[str, Any]:
@@ -932,7 +996,8 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
         lines += _stat_table(mem[key], title) + [""]
     lines += _stat_table({"excluding low confidence": mem["excluding_low_confidence"]}, "subset") + [""]
     lines += ["## Time", ""]
-    lines += _stat_table({"excluding low confidence": tim["excluding_low_confidence"]}, "subset") + [""]
+    lines += _stat_table({"excluding low confidence": tim["excluding_low_confidence"],
+                          "not used in any fit (held out)": tim["not_used_in_fits"]}, "subset") + [""]
     for key, title in (("by_framework", "framework"), ("by_method", "method"), ("by_sharding", "sharding"),
                        ("by_confidence", "confidence")):
         lines += _stat_table(tim[key], title) + [""]

@@ -34,12 +34,14 @@ def table(result: dict) -> str:
     for key, label in (("by_method", "method"), ("by_sharding", "sharding")):
         for k in sorted(set(mem[key]) | set(tim[key])):
             out.append(f"| {label}: {k} | {_cell(mem[key].get(k))} | {_cell(tim[key].get(k))} |")
+    out.append(f"| time rows not used in any fit (held out) | - | {_cell(tim.get('not_used_in_fits'))} |")
     oom = mem["oom"]
     out.append("")
     out.append(f"Memory: {mem['scored']} of {mem['rows']} published rows scored on the counter each measured; "
                f"time: {tim['scored']} of {tim['rows']} rows reporting tokens/s. OOM rows: {oom['right']} of {oom['n']} predicted to run "
                f"out of memory, {oom['predicted_fit_wrong']} wrongly predicted to fit. Error = predicted / measured - 1; "
-               "per row: [benchmarks/results/measured_runs.md](benchmarks/results/measured_runs.md).")
+               "time constants fitted on named rows (benchmarks/fit_time_constants.py), so the held-out line is the "
+               "fairer time figure; per row: [benchmarks/results/measured_runs.md](benchmarks/results/measured_runs.md).")
     return "\n".join(out)
 
 

@@ -91,30 +91,65 @@ STRIX_HALO_GPU_FRACTION = 0.75
 TIGHT_HEADROOM = 0.10
 
 # ---------------------------------------------------------------- time
-# Step time = executed FLOPs / (peak dense bf16 FLOP/s x efficiency), with memory-bandwidth
-# terms where they dominate. "Efficiency" here is achieved/peak over the FLOPs actually
-# executed (forward, backward, recomputation), i.e. MFU as the issue names it with
-# recomputation counted (HFU in the PaLM paper's terms, Chowdhery et al. 2022, app. B).
-# Published figures these profiles are read from (none fitted to a single run):
-#   - PaLM paper: 46.2% MFU (57.8% HFU) for a heavily tuned pre-training stack - ceiling.
-#   - lmms-engine docs (reference/mfu): FSDP2 + Liger kernels + sequence packing, Qwen2.5-7B
-#     text on A800: 0.50-0.55 MFU - a tuned fine-tuning stack.
-#   - NVIDIA NeMo performance summary 24.12: Llama-2-7B SFT 673 and LoRA 663 model TFLOP/s
-#     per H100 at FP8 (~34% of the 1979 TFLOP/s FP8 dense peak).
-#   - heji-study-blog "MFU" (2026): "typically 30-70% for a well-run training job".
-#   - Unsloth docs (unsloth-benchmarks): "2x" the speed of Hugging Face + FA2 for QLoRA on
-#     Llama 3.1 8B / 3.3 70B (H100, batch 2, r=32) - read as about 1.5-2x the HF figure.
-# HF Trainer + PEFT (eager PyTorch, SDPA, padding, per-op launches): low end of the range.
-# LLaMA-Factory runs the HF Trainer; Axolotl adds Liger/flash/packing defaults; torchtune
-# runs FSDP2 + compiled ops; Unsloth hand-written Triton kernels.
+# Micro-step time = executed FLOPs / (peak dense bf16 FLOP/s x efficiency) + kernels x
+# SECONDS_PER_KERNEL, or a memory/link-bound term where that is slower, plus the serial
+# QLoRA dequantisation. "Efficiency" is achieved/peak over the FLOPs actually executed
+# (forward, backward, recomputation): HFU in the PaLM paper's terms (Chowdhery et al. 2022,
+# app. B). The efficiencies and the per-kernel cost are FITTED on named measured rows by
+# benchmarks/fit_time_constants.py (tests/test_time_calibration.py keeps them equal to that
+# fit); published ranges they fall in: PaLM 57.8% HFU for a tuned pre-training stack;
+# lmms-engine FSDP2 + Liger 0.50-0.55 MFU on A800; "typically 30-70%" (heji-study-blog, 2026).
 FRAMEWORK_EFFICIENCY = {
-    "hf": 0.35,
-    "litgpt": 0.40,  # Fabric + plain PyTorch modules, SDPA; between HF and torchtune (stated, not fitted)
-    "llamafactory": 0.35,
-    "axolotl": 0.40,
-    "torchtune": 0.45,
+    # FITTED with SECONDS_PER_KERNEL on QW-01..04 (see below): HF Trainer + PEFT, eager
+    # PyTorch, flash-attention 2, A100-80GB; residuals -1.1%, +1.8%, -0.8%, +0.0%.
+    "hf": 0.521,
+    # LLaMA-Factory, Axolotl and litgpt run the same eager PyTorch GEMMs (LLaMA-Factory and
+    # Axolotl through the HF Trainer itself): no runs of their own in the calibration set, so
+    # they take the HF figure (stated, not fitted).
+    "llamafactory": 0.521,
+    "axolotl": 0.521,
+    "litgpt": 0.521,
+    # FITTED: median of the efficiencies implied by torchtune's README A100 rows, compiled
+    # and compute-bound (throughput.csv TT-07, TT-08, TT-11..18; torchtune README: "torch
+    # compile enabled"); per row 0.606-0.687. An uncompiled torchtune run is ~20% slower
+    # (TT-10 vs TT-11, compile off/on): not modelled.
+    "torchtune": 0.662,
+    # Stated (no Unsloth time rows): its GEMMs are cuBLAS like HF's; its QLoRA gain comes
+    # from its fused dequantisation (FrameworkProfile.dequant_bandwidth_share).
     "unsloth": 0.55,
 }
+
+# Fixed cost per micro-step: kernel launches and eager host dispatch, per kernel. Kernels
+# are counted per layer (tuneplan.timing.kernel_count), not fitted:
+#   - transformers' Llama-style decoder layer forward: 2 RMSNorms x 8 (to fp32, pow, mean,
+#     add, rsqrt, mul, to, mul weight), q/k/v/o 4 GEMMs, rotary 10 (cos/sin muls, rotate_half
+#     neg + cat, adds for q and k), SDPA 1 + output copy 1, MLP 3 GEMMs + act + mul, 2
+#     residual adds = 39 (modeling_llama.py LlamaDecoderLayer, transformers 4.4x-5);
+#   - PEFT lora.Linear.forward per adapted linear: cast to the adapter dtype, lora_A, lora_B,
+#     scale, add, cast back = 6 (peft/tuners/lora/layer.py Linear.forward; dropout is
+#     nn.Identity at p=0);
+#   - backward launches about two kernels per forward kernel (input and weight gradients).
+KERNELS_PER_LAYER_FORWARD = 39
+KERNELS_PER_ADAPTER_FORWARD = 6
+BACKWARD_KERNELS_PER_FORWARD_KERNEL = 2
+# SECONDS_PER_KERNEL and FRAMEWORK_EFFICIENCY["hf"] are FITTED together by least squares on
+# the four Qwen README LoRA rows (throughput.csv QW-01..04: Qwen-7B, A100-80GB, HF + PEFT,
+# r=64, batch 1 x 256/1024/2048/8192 tokens, checkpointing; micro-step = s_per_step / 8):
+# time = FLOPs / (312 TFLOPS x eff) + kernels x SECONDS_PER_KERNEL. Fit (benchmarks/
+# fit_time_constants.py): eff 0.521, fixed 0.0807 s per micro-step over 10,368 kernels.
+# Residuals: -1.1%, +1.8%, -0.8%, +0.0%. Checked, not fitted: QW-09 (Qwen-14B).
+SECONDS_PER_KERNEL = 7.79e-6
+
+# bitsandbytes 4-bit dequantisation (Linear4bit -> dequantize_4bit, then a bf16 GEMM) runs
+# far below the memory bandwidth at training shapes. FITTED on the Qwen README Q-LoRA rows
+# (QW-05/06/07, Qwen-7B, and QW-10, Qwen-14B, A100-80GB), each minus its LoRA twin's
+# micro-step (QW-01/03/04/09): the extra time is ~flat in tokens (0.225, 0.225, 0.125 s for
+# 7B; 0.425 s for 14B), i.e. a per-pass cost of the quantised weights. Share of the spec
+# bandwidth for the serial unpack + write (DEQUANT_BYTES_PER_PARAM - 2 bytes per weight and
+# pass, three passes with checkpointing): least squares over the four rows (benchmarks/
+# fit_time_constants.py). Residuals of the extra time: QW-05 -8.2%, QW-06 -8.2%, QW-07 +65%
+# (at 8192 tokens part of it overlaps), QW-10 -5.4%.
+BNB_DEQUANT_BANDWIDTH_SHARE = 0.115
 
 # Achievable share of the spec memory bandwidth for streaming kernels (dequantisation,
 # optimizer updates, weight reads). STREAM-like copies reach ~80-90% of peak on GPUs

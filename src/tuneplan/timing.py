@@ -108,6 +108,31 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int) 
     return TokenFlops(fwd, bwd, rec, per_step)
 
 
+def kernel_count(spec: ModelSpec, job: Job) -> int:
+    """GPU kernels launched by one micro-step of an eager PyTorch step (counted, not fitted).
+
+    Per decoder layer and forward: cal.KERNELS_PER_LAYER_FORWARD (transformers' Llama-style
+    layer), cal.KERNELS_PER_ADAPTER_FORWARD per PEFT-adapted linear, one dequantisation per
+    quantised linear. Recomputation repeats the forward of the layers that keep a graph;
+    backward launches cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL per forward kernel there.
+    """
+    m, t = job.method, job.training
+    first = first_trained_layer(spec, m)
+    total = 0
+    for i in range(spec.num_layers):
+        lins = layer_linears(spec, i)
+        adapted = sum(1 for lin in lins if m.is_adapter and is_target(lin, m))
+        quantised = len(lins) if m.kind == "qlora" else 0
+        fwd = cal.KERNELS_PER_LAYER_FORWARD + adapted * cal.KERNELS_PER_ADAPTER_FORWARD + quantised
+        graph = i >= first
+        total += fwd
+        if graph:
+            total += fwd * cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL
+            if t.checkpointing != "none":
+                total += fwd
+    return total
+
+
 @dataclass(frozen=True)
 class StepTime:
     """Time of one optimizer step on `count` devices (seconds) and what bounds it.
@@ -178,12 +203,14 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     recompute = t.checkpointing != "none"
     passes = 3 if recompute else 2  # forward, backward (input gradients), recomputation
 
-    compute = (tf.executed * tokens + tf.per_step) / (peak * eff)
+    # executed FLOPs at the profile's efficiency, plus a fixed cost per kernel (launch and
+    # host dispatch) that small micro-steps cannot hide
+    compute = (tf.executed * tokens + tf.per_step) / (peak * eff) + kernel_count(spec, job) * cal.SECONDS_PER_KERNEL
     if m.kind == "qlora":
         quantised = pc.linear_in_layers
         rest = pc.total - quantised
         serial = cal.DEQUANT_BYTES_PER_PARAM[m.quant] - 2  # unpack + write the bf16 copy
-        dequant = _gb(quantised * serial * passes, bw)
+        dequant = _gb(quantised * serial * passes, device.bandwidth_gbps * t.profile.dequant_bandwidth_share)
         weight_bytes = (2 * quantised + pb * rest) * passes  # the GEMMs read the bf16 copy
     else:
         dequant = 0.0

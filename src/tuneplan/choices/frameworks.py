@@ -48,6 +48,9 @@ class FrameworkProfile:
             is loaded in 16bit ... we still want to upcast the flat_param"; HF Trainer, TRL,
             Axolotl and LLaMA-Factory launch FSDP through accelerate). torchtune and litgpt
             shard the model in its own dtype.
+        dequant_bandwidth_share: share of the memory bandwidth the stack's 4-bit
+            dequantisation reaches (bitsandbytes: fitted, tuneplan.calibration; torchao's NF4
+            under torch.compile and Unsloth's fused kernels: the streaming share, stated).
         fused_qkv: the stack's own modelling code computes q, k, v with one fused matmul and
             slices views out of it, so SDPA's saved v keeps the whole qkv output alive
             (litgpt model.py CausalSelfAttention: `qkv = self.attn(x)` then split).
@@ -66,6 +69,7 @@ class FrameworkProfile:
     device_notes: tuple[tuple[str, str], ...] = ()
     fsdp_fp32_params: bool = False
     fused_qkv: bool = False
+    dequant_bandwidth_share: float = cal.BNB_DEQUANT_BANDWIDTH_SHARE
 
 
 FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
@@ -80,6 +84,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "unsloth", "Unsloth", adapter_fp32=True, autocast_half=True, adapter_input_copies=False,
         default_cross_entropy="fused", quantises_fused_experts=True, offloads_checkpoints=True,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"], fsdp_fp32_params=True,
+        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY,
         device_notes=(
             ("Apple", "Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon."),
             ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
@@ -89,7 +94,8 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         # CEWithChunkedOutputLoss.
         "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
-        trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"]),
+        trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
+        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY),
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,

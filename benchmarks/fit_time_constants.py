@@ -1,0 +1,134 @@
+"""Fit the time model's calibration constants from named measured rows, and print residuals.
+
+Every fitted constant in tuneplan.calibration's time section comes from here; the test
+tests/test_time_calibration.py re-runs this fit and fails if calibration.py drifts from it.
+
+- SECONDS_PER_KERNEL and FRAMEWORK_EFFICIENCY["hf"]: least squares of the micro-step time
+  of the Qwen README LoRA rows QW-01..04 (Qwen-7B, A100-80GB, HF + PEFT, r=64, batch 1,
+  256..8192 tokens, checkpointing) as FLOPs / (peak x eff) + kernels x seconds.
+- BNB_DEQUANT_BANDWIDTH_SHARE: the extra micro-step time of the Q-LoRA rows QW-05/06/07/10
+  over their LoRA twins QW-01/03/04/09, as serial dequantisation bytes / (bandwidth x share).
+- FRAMEWORK_EFFICIENCY["torchtune"]: the median, over torchtune's README A100 rows that are
+  compiled and compute-bound (TT-07, TT-08, TT-11..18), of the efficiency at which tuneplan's
+  step time equals the measured tokens/s (bisection on the full time model).
+
+Usage: python benchmarks/fit_time_constants.py   (no torch, no network; reads ../shared/calibration)
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+from tuneplan import calibration as cal
+from tuneplan.hardware import resolve_device
+from tuneplan.job import Job
+from tuneplan.models import param_counts, resolve_model
+from tuneplan.timing import kernel_count, step_time, token_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = ROOT.parent / "shared" / "calibration"
+QWEN = {"7b": ROOT / "benchmarks" / "calibration_models" / "qwen-7b-v1.json",
+        "14b": ROOT / "benchmarks" / "calibration_models" / "qwen-14b-v1.json"}
+LORA_ROWS = ("QW-01", "QW-02", "QW-03", "QW-04")
+QLORA_PAIRS = (("QW-05", "QW-01"), ("QW-06", "QW-03"), ("QW-07", "QW-04"), ("QW-10", "QW-09"))
+TORCHTUNE_ROWS = ("TT-07", "TT-08", "TT-11", "TT-12", "TT-13", "TT-14", "TT-15", "TT-16", "TT-17", "TT-18")
+A100 = "a100-80gb-sxm"
+
+
+def _rows() -> dict[str, dict[str, str]]:
+    with (CALIBRATION / "throughput.csv").open(newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def _qwen_job(row: dict[str, str]) -> tuple[object, Job]:
+    spec = resolve_model(str(QWEN["14b" if "14B" in row["model_hf_id"] else "7b"]))
+    return spec, Job.from_settings(method=row["method"].strip().lower(), rank=64, seq_len=int(row["seq_len"]),
+                                   checkpointing="full", attention="flash", grad_accum=8)
+
+
+def _micro_seconds(row: dict[str, str]) -> float:
+    return float(row["value"]) / 8  # s_per_step over 8 accumulated micro-steps
+
+
+def fit_hf_and_kernel(rows: dict[str, dict[str, str]]) -> tuple[float, float, list[tuple[str, float]]]:
+    """(efficiency, seconds per kernel, residuals) from QW-01..04."""
+    peak = resolve_device(A100).bf16_tflops * 1e12
+    xs, ks, ys = [], [], []
+    for rid in LORA_ROWS:
+        spec, job = _qwen_job(rows[rid])
+        t = job.training
+        xs.append(token_flops(spec, job.method, t.checkpointing, t.seq_len).executed * t.seq_len / peak)
+        ks.append(kernel_count(spec, job))
+        ys.append(_micro_seconds(rows[rid]))
+    # least squares for y = a*x + b*k (a = 1/eff, b = seconds per kernel), 2x2 normal equations
+    sxx, skk, sxk = sum(x * x for x in xs), sum(k * k for k in ks), sum(x * k for x, k in zip(xs, ks, strict=True))
+    sxy, sky = sum(x * y for x, y in zip(xs, ys, strict=True)), sum(k * y for k, y in zip(ks, ys, strict=True))
+    det = sxx * skk - sxk * sxk
+    a = (sxy * skk - sky * sxk) / det
+    b = (sky * sxx - sxy * sxk) / det
+    res = [(rid, (a * x + b * k) / y - 1) for rid, x, k, y in zip(LORA_ROWS, xs, ks, ys, strict=True)]
+    return 1 / a, b, res
+
+
+def fit_dequant_share(rows: dict[str, dict[str, str]]) -> tuple[float, list[tuple[str, float]]]:
+    """Bandwidth share of bitsandbytes dequantisation from the Q-LoRA minus LoRA micro-steps."""
+    bw = resolve_device(A100).bandwidth_gbps * 1e9
+    ds, extras, ids = [], [], []
+    for q, lora in QLORA_PAIRS:
+        spec, job = _qwen_job(rows[q])
+        serial = cal.DEQUANT_BYTES_PER_PARAM["nf4"] - 2
+        passes = 3  # forward, recomputation, backward (checkpointing on)
+        ds.append(param_counts(spec).linear_in_layers * serial * passes / bw)
+        extras.append(_micro_seconds(rows[q]) - _micro_seconds(rows[lora]))
+        ids.append(q)
+    inv = sum(d * e for d, e in zip(ds, extras, strict=True)) / sum(d * d for d in ds)  # extra = d * (1/share)
+    return 1 / inv, [(i, d * inv / e - 1) for i, d, e in zip(ids, ds, extras, strict=True)]
+
+
+def _torchtune_jobs():
+    """(row id, spec, job, device, measured tokens/s) for the torchtune rows, via the
+    measured-runs benchmark's own interpretation of each row."""
+    spec_ = importlib.util.spec_from_file_location("measured_runs", ROOT / "benchmarks" / "measured_runs.py")
+    mr = importlib.util.module_from_spec(spec_)
+    sys.modules.setdefault("measured_runs", mr)
+    spec_.loader.exec_module(mr)
+    for r in mr.interpreted_time_rows(CALIBRATION):
+        if r.id in TORCHTUNE_ROWS and not r.skip:
+            yield r.id, r.extra["spec"], mr.make_job(r.settings), resolve_device(r.device_id), r.measured_tps
+
+
+def fit_torchtune() -> tuple[float, list[tuple[str, float]]]:
+    implied = []
+    for rid, spec, job, dev, measured in _torchtune_jobs():
+        lo, hi = 0.05, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if step_time(spec, job, dev, efficiency=mid).tokens_per_s < measured:
+                lo = mid
+            else:
+                hi = mid
+        implied.append((rid, (lo + hi) / 2))
+    eff = statistics.median(e for _, e in implied)
+    return eff, implied
+
+
+def main() -> int:
+    rows = _rows()
+    eff, sec, res = fit_hf_and_kernel(rows)
+    print(f"FRAMEWORK_EFFICIENCY['hf'] = {eff:.3f}; SECONDS_PER_KERNEL = {sec:.3e}")
+    print("  residuals (predicted / measured micro-step - 1): " + ", ".join(f"{i} {r:+.1%}" for i, r in res))
+    share, dres = fit_dequant_share(rows)
+    print(f"BNB_DEQUANT_BANDWIDTH_SHARE = {share:.3f}")
+    print("  residuals of the extra Q-LoRA time: " + ", ".join(f"{i} {r:+.1%}" for i, r in dres))
+    tt, implied = fit_torchtune()
+    print(f"FRAMEWORK_EFFICIENCY['torchtune'] = {tt:.3f} (median of implied efficiencies)")
+    print("  implied per row: " + ", ".join(f"{i} {e:.3f}" for i, e in implied))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The time model's fitted constants equal what benchmarks/fit_time_constants.py fits from
+their named measured rows, so no one can edit a constant away from its data."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneplan import calibration as cal
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = ROOT.parent / "shared" / "calibration"
+pytestmark = pytest.mark.skipif(not (CALIBRATION / "throughput.csv").exists(), reason=f"{CALIBRATION} absent")
+
+
+@pytest.fixture(scope="module")
+def fit():
+    spec = importlib.util.spec_from_file_location("fit_time_constants", ROOT / "benchmarks" / "fit_time_constants.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fit_time_constants"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hf_efficiency_and_kernel_cost_are_the_fit(fit):
+    eff, seconds, residuals = fit.fit_hf_and_kernel(fit._rows())
+    assert cal.FRAMEWORK_EFFICIENCY["hf"] == pytest.approx(eff, abs=0.0005)
+    assert cal.SECONDS_PER_KERNEL == pytest.approx(seconds, rel=0.001)
+    assert all(abs(r) < 0.03 for _, r in residuals)
+
+
+def test_bitsandbytes_dequant_share_is_the_fit(fit):
+    share, _ = fit.fit_dequant_share(fit._rows())
+    assert cal.BNB_DEQUANT_BANDWIDTH_SHARE == pytest.approx(share, abs=0.0005)
+
+
+def test_torchtune_efficiency_is_the_fit(fit):
+    eff, implied = fit.fit_torchtune()
+    assert len(implied) == len(fit.TORCHTUNE_ROWS)
+    assert cal.FRAMEWORK_EFFICIENCY["torchtune"] == pytest.approx(eff, abs=0.0005)

@@ -262,6 +262,15 @@ BNB_PRE_0432 = {
     "lf": "LLaMA-Factory comparison quoted by unsloth README@bb66faa (Dec 2023)",
 }
 BNB_STACK = "bnb-pre-0.43.2"
+# Sources whose HF Trainer loss ran transformers before PR #35646 (4.48/4.49, Jan 2025): the
+# model upcast the logits to fp32 and the loss copied the shifted logits (fp32_logits_copy).
+OLD_TRANSFORMERS = {
+    "lh": "Liger-Kernel HF examples, 2024-08 (transformers 4.44)",
+    "lf": "LLaMA-Factory comparison, Dec 2023 (transformers 4.36)",
+    "uc": "unsloth README context table, Jan 2025 (transformers <= 4.48)",
+}
+OLD_TRANSFORMERS_STACK = "transformers-4.4x"
+BOTH_OLD_STACK = "2023"
 
 
 def parse_targets(text: str) -> tuple[tuple[str, ...] | None, list[str]]:
@@ -563,6 +572,11 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
         else:
             r.caveats.append(f"bitsandbytes < 0.43.2 ({BNB_PRE_0432[r.id[:2]]}) saved every 4-bit linear's input; "
                              "this tuneplan models the later behaviour")
+    # library versions: transformers' fp32 logits copy in the HF loss before Jan 2025
+    if r.id[:2] in OLD_TRANSFORMERS and profile in ("hf", "llamafactory", "axolotl") \
+            and s.get("cross_entropy", "plain") == "plain" and supports(stack=OLD_TRANSFORMERS_STACK):
+        s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
+        r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
     if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
         r.caveats.append("torch.compile on (fusions change saved activations and kernel speed); not modelled")
     n = _int(src.get("n_gpus", "")) or 1

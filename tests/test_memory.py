@@ -318,3 +318,10 @@ def test_cpu_offload_moves_sharded_gradients_too():
                                       offload_optimizer=True))
     sharded_grads = static_memory(LLAMA8, job("full", num_gpus=8, sharding="fsdp")).gradients // 8
     assert off.cpu_bytes >= sharded_grads and off.component("gradients") == 0 < on_gpu.component("gradients")
+
+
+def test_old_transformers_loss_holds_a_shifted_fp32_copy_in_forward():
+    now = logits_bytes(LLAMA8, Training(seq_len=4096))
+    old = logits_bytes(LLAMA8, Training(seq_len=4096, stack="transformers-4.4x"))
+    logits = 4096 * 128256
+    assert old[0] - now[0] == 2 * logits and old[1:] == now[1:]

@@ -25,17 +25,29 @@ class Stack:
             `ctx.tensors = (A, B)`); 0.43.2 saves A only when the weight needs a gradient
             (`ctx.tensors = (None, B)` otherwise; CHANGELOG 0.43.2, "Save memory by not
             saving the input of 4-bit matmul when not needed").
+        fp32_logits_copy: the causal-LM forward upcast the logits to fp32 itself
+            (`logits = logits.float()` in modeling_llama.py / modeling_qwen2.py LlamaForCausalLM.forward)
+            and the loss then made a contiguous fp32 copy of the shifted logits
+            (`shift_logits = logits[..., :-1, :].contiguous()`), so the forward holds fp32
+            logits + their shifted copy + the fp32 log-probabilities: 12 bytes per logit
+            instead of 10 with today's ForCausalLMLoss (transformers loss/loss_utils.py,
+            which shifts the labels instead; transformers PR #35646, 4.48/4.49, Jan 2025).
     """
 
     name: str
     label: str
     bnb_4bit_saves_input: bool
+    fp32_logits_copy: bool = False
 
 
 STACKS: dict[str, Stack] = {s.name: s for s in (
     Stack("current", "today's stack: transformers 5, PEFT >= 0.17, bitsandbytes >= 0.43.2",
           bnb_4bit_saves_input=False),
     Stack("bnb-pre-0.43.2", "bitsandbytes < 0.43.2 (2023 to mid-2024 runs)", bnb_4bit_saves_input=True),
+    Stack("transformers-4.4x", "transformers 4.36-4.47 and bitsandbytes >= 0.43.2 (mid-2024 runs)",
+          bnb_4bit_saves_input=False, fp32_logits_copy=True),
+    Stack("2023", "transformers 4.3x-4.4x with bitsandbytes < 0.43.2 (2023 to mid-2024 runs)",
+          bnb_4bit_saves_input=True, fp32_logits_copy=True),
 )}
 
 

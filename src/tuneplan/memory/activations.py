@@ -253,6 +253,8 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
         kept = 2 * c * tokens * v
         return kept, kept, kept + 2 * c * chunk * v
     fwd = (c + 8) * tokens * v if c == 2 else 8 * tokens * v
+    if t.versions.fp32_logits_copy:  # fp32 logits + shifted contiguous copy + log-probs
+        fwd = 12 * tokens * v
     kept = 4 * tokens * v
     if spec.final_softcap:  # Gemma 2: logits / cap -> tanh -> * cap; tanh keeps its output
         fwd += c * tokens * v

@@ -168,6 +168,11 @@ DEQUANT_BYTES_PER_PARAM = {"nf4": 4.5, "fp4": 4.5, "int8": 5.0}
 # pinned-memory cudaMemcpy (~25 of 31.5 GB/s on PCIe 4.0 x16 in NVIDIA bandwidthTest runs).
 PCIE_X16_GBPS = {3: 15.75, 4: 31.5, 5: 63.0, 6: 121.0}
 PCIE_EFFICIENCY = 0.8
+# Host DRAM bandwidth a CPU optimizer step streams through, per machine (all its GPUs'
+# processes share it). Stated, not fitted: a dual-socket training server reaches ~300 GB/s
+# on STREAM (DGX A100: 2x AMD EPYC 7742, 8 channels DDR4-3200 each = 409.6 GB/s peak, ~75%
+# achieved; DGX H100: 2x Xeon 8480C, 8 channels DDR5-4800 each = 614 GB/s peak).
+HOST_DRAM_GBPS = 300.0
 # Collective bandwidth: NCCL ring all-reduce moves 2(n-1)/n of the data per GPU over the
 # slowest link; links reach ~80% of their per-direction figure (NCCL bus bandwidth).
 LINK_EFFICIENCY = 0.8

@@ -237,7 +237,15 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     trained_w = pb * trainable(spec, m).base + t.adapter_bytes * trainable(spec, m).adapter
     opt_bytes = 2 * (trained_w + st.optimizer + st.master) + st.gradients
     optimizer = _gb(opt_bytes / shard, bw) if not p.offload_optimizer else 0.0
-    opt_offload = _gb((st.gradients + trained_w) / shard, device.host_link_gbps) if p.offload_optimizer else 0.0
+    opt_offload = 0.0
+    if p.offload_optimizer:
+        # gradients down and updated weights up over PCIe, then the optimizer step itself on
+        # the CPU: streaming weights, gradients and states through host DRAM, which the
+        # processes of one machine share (torch AdamW on CPU tensors, DeepSpeed CPUAdam)
+        link = _gb((st.gradients + trained_w) / shard, device.host_link_gbps)
+        per_machine = min(n, device.max_count)
+        cpu_bytes = (2 * (trained_w + st.optimizer + st.master) + st.gradients) / shard
+        opt_offload = link + cpu_bytes / (cal.HOST_DRAM_GBPS / per_machine * 1e9)
     comm = 0.0
     if n > 1 and p.shard_stage < 3:
         comm = _gb(2 * (n - 1) / n * st.gradients, device.peer_gbps(n))
@@ -261,7 +269,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         "Causal attention over the full sequence (sliding windows ignored); packed sequences, no padding.",
     )
     if p.offload_optimizer:
-        assumptions += ("Optimizer offload: PCIe transfers counted; CPU Adam compute assumed hidden.",)
+        assumptions += (f"Optimizer offload: PCIe transfers and the CPU optimizer step (host DRAM at "
+                        f"{cal.HOST_DRAM_GBPS:g} GB/s per machine, shared by its GPUs' processes) counted.",)
     return StepTime(device.id, n, eff, micro, step, bound, tuple(terms), tokens_step, tf.executed,
                     tf.model, mfu, assumptions)
 

@@ -22,6 +22,7 @@ demo: $(VENV)/.core
 	$(VENV)/bin/tuneplan estimate llama-3.1-8b --method qlora --seq-len 4096 --batch 2
 	$(VENV)/bin/tuneplan estimate qwen2.5-7b --method full --gpus 8 --sharding zero3 --seq-len 2048
 	$(VENV)/bin/tuneplan plan mistral-7b --method qlora --samples 50k --mean-tokens 600 --devices consumer --top 8
+	@echo "tuneplan is installed in $(VENV): run 'source $(VENV)/bin/activate' to put it on your PATH (or call $(VENV)/bin/tuneplan)"
 
 test: $(VENV)/.trace
 	$(PY) -m pytest -q

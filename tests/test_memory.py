@@ -325,3 +325,10 @@ def test_old_transformers_loss_holds_a_shifted_fp32_copy_in_forward():
     old = logits_bytes(LLAMA8, Training(seq_len=4096, stack="transformers-4.4x"))
     logits = 4096 * 128256
     assert old[0] - now[0] == 2 * logits and old[1:] == now[1:]
+
+
+def test_single_gpu_parameter_offload_still_holds_the_layer_in_use():
+    est = estimate_memory(LLAMA8, job("full", sharding="zero3", offload_params=True, offload_optimizer=True))
+    assert est.component("weights") == 0
+    layer = static_memory(LLAMA8, job("full")).layer_params
+    assert est.component("param_gather") >= 2 * 2 * layer  # current + prefetched layer in bf16

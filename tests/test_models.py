@@ -76,8 +76,8 @@ def test_config_file_roundtrip(tmp_path):
     ("{not json", "not valid JSON"),
     ("[1, 2]", "JSON object"),
     ('{"hidden_size": 64}', "missing"),
-    ('{"hidden_size": -64, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10}', "negative"),
-    ('{"hidden_size": "big", "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10}', "integer"),
+    ('{"model_type": "llama", "hidden_size": -64, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10}', "negative"),
+    ('{"model_type": "llama", "hidden_size": "big", "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10}', "integer"),
 ])
 def test_malformed_config_is_one_line_error(tmp_path, text, msg):
     path = tmp_path / "config.json"

@@ -298,13 +298,19 @@ def test_plan_ranks_fitting_setups():
     spec = resolve_model("llama-3.1-8b")
     devs = resolve_devices("rtx-4090,rtx-3060-12gb,h100,a100")
     res = plan(spec, job("qlora"), Dataset(10_000_000), devs, rank_by="time")
-    times = [s.run.run_s for s in res.setups]
-    assert times == sorted(times) and times
+    # setups with 10% headroom rank first (issue 10: the top setup must not be tight), each group by time
+    tight = [s.verdict != FITS for s in res.setups]
+    assert tight == sorted(tight) and res.setups
+    for group in (False, True):
+        times = [s.run.run_s for s in res.setups if (s.verdict != FITS) == group]
+        assert times == sorted(times)
     for s in res.setups:
         assert s.peak_bytes <= s.device.usable_bytes
     by_cost = plan(spec, job("qlora"), Dataset(10_000_000), devs, rank_by="cost")
-    costs = [s.cost.cloud_usd for s in by_cost.setups if s.cost.cloud_usd is not None]
-    assert costs == sorted(costs)
+    for group in (False, True):
+        costs = [s.cost.cloud_usd for s in by_cost.setups
+                 if s.cost.cloud_usd is not None and (s.verdict != FITS) == group]
+        assert costs == sorted(costs)
 
 
 def test_matrix_cells_agree_with_direct_search():
@@ -356,7 +362,7 @@ def test_matrix_command_csv_png(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv,msg", [
     (["plan", "llama-3.1-8b", "--devices", "rtx-4099", "--dataset-tokens", "1M"], "unknown device"),
-    (["plan", "llama-3.1-8b"], "dataset size"),
+    (["plan", "llama-3.1-8b", "--epochs", "2"], "dataset size"),  # issue 10: plan runs without a size
     (["plan", "llama-3.1-8b", "--samples", "10k"], "go together"),
     (["plan", "llama-3.1-8b", "--dataset-tokens", "1M", "--utilisation", "2", "--devices", "h100"], "utilisation"),
     (["matrix", "--methods", "fulll"], "unknown method"),
@@ -405,8 +411,10 @@ def test_cheapest_device_or_cluster():
     for o in opts:
         assert o.peak_bytes <= o.device.usable_bytes
     res = plan(spec, job("qlora"), Dataset(1_000_000), devs, rank_by="purchase")
-    buy = [s.cost.purchase_usd for s in res.setups if s.cost.purchase_usd is not None]
-    assert buy == sorted(buy)
+    for group in (False, True):  # 10% headroom first (issue 10), each group by price
+        buy = [s.cost.purchase_usd for s in res.setups
+               if s.cost.purchase_usd is not None and (s.verdict != FITS) == group]
+        assert buy == sorted(buy)
 
 
 def test_fix_that_keeps_the_method():

@@ -183,7 +183,9 @@ def test_trace_command_without_extra(monkeypatch, capsys):
 
     monkeypatch.setattr(tuneplan.trace, "available", lambda: False)
     assert main(["trace", "qwen2.5-0.5b"]) == 2
-    assert "pip install 'tuneplan[trace]'" in capsys.readouterr().err
+    # issue 10: hint the local install, never a PyPI name tuneplan does not own
+    err = capsys.readouterr().err
+    assert "pip install -e '.[trace]'" in err and "'tuneplan[trace]'" not in err
 
 
 # ---------------------------------------------------------------- slow: real sizes

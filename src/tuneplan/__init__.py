@@ -1,10 +1,16 @@
 """tuneplan: what an LLM fine-tune needs (memory, fit, time, cost), before you rent or buy.
 
-Python API::
+Python API (tuneplan.api has the same functions under the CLI's command names)::
 
     import tuneplan
-    est = tuneplan.estimate("llama-3.1-8b", method="qlora", seq_len=4096, micro_batch=2)
+    est = tuneplan.estimate("llama-3.1-8b", method="qlora", seq_len=4096, batch=2)
     est.peak_bytes, est.components
+    v = tuneplan.check_fit("llama-3.1-8b", "rtx-4090", method="lora", batch=16)
+    report = tuneplan.plan_job("qwen2.5-7b", method="qlora", devices="consumer", dataset_tokens="100M")
+    cells = tuneplan.fit_table(["llama-3.2-1b"], ["full", "lora"], "rtx-4090,h100")
+    tuneplan.model_catalog(), tuneplan.device_catalog("unified")
+
+Bad input raises tuneplan.errors.TuneplanError (a ValueError) with a one-line message.
 """
 
 from __future__ import annotations
@@ -13,26 +19,24 @@ __version__ = "0.1.0"
 
 from typing import Any
 
-__all__ = ["estimate", "__version__"]
+# package name -> tuneplan.api function (imported on first use, so `import tuneplan` stays light)
+_API = {"estimate": "estimate", "check_fit": "fit", "plan_job": "plan", "fit_table": "matrix",
+        "model_catalog": "models", "device_catalog": "devices"}
+
+__all__ = [*_API, "TuneplanError", "__version__"]
 
 
-def estimate(model: Any, hub: bool | None = None, **settings: Any):
-    """Estimate per-GPU memory of one fine-tuning step.
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from tuneplan import api
 
-    Args:
-        model: catalog id/alias, path to a config.json, or a ModelSpec.
-        hub: allow fetching a config.json from the Hugging Face Hub (None: TUNEPLAN_HUB).
-        **settings: flat settings as in tuneplan.job.Job.from_settings: any field of Method
-            (kind via `method=`, rank, targets, quant, ...), Training (micro_batch, seq_len,
-            precision, optimizer, checkpointing, cross_entropy, ...) or Parallel (num_gpus,
-            sharding, offload_optimizer, offload_params), and `task`.
+        return getattr(api, _API[name])
+    if name == "TuneplanError":
+        from tuneplan.errors import TuneplanError
 
-    Returns:
-        tuneplan.memory.MemoryEstimate (bytes; see `.components`, `.peak_bytes`).
-    """
-    from tuneplan.job import Job
-    from tuneplan.memory import estimate_memory
-    from tuneplan.models import ModelSpec, resolve_model
+        return TuneplanError
+    raise AttributeError(f"module 'tuneplan' has no attribute {name!r}")
 
-    spec = model if isinstance(model, ModelSpec) else resolve_model(str(model), hub=hub)
-    return estimate_memory(spec, Job.from_settings(**settings))
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,6 +8,7 @@ electricity of running the owned devices at their TDP, at a stated utilisation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tuneplan import calibration as cal
@@ -54,8 +55,8 @@ def estimate_cost(device: Device, count: int, run_seconds: float, utilisation: f
     """
     if not 0 < utilisation <= 1:
         raise TuneplanError(f"utilisation must be in (0, 1], got {utilisation}")
-    if usd_per_kwh < 0:
-        raise TuneplanError(f"electricity price must not be negative, got {usd_per_kwh}")
+    if not math.isfinite(usd_per_kwh) or usd_per_kwh < 0:
+        raise TuneplanError(f"electricity price must be a finite, non-negative number, got {usd_per_kwh}")
     if count < 1:
         raise TuneplanError(f"device count must be at least 1, got {count}")
     hours = run_seconds / 3600

@@ -47,14 +47,35 @@ TARGET_PRESETS = {
 }
 
 
+# Largest value accepted for each whole-number setting: far beyond any real job, small
+# enough that every figure stays a finite float (10**400 tokens would not).
+MAX_COUNT = 1 << 20
+MAX_SEQ_LEN = 1 << 30
+LIMITS = {"seq_len": MAX_SEQ_LEN}
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise TuneplanError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+        raise TuneplanError(f"unknown {name} {show_value(value)}; choose one of: {', '.join(allowed)}")
 
 
-def _positive(name: str, value: int | float) -> None:
-    if not value > 0:
-        raise TuneplanError(f"{name} must be positive, got {value}")
+def show_value(value: Any) -> str:
+    """A value for a one-line message: huge integers by their size, long texts cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"a {int(value.bit_length() * 0.30103) + 1}-digit number"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _positive(name: str, value: int | float, hi: int | None = None) -> None:
+    try:
+        ok = value > 0
+    except TypeError:
+        raise TuneplanError(f"{name} must be a number, got {show_value(value)}") from None
+    if not ok:
+        raise TuneplanError(f"{name} must be positive, got {show_value(value)}")
+    if hi is not None and value > hi:
+        raise TuneplanError(f"{name} {show_value(value)} is above the {hi:,} tuneplan accepts")
 
 
 @dataclass(frozen=True)
@@ -87,12 +108,19 @@ class Method:
         _choice("method", self.kind, METHODS)
         _choice("quantisation", self.quant, QUANT_TYPES)
         if self.kind in ("lora", "qlora", "dora"):
-            _positive("LoRA rank", self.rank)
-        _positive("quantisation block size", self.quant_blocksize)
+            _positive("LoRA rank", self.rank, MAX_COUNT)
+        _positive("quantisation block size", self.quant_blocksize, MAX_COUNT)
         if self.kind == "freeze":
-            _positive("trainable layers", self.trainable_layers)
+            _positive("trainable layers", self.trainable_layers, MAX_COUNT)
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise TuneplanError(f"lora dropout must be in [0, 1), got {self.lora_dropout}")
+            raise TuneplanError(f"lora dropout must be in [0, 1), got {show_value(self.lora_dropout)}")
+
+    def ignored(self, names: Any) -> list[str]:
+        """Which of the setting `names` this method does not read (rank for full, quant for lora, ...)."""
+        reads = {"rank": self.is_adapter, "targets": self.is_adapter, "lora_dropout": self.is_adapter,
+                 "quant": self.kind == "qlora", "double_quant": self.kind == "qlora",
+                 "quant_blocksize": self.kind == "qlora", "trainable_layers": self.kind == "freeze"}
+        return [n for n in names if not reads.get(n, True)]
 
     @property
     def is_adapter(self) -> bool:
@@ -141,9 +169,9 @@ class Training:
     stack: str = "current"
 
     def __post_init__(self) -> None:
-        _positive("micro-batch", self.micro_batch)
-        _positive("sequence length", self.seq_len)
-        _positive("gradient accumulation steps", self.grad_accum)
+        _positive("micro-batch", self.micro_batch, MAX_COUNT)
+        _positive("sequence length", self.seq_len, MAX_SEQ_LEN)
+        _positive("gradient accumulation steps", self.grad_accum, MAX_COUNT)
         precision(self.precision)
         optimizer(self.optimizer)
         _choice("checkpointing mode", self.checkpointing, CHECKPOINTING)
@@ -234,10 +262,10 @@ class Parallel:
     pipeline: int = 1
 
     def __post_init__(self) -> None:
-        _positive("number of GPUs", self.num_gpus)
+        _positive("number of GPUs", self.num_gpus, MAX_COUNT)
         _choice("sharding", self.sharding, SHARDING)
-        _positive("tensor-parallel degree", self.tensor)
-        _positive("pipeline-parallel degree", self.pipeline)
+        _positive("tensor-parallel degree", self.tensor, MAX_COUNT)
+        _positive("pipeline-parallel degree", self.pipeline, MAX_COUNT)
         if self.offload_params and self.sharding not in ("zero3", "fsdp"):
             raise TuneplanError("parameter offload needs --sharding zero3 or fsdp")
         if self.num_gpus % (self.tensor * self.pipeline):
@@ -259,8 +287,12 @@ class Parallel:
         return {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[self.sharding]
 
 
-# Flat setting names that are spelled differently from the dataclass fields.
-_ALIASES = {"method": "kind", "batch": "micro_batch", "gpus": "num_gpus"}
+# Flat setting names that are spelled differently from the dataclass fields (the CLI's
+# option names are accepted too: batch, gpus, tp, pp, optim, gc).
+_ALIASES = {"method": "kind", "batch": "micro_batch", "gpus": "num_gpus", "tp": "tensor", "pp": "pipeline",
+            "optim": "optimizer", "gc": "checkpointing"}
+# qlora-<format> spellings of --method: the base-weight format they set
+QLORA_SPELLINGS = {"8bit": "int8", "int8": "int8", "nf4": "nf4", "fp4": "fp4", "4bit": "nf4"}
 
 
 @dataclass(frozen=True)
@@ -289,9 +321,12 @@ class Job:
         """
         groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}}
         job_fields: dict[str, Any] = {}
+        settings = _method_spelling(dict(settings))
         fused = settings.pop("fused_ce", None) if "fused_ce" in settings else None
         for key, value in settings.items():
             name = _ALIASES.get(key, key)
+            if isinstance(value, str) and name != "targets":
+                value = value.strip().lower()  # names are case-insensitive, as on the command line
             if name == "task":
                 _check_type("task", value, "")
                 job_fields["task"] = value
@@ -306,7 +341,7 @@ class Job:
                     groups[cls_][name] = value
                     break
             else:
-                raise TuneplanError(f"unknown setting {key!r}")
+                raise TuneplanError(f"unknown setting {show_value(key)}")
         if fused is not None:
             _check_type("fused_ce", fused, False)
             asked = groups[Training].get("cross_entropy")
@@ -317,6 +352,25 @@ class Job:
                 groups[Training]["cross_entropy"] = fused_name
         return cls(Method(**groups[Method]), Training(**groups[Training]), Parallel(**groups[Parallel]),
                    **job_fields)
+
+    @classmethod
+    def from_request(cls, **settings: Any) -> Job:
+        """A Job from what a user asked for (the API and the CLI): like from_settings, but a
+        setting given explicitly that the method would ignore (rank for full fine-tuning,
+        quant for LoRA, trainable_layers for LoRA, ...) is refused instead of dropped.
+
+        Raises:
+            TuneplanError: as from_settings, or a setting the method does not read.
+        """
+        job = cls.from_settings(**settings)
+        given = [_ALIASES.get(k, k) for k in _method_spelling(dict(settings)) if k not in ("method", "kind")]
+        ignored = job.method.ignored(given)
+        if ignored:
+            names = ", ".join(ignored)
+            raise TuneplanError(f"{names} {'does' if len(ignored) == 1 else 'do'} not apply to method "
+                                f"{job.method.kind}; drop {'it' if len(ignored) == 1 else 'them'} or choose "
+                                "a method that uses it")
+        return job
 
     def with_settings(self, **settings: Any) -> Job:
         """A copy with some flat settings changed (same names as from_settings)."""
@@ -335,6 +389,24 @@ class Job:
 _FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel)}
 
 
+def _method_spelling(settings: dict[str, Any]) -> dict[str, Any]:
+    """method="qlora-8bit" (or qlora-nf4, qlora-fp4, qlora-4bit) -> method="qlora", quant=...;
+    an explicit quant that says otherwise is a contradiction."""
+    key = "method" if "method" in settings else "kind"
+    kind = settings.get(key)
+    if not isinstance(kind, str) or not kind.startswith("qlora-"):
+        return settings
+    quant = QLORA_SPELLINGS.get(kind.split("-", 1)[1])
+    if quant is None:
+        raise TuneplanError(f"unknown method {show_value(kind)}; choose one of: {', '.join(METHODS)}, "
+                            "qlora-nf4, qlora-fp4, qlora-8bit")
+    asked = settings.get("quant")
+    if asked is not None and asked != quant:
+        raise TuneplanError(f"method {kind} means quant {quant}, but quant {show_value(asked)} was also given; "
+                            "give one of them")
+    return {**settings, key: "qlora", "quant": quant}
+
+
 def _check_type(key: str, value: Any, default: Any) -> None:
     """One-line error when a setting has the wrong type (bool is not a count, 16.7 not a rank)."""
     if default is MISSING or default is None:
@@ -345,11 +417,15 @@ def _check_type(key: str, value: Any, default: Any) -> None:
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
-    if ok and kind is float and not math.isfinite(value):
-        raise TuneplanError(f"setting {key} must be finite, got {value!r}")
+    if ok and kind is float and not (abs(value) < 1e300 and math.isfinite(value)):
+        raise TuneplanError(f"setting {key} must be a finite number, got {show_value(value)}")
     if not ok:
         want = {int: "a whole number", float: "a number", bool: "true or false", str: "a name"}.get(kind, kind.__name__)
-        raise TuneplanError(f"setting {key} must be {want}, got {value!r}")
+        raise TuneplanError(f"setting {key} must be {want}, got {show_value(value)}")
+    if kind is int:
+        hi = LIMITS.get(_ALIASES.get(key, key), MAX_COUNT)
+        if value > hi:
+            raise TuneplanError(f"setting {key} is {show_value(value)}, above the {hi:,} tuneplan accepts")
 
 
 def _targets(value: Any) -> str | tuple[str, ...]:
@@ -361,8 +437,8 @@ def _targets(value: Any) -> str | tuple[str, ...]:
 
 
 def parse_targets(text: str) -> str | tuple[str, ...]:
-    """Turn a --targets value into "all-linear" or a tuple of module names."""
-    text = text.strip()
+    """Turn a --targets value into "all-linear" or a tuple of module names (case-insensitive)."""
+    text = text.strip().lower()
     if text in TARGET_PRESETS:
         return TARGET_PRESETS[text]
     names = tuple(t.strip() for t in text.split(",") if t.strip())

@@ -2,7 +2,9 @@
 
 Like the tables in hardware guides, but every cell comes from the memory estimate at the
 same settings (sequence length, precision, optimizer, checkpointing, ...). Per model and
-method the peak for each micro-batch is computed once and shared by all devices.
+method the peak for each micro-batch is computed once and shared by all devices. On
+unified-memory devices offloaded bytes count against the device's memory (they stay in
+the same pool); a GPU count above what one machine holds gives n/a cells.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from tuneplan.errors import TuneplanError
 from tuneplan.fit import verdict_of
 from tuneplan.hardware import Device
 from tuneplan.job import Job
-from tuneplan.memory import peak_bytes
 from tuneplan.models import ModelSpec
-from tuneplan.search import MAX_BATCH, max_micro_batch
+from tuneplan.search import MAX_BATCH, max_micro_batch, offloads, pool_bytes
 from tuneplan.units import GiB
 
 NA = "n/a"
@@ -26,7 +27,11 @@ ANNOTATE_MAX = 4000  # cells; past this the PNG shows colours only (text renderi
 
 @dataclass(frozen=True)
 class Cell:
-    """One model x method x device: verdict at the job's micro-batch and the largest that fits."""
+    """One model x method x device: verdict at the job's micro-batch and the largest that fits.
+
+    `peak_bytes` is what counts against usable memory (on unified memory it includes
+    offloaded bytes); `note` says why a cell is n/a.
+    """
 
     model: str
     method: str
@@ -35,6 +40,7 @@ class Cell:
     peak_bytes: int | None
     usable_bytes: int
     max_micro_batch: int
+    note: str = ""
 
     @property
     def headroom(self) -> float | None:
@@ -50,22 +56,34 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
                search_batch: bool = True, batch_cap: int = MAX_BATCH) -> list[Cell]:
     """Every model x method x device cell for `job` with the method kind replaced.
 
-    A method that does not apply to a model (e.g. rank above hidden size) gives n/a cells.
+    A method that does not apply to a model (e.g. rank above hidden size) gives n/a cells,
+    as does a GPU count above what one machine of a device holds.
     """
     cells: list[Cell] = []
     b0 = job.training.micro_batch
+    n = job.parallel.num_gpus
     for spec in specs:
         for kind in methods:
             j = replace(job, method=replace(job.method, kind=kind))
-            memo: dict[int, int] = {}
+            memos: dict[bool, dict[int, int]] = {False: {}, True: {}}
             try:
-                memo[b0] = peak_bytes(spec, j)
-            except TuneplanError:
-                cells.extend(Cell(spec.name, kind, d.id, NA, None, d.usable_bytes, 0) for d in devices)
+                memos[False][b0] = pool_bytes(spec, j)
+                if offloads(j) and any(d.unified for d in devices):
+                    memos[True][b0] = pool_bytes(spec, j, unified=True)
+                else:
+                    memos[True] = memos[False]  # nothing offloaded: the same figures
+            except TuneplanError as e:
+                cells.extend(Cell(spec.name, kind, d.id, NA, None, d.usable_bytes, 0, str(e)) for d in devices)
                 continue
             for d in devices:
                 usable = d.usable_bytes
-                mb = max_micro_batch(spec, j, usable, cap=batch_cap, memo=memo) if search_batch else 0
+                if n > d.max_count:
+                    cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0,
+                                      f"{n} GPUs: one machine holds {d.max_count} x {d.id}"))
+                    continue
+                memo = memos[d.unified]
+                mb = (max_micro_batch(spec, j, usable, cap=batch_cap, memo=memo, unified=d.unified)
+                      if search_batch else 0)
                 cells.append(Cell(spec.name, kind, d.id, verdict_of(memo[b0], usable), memo[b0], usable, mb))
     return cells
 
@@ -74,11 +92,12 @@ def to_csv(cells: list[Cell]) -> str:
     """CSV text, one row per cell; sizes in GiB (2**30 bytes)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "method", "device", "verdict", "peak_gib", "usable_gib", "headroom", "max_micro_batch"])
+    w.writerow(["model", "method", "device", "verdict", "peak_gib", "usable_gib", "headroom", "max_micro_batch",
+                "note"])
     for c in cells:
         w.writerow([c.model, c.method, c.device, c.verdict,
                     "" if c.peak_bytes is None else f"{c.peak_bytes / GiB:.2f}", f"{c.usable_bytes / GiB:.2f}",
-                    "" if c.headroom is None else f"{c.headroom:.3f}", c.max_micro_batch])
+                    "" if c.headroom is None else f"{c.headroom:.3f}", c.max_micro_batch, c.note])
     return buf.getvalue()
 
 

@@ -11,10 +11,14 @@ Mixtral/Qwen3-MoE/gpt-oss/Llama-4 (MoE), DeepSeek-V3 (MLA + MoE).
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import http.client
 import json
 import os
 import re
+import stat
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
@@ -114,6 +118,12 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # False when config.json gives no context length (max_position is then a placeholder
+    # and sequence lengths are not checked against it)
+    max_position_stated: bool = True
+    # How the name was resolved when that is worth saying (e.g. an -Instruct variant read
+    # with its base model's config); empty otherwise
+    note: str = ""
 
     def __hash__(self) -> int:
         # Specs key the estimator's caches; hash the fields once, not on every lookup.
@@ -275,6 +285,63 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
 
 # ---------------------------------------------------------------- config.json parsing
 
+# The one validation boundary for config.json, whatever its source (a file, the Hub, the
+# catalog, an API caller's dict): bytes -> text -> JSON -> typed fields -> ModelSpec. Every
+# refusal is one line that names the file or the field.
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB; released config.json files are a few KiB
+MAX_JSON_DEPTH = 32  # released configs nest 3-4 levels (text_config.rope_scaling)
+MAX_NUMBER_DIGITS = 30  # longer integers are not sizes (and Python refuses 4300+ digits)
+# Shape bounds: far above any released model (405B: 126 layers, 16384 wide; Gemma 3:
+# 262k vocabulary), low enough that a typo or a hostile file (10**9 layers) is refused at once.
+MAX_LAYERS = 2048
+MAX_WIDTH = 1 << 20  # hidden, intermediate and per-expert widths
+MAX_HEADS = 1 << 14
+MAX_VOCAB = 1 << 24
+MAX_EXPERTS = 1 << 14
+MAX_POSITION = 1 << 40
+
+# Types outside KNOWN_TYPES that people try, and why their layout is not the one counted here.
+_ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+             "modernbert", "camembert", "mpnet", "ernie", "nomic_bert", "xlm", "longformer", "big_bird"}
+_ENCODER_DECODERS = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "longt5", "flan-t5", "whisper"}
+_OTHER_DECODERS = {
+    "gpt2": "GPT-2", "gpt_neo": "GPT-Neo", "gpt_neox": "GPT-NeoX", "gptj": "GPT-J", "gpt_bigcode": "StarCoder",
+    "opt": "OPT", "bloom": "BLOOM", "falcon": "Falcon", "phi": "Phi-1/2", "mpt": "MPT", "codegen": "CodeGen",
+    "stablelm": "StableLM", "starcoder2": "StarCoder2", "qwen": "Qwen v1", "chatglm": "ChatGLM",
+}
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """The config.json model_type values whose layout tuneplan counts."""
+    return tuple(sorted(KNOWN_TYPES))
+
+
+def _check_model_type(mtype: Any) -> str:
+    if mtype is None:
+        raise TuneplanError("config.json is missing 'model_type'; tuneplan needs it to know the layer layout "
+                            f"(supported: {', '.join(supported_model_types())})")
+    if not isinstance(mtype, str):
+        raise TuneplanError(f"config.json field 'model_type' must be a name, got {_show(mtype)}")
+    if mtype in KNOWN_TYPES:
+        return mtype
+    if mtype in _ENCODERS:
+        why = "an encoder (bidirectional, no causal LM head); tuneplan estimates decoder-only causal LM fine-tuning"
+    elif mtype in _ENCODER_DECODERS:
+        why = "an encoder-decoder; tuneplan estimates decoder-only causal LM fine-tuning"
+    elif mtype in _OTHER_DECODERS:
+        why = (f"{_OTHER_DECODERS[mtype]}, a decoder with another layout (LayerNorm with biases, GELU MLP, fused or "
+               "parallel blocks) that tuneplan does not count")
+    else:
+        close = difflib.get_close_matches(mtype.lower(), sorted(KNOWN_TYPES), n=1, cutoff=0.75)
+        why = "not a layout tuneplan counts" + (f" (did you mean {close[0]}?)" if close else "")
+    raise TuneplanError(f"model_type {_show(mtype)} is {why}; supported: {', '.join(supported_model_types())}")
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line error, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     for k in keys:
@@ -283,93 +350,157 @@ def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     return default
 
 
-def _int(cfg: dict[str, Any], *keys: str, default: int | None = None) -> int:
+def _key(cfg: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """The key that _get read (for error messages)."""
+    return next((k for k in keys if cfg.get(k) is not None), keys[0])
+
+
+def _int(cfg: dict[str, Any], *keys: str, default: int | None = None, hi: int = MAX_WIDTH) -> int:
+    """A non-negative whole number field (4096.0 is read as 4096), at most `hi`."""
     val = _get(cfg, *keys, default=default)
+    key = _key(cfg, keys)
     if val is None:
         raise TuneplanError(f"config.json is missing {keys[0]!r}")
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val:
-        raise TuneplanError(f"config.json field {keys[0]!r} must be an integer, got {val!r}")
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise TuneplanError(f"config.json field {key!r} must be an integer, got {_show(val)}")
+    if isinstance(val, float) and not (val == val and abs(val) != float("inf") and val.is_integer()):
+        raise TuneplanError(f"config.json field {key!r} must be an integer, got {_show(val)}")
     if val < 0:
-        raise TuneplanError(f"config.json field {keys[0]!r} must not be negative, got {val}")
+        raise TuneplanError(f"config.json field {key!r} must not be negative, got {val:g}")
+    if val > hi:
+        raise TuneplanError(f"config.json field {key!r} is {_show(val)}, above the {hi:,} tuneplan accepts")
     return int(val)
+
+
+def _bool(cfg: dict[str, Any], key: str, default: bool) -> bool:
+    """A true/false field; a string such as "false" is refused, not read as true."""
+    val = cfg.get(key)
+    if val is None:
+        return default
+    if not isinstance(val, bool):
+        raise TuneplanError(f"config.json field {key!r} must be true or false, got {_show(val)}")
+    return val
+
+
+def _opt_float(cfg: dict[str, Any], key: str, default: float | None) -> float | None:
+    """A finite, non-negative number or null (the default)."""
+    val = cfg.get(key, default)
+    if val is None:
+        return None
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not (0 <= val < float("inf")):
+        raise TuneplanError(f"config.json field {key!r} must be a non-negative number or null, got {_show(val)}")
+    return val
+
+
+def _opt_int(cfg: dict[str, Any], key: str, hi: int = MAX_POSITION) -> int | None:
+    return None if cfg.get(key) is None else _int(cfg, key, hi=hi)
+
+
+def _str(cfg: dict[str, Any], *keys: str, default: str) -> str:
+    val = _get(cfg, *keys, default=default)
+    if not isinstance(val, str) or len(val) > 100:
+        raise TuneplanError(f"config.json field {_key(cfg, keys)!r} must be a short name, got {_show(val)}")
+    return val
+
+
+def _int_list(cfg: dict[str, Any], key: str) -> list[int] | None:
+    """A list of layer indices, or None when absent."""
+    val = cfg.get(key)
+    if val is None:
+        return None
+    if not isinstance(val, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+        raise TuneplanError(f"config.json field {key!r} must be a list of layer indices, got {_show(val)}")
+    return val
 
 
 def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     """Build a ModelSpec from a transformers config.json dict.
 
     Multimodal configs (Gemma 3, Llama 4, Mistral 3) are read from their `text_config`;
-    the vision tower is not counted. Unknown model types are read as Llama-like.
+    the vision tower is not counted. Only the decoder layouts in KNOWN_TYPES are read;
+    others (GPT-2, encoders such as BERT, encoder-decoders) are refused.
 
     Raises:
-        TuneplanError: a required field is missing or not a positive integer.
+        TuneplanError: unsupported model_type, a required field missing, a field of the
+            wrong type or outside the accepted bounds.
     """
     if not isinstance(cfg, dict):
         raise TuneplanError("config.json must hold a JSON object")
-    if isinstance(cfg.get("text_config"), dict):
-        outer_type = cfg.get("model_type", "")
-        cfg = {**cfg["text_config"], "_outer_model_type": outer_type}
+    text_cfg = cfg.get("text_config")
+    if text_cfg is not None:
+        if not isinstance(text_cfg, dict):
+            raise TuneplanError(f"config.json field 'text_config' must be an object, got {_show(text_cfg)}")
+        outer_type = cfg.get("model_type")
+        if not isinstance(outer_type, str):
+            outer_type = _check_model_type(outer_type)
+        cfg = {**text_cfg, "_outer_model_type": outer_type}
         cfg.setdefault("model_type", outer_type + "_text")
-    mtype = str(cfg.get("model_type", "llama"))
+    mtype = _check_model_type(cfg.get("model_type"))
     h = _int(cfg, "hidden_size", "n_embd", "d_model")
-    layers = _int(cfg, "num_hidden_layers", "n_layer", "num_layers")
-    heads = _int(cfg, "num_attention_heads", "n_head")
+    layers = _int(cfg, "num_hidden_layers", "n_layer", "num_layers", hi=MAX_LAYERS)
+    heads = _int(cfg, "num_attention_heads", "n_head", hi=MAX_HEADS)
     if h == 0 or layers == 0 or heads == 0:
         raise TuneplanError("config.json: hidden_size, num_hidden_layers and num_attention_heads must be > 0")
-    kv = _int(cfg, "num_key_value_heads", default=heads)
+    kv = _int(cfg, "num_key_value_heads", default=heads, hi=MAX_HEADS)
     if kv == 0 or heads % kv:
         raise TuneplanError(f"config.json: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
     head_dim = _int(cfg, "head_dim", default=h // heads)
-    vocab = _int(cfg, "vocab_size")
+    vocab = _int(cfg, "vocab_size", hi=MAX_VOCAB)
     inter = _int(cfg, "intermediate_size_mlp", "intermediate_size", "ffn_dim", "n_inner", default=4 * h)
     if vocab == 0 or head_dim == 0:
         raise TuneplanError("config.json: vocab_size and head_dim must be > 0")
-    tie = bool(_get(cfg, "tie_word_embeddings", default=mtype in _TIED_BY_DEFAULT))
-    max_pos = _int(cfg, "max_position_embeddings", "n_positions", "seq_length", default=4096)
-    dtype = str(_get(cfg, "torch_dtype", "dtype", default="bfloat16"))
-    attn_bias = bool(_get(cfg, "attention_bias", default=mtype in _QKV_BIAS))
+    tie = _bool(cfg, "tie_word_embeddings", default=mtype in _TIED_BY_DEFAULT)
+    stated_pos = _get(cfg, "max_position_embeddings", "n_positions", "seq_length") is not None
+    max_pos = _int(cfg, "max_position_embeddings", "n_positions", "seq_length", default=4096, hi=MAX_POSITION)
+    dtype = _str(cfg, "torch_dtype", "dtype", default="bfloat16")
+    attn_bias = _bool(cfg, "attention_bias", default=mtype in _QKV_BIAS)
     spec = ModelSpec(
         name=name, model_type=mtype, hidden_size=h, num_layers=layers, num_heads=heads,
         num_kv_heads=kv, head_dim=head_dim, intermediate_size=inter, vocab_size=vocab,
         tie_embeddings=tie, max_position=max_pos, torch_dtype=dtype,
-        qkv_bias=attn_bias, o_bias=bool(_get(cfg, "attention_bias", default=False)) and mtype not in _QKV_BIAS,
+        qkv_bias=attn_bias, o_bias=_bool(cfg, "attention_bias", default=False) and mtype not in _QKV_BIAS,
         qk_norm=mtype in _QK_NORM, norms_per_layer=4 if mtype in _FOUR_NORMS else 2,
-        fused=mtype in _FUSED, sliding_window=_get(cfg, "sliding_window"),
+        fused=mtype in _FUSED, sliding_window=_opt_int(cfg, "sliding_window"),
         # Gemma2Config defaults both caps (50, 30); Gemma 3 sets them to None
-        attn_softcap=_get(cfg, "attn_logit_softcapping", default=50.0 if mtype == "gemma2" else None),
-        final_softcap=_get(cfg, "final_logit_softcapping", default=30.0 if mtype == "gemma2" else None),
+        attn_softcap=_opt_float(cfg, "attn_logit_softcapping", 50.0 if mtype == "gemma2" else None),
+        final_softcap=_opt_float(cfg, "final_logit_softcapping", 30.0 if mtype == "gemma2" else None),
+        max_position_stated=stated_pos,
     )
     return _with_moe_and_mla(spec, cfg, mtype, layers)
 
 
 def _with_moe_and_mla(spec: ModelSpec, cfg: dict[str, Any], mtype: str, layers: int) -> ModelSpec:
     """Add MoE and MLA fields for the architectures that have them."""
-    n_exp = _int(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=0)
+    n_exp = _int(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=0, hi=MAX_EXPERTS)
     changes: dict[str, Any] = {}
     if mtype == "gpt_oss":
         changes.update(attn_sinks=True, router_bias=True, expert_bias=True, qkv_bias=True,
-                       o_bias=bool(_get(cfg, "attention_bias", default=True)))
+                       o_bias=_bool(cfg, "attention_bias", default=True))
     if n_exp:
-        k = _int(cfg, "num_experts_per_tok", "experts_per_token", "num_experts_per_token")
+        k = _int(cfg, "num_experts_per_tok", "experts_per_token", "num_experts_per_token", hi=MAX_EXPERTS)
         if k == 0 or k > n_exp:
             raise TuneplanError(f"config.json: experts per token ({k}) must be between 1 and num_experts ({n_exp})")
         if mtype.startswith("llama4"):  # Llama4TextMoe: experts + one shared expert of intermediate_size
             moe_inter = _int(cfg, "intermediate_size")
-            step = _int(cfg, "interleave_moe_layer_step", default=1)
-            flags = cfg.get("moe_layers")
-            moe = tuple((i in flags) if isinstance(flags, list) else ((i + 1) % step == 0) for i in range(layers))
+            step = _int(cfg, "interleave_moe_layer_step", default=1, hi=MAX_LAYERS) or 1
+            flags = _int_list(cfg, "moe_layers")
+            moe = tuple((i in flags) if flags is not None else ((i + 1) % step == 0) for i in range(layers))
             changes.update(shared_experts=1, shared_intermediate_size=moe_inter)
         elif mtype.startswith("deepseek"):
             moe_inter = _int(cfg, "moe_intermediate_size")
-            first = _int(cfg, "first_k_dense_replace", default=0)
-            freq = _int(cfg, "moe_layer_freq", default=1) or 1
+            first = _int(cfg, "first_k_dense_replace", default=0, hi=MAX_LAYERS)
+            freq = _int(cfg, "moe_layer_freq", default=1, hi=MAX_LAYERS) or 1
             moe = tuple(i >= first and i % freq == 0 for i in range(layers))
-            changes.update(shared_experts=_int(cfg, "n_shared_experts", default=0),
+            topk = cfg.get("topk_method")
+            if topk is not None and not isinstance(topk, str):
+                raise TuneplanError(f"config.json field 'topk_method' must be a name, got {_show(topk)}")
+            changes.update(shared_experts=_int(cfg, "n_shared_experts", default=0, hi=MAX_EXPERTS),
                            shared_intermediate_size=moe_inter,
-                           router_correction_bias=_get(cfg, "topk_method") == "noaux_tc")
+                           router_correction_bias=topk == "noaux_tc")
         elif mtype in ("qwen3_moe", "qwen2_moe"):
             moe_inter = _int(cfg, "moe_intermediate_size")
-            step = _int(cfg, "decoder_sparse_step", default=1) or 1
-            dense = set(cfg.get("mlp_only_layers") or [])
+            step = _int(cfg, "decoder_sparse_step", default=1, hi=MAX_LAYERS) or 1
+            dense = set(_int_list(cfg, "mlp_only_layers") or [])
             moe = tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))
             shared = _int(cfg, "shared_expert_intermediate_size", default=0)
             if shared:
@@ -378,36 +509,132 @@ def _with_moe_and_mla(spec: ModelSpec, cfg: dict[str, Any], mtype: str, layers: 
             moe_inter = _int(cfg, "moe_intermediate_size", "intermediate_size")
             moe = (True,) * layers
         changes.update(num_experts=n_exp, experts_per_token=k, moe_intermediate_size=moe_inter, moe_layers=moe)
-    if _get(cfg, "kv_lora_rank"):
+    if _get(cfg, "kv_lora_rank") is not None and _int(cfg, "kv_lora_rank"):
         changes.update(
             q_lora_rank=_int(cfg, "q_lora_rank", default=0), kv_lora_rank=_int(cfg, "kv_lora_rank"),
             qk_nope_head_dim=_int(cfg, "qk_nope_head_dim"), qk_rope_head_dim=_int(cfg, "qk_rope_head_dim"),
             v_head_dim=_int(cfg, "v_head_dim"), head_dim=_int(cfg, "qk_nope_head_dim") + _int(cfg, "qk_rope_head_dim"),
         )
+        if changes["head_dim"] == 0 or changes["v_head_dim"] == 0:
+            raise TuneplanError("config.json: qk_nope_head_dim + qk_rope_head_dim and v_head_dim must be > 0")
     return replace(spec, **changes) if changes else spec
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a config.json (or a folder holding one) into a dict, with one-line errors."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
+def decode_config_bytes(data: bytes, where: str) -> str:
+    """config.json bytes -> text: UTF-8 (a UTF-8 byte-order mark is dropped); UTF-16/32 and
+    binary files are refused in one line."""
+    boms = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+            (codecs.BOM_UTF16_BE, "UTF-16"))
+    for bom, enc in boms:
+        if data.startswith(bom):
+            raise TuneplanError(f"{where} is {enc} text; save it as UTF-8 (what transformers writes)")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if b"\x00" in data:
+        even, odd = data[0::2], data[1::2]
+        if len(data) >= 4 and (even.count(0) > len(even) // 2 or odd.count(0) > len(odd) // 2):
+            raise TuneplanError(f"{where} looks like UTF-16 text; save it as UTF-8 (what transformers writes)")
+        raise TuneplanError(f"{where} is a binary file, not a JSON text file")
     try:
-        text = p.read_text()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TuneplanError(f"{where} is not UTF-8 text (invalid byte at offset {e.start}); save it as UTF-8") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a config.json (or a folder holding one) into a dict, with one-line errors.
+
+    Only regular files up to MAX_CONFIG_BYTES are read (never a device such as /dev/zero,
+    a FIFO or a socket); the size is checked before reading.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            p = p / "config.json"
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError) as e:
+        raise TuneplanError(f"cannot read {_path_text(p)}: {_os_reason(e)}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TuneplanError(f"{_path_text(p)} is not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise TuneplanError(f"{_path_text(p)} is {st.st_size:,} bytes; a config.json is a few KiB "
+                                f"(limit {MAX_CONFIG_BYTES:,})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise TuneplanError(f"cannot read {p}: {e.strerror or e}") from None
-    return parse_config_text(text, str(p))
+        raise TuneplanError(f"cannot read {_path_text(p)}: {_os_reason(e)}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise TuneplanError(f"{_path_text(p)} is larger than {MAX_CONFIG_BYTES:,} bytes; a config.json is a few KiB")
+    return parse_config_text(decode_config_bytes(data, _path_text(p)), _path_text(p))
+
+
+def _path_text(p: Path | str) -> str:
+    """A path for a one-line error: control characters escaped, long paths cut."""
+    text = str(p)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= 200 else text[:100] + "..." + text[-97:]
+
+
+def _os_reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return str(e) or type(e).__name__
 
 
 def parse_config_text(text: str, where: str) -> dict[str, Any]:
-    """Parse config.json text into a dict; `where` names the source in the one-line error."""
+    """Parse config.json text into a dict; `where` names the source in the one-line error.
+
+    Refused: invalid JSON, NaN/Infinity (not JSON), numbers with more than
+    MAX_NUMBER_DIGITS digits or beyond float range, nesting deeper than MAX_JSON_DEPTH,
+    and anything but an object at the top.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise TuneplanError(f"{where} is larger than {MAX_CONFIG_BYTES:,} characters; a config.json is a few KiB")
+
+    def constant(name: str) -> Any:
+        raise TuneplanError(f"{where} holds {name}, which is not a JSON number")
+
+    def integer(s: str) -> int:
+        if len(s.lstrip("-")) > MAX_NUMBER_DIGITS:
+            raise TuneplanError(f"{where} holds a {len(s.lstrip('-'))}-digit number; no config field is that large")
+        return int(s)
+
+    def number(s: str) -> float:
+        v = float(s)
+        if v in (float("inf"), float("-inf")):
+            raise TuneplanError(f"{where} holds the number {s[:20]}, beyond float range")
+        return v
+
     try:
-        cfg = json.loads(text)
+        cfg = json.loads(text, parse_constant=constant, parse_int=integer, parse_float=number)
     except json.JSONDecodeError as e:
         raise TuneplanError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise TuneplanError(f"{where} nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(cfg, dict):
         raise TuneplanError(f"{where} must hold a JSON object, not {type(cfg).__name__}")
+    if _depth(cfg) > MAX_JSON_DEPTH:
+        raise TuneplanError(f"{where} nests JSON deeper than {MAX_JSON_DEPTH} levels")
     return cfg
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, list):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                stack.extend((v, d + 1) for v in o)
+    return deepest
 
 
 # ---------------------------------------------------------------- bundled catalog
@@ -475,26 +702,33 @@ def fetch_hub_config(repo_id: str, revision: str = "main", timeout: float = 20.0
 
     The endpoint follows huggingface_hub's HF_ENDPOINT variable (default
     https://huggingface.co); HF_TOKEN is sent for gated repos. The file is cached under
-    $XDG_CACHE_HOME/tuneplan/hub so later runs work offline.
+    $XDG_CACHE_HOME/tuneplan/hub so later runs work offline. The answer goes through the
+    same checks as a local file (size, encoding, JSON, fields).
 
     Raises:
-        TuneplanError: not found, gated without a token, network failure or bad JSON.
+        TuneplanError: not found, gated without a token, network failure or a bad answer.
     """
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise TuneplanError(f"{repo_id!r} is not a Hub repo id (owner/name)")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneplan" / "hub" / repo_id / revision
-    cached = cache / "config.json"
-    if cached.exists():
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id, flags=re.ASCII) or ".." in repo_id:
+        raise TuneplanError(f"{_show(repo_id)} is not a Hub repo id (owner/name)")
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneplan" / "hub" / repo_id / revision
+        cached = cache / "config.json"
+        is_cached = cached.is_file()
+    except (OSError, RuntimeError):  # no home directory, or an unreadable cache: fetch again
+        cache = cached = None
+        is_cached = False
+    if is_cached:
         return load_config_file(cached)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/{repo_id}/resolve/{revision}/config.json"
-    req = urllib.request.Request(url, headers={"User-Agent": "tuneplan"})
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+    where = f"config.json of {repo_id} from the Hub"
     try:
+        req = urllib.request.Request(url, headers={"User-Agent": "tuneplan"})
+        token = os.environ.get("HF_TOKEN")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            text = resp.read().decode("utf-8")
+            data = resp.read(MAX_CONFIG_BYTES + 1)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise TuneplanError(f"{repo_id} is gated or private on the Hub; set HF_TOKEN") from None
@@ -502,19 +736,34 @@ def fetch_hub_config(repo_id: str, revision: str = "main", timeout: float = 20.0
             raise TuneplanError(f"{repo_id} has no config.json on the Hub (HTTP 404)") from None
         raise TuneplanError(f"Hub answered HTTP {e.code} for {repo_id}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
-        raise TuneplanError(f"cannot reach the Hub for {repo_id}: {getattr(e, 'reason', e)}") from None
-    cfg = parse_config_text(text, f"config.json of {repo_id}")
-    cache.mkdir(parents=True, exist_ok=True)
-    cached.write_text(text)
+        raise TuneplanError(f"cannot reach the Hub for {repo_id}: {getattr(e, 'reason', None) or e}") from None
+    except (ValueError, http.client.HTTPException) as e:  # a malformed HF_ENDPOINT or answer
+        raise TuneplanError(f"cannot fetch {repo_id} from {_show(endpoint)}: {type(e).__name__}: {e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise TuneplanError(f"{where} is larger than {MAX_CONFIG_BYTES:,} bytes; not a config.json")
+    text = decode_config_bytes(data, where)
+    cfg = parse_config_text(text, where)
+    spec_from_config(cfg, name=repo_id)  # cache only what the checks accept
+    if cache is None:
+        return cfg
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".config.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only or full cache only costs a download next time
     return cfg
 
 
 def resolve_model(name: str, hub: bool | None = None) -> ModelSpec:
     """Turn a user's model argument into a ModelSpec.
 
-    Accepts a catalog HF id or alias (case-insensitive), a path to a config.json (or a
-    folder holding one), or, when Hub look-ups are enabled (`hub=True`, the CLI's --hub;
-    None reads TUNEPLAN_HUB), any Hub repo id.
+    Accepts a catalog HF id or alias (case-insensitive), an -Instruct/-it/-chat variant of
+    one (read with the base model's config, said in `spec.note`), a path to a config.json
+    (or a folder holding one), or, when Hub look-ups are enabled (`hub=True`, the CLI's
+    --hub; None reads TUNEPLAN_HUB), any Hub repo id.
 
     Raises:
         TuneplanError: unknown name (with close matches) or unreadable config.
@@ -522,29 +771,80 @@ def resolve_model(name: str, hub: bool | None = None) -> ModelSpec:
     return resolve_config(name, hub)[0]
 
 
+# Instruction/chat-tuned releases share every architecture field with their base model.
+_VARIANT = re.compile(r"-(instruct|it|chat|chat-hf)(?=-|$)")
+
+
+def _variant_base(key: str) -> str | None:
+    """The catalog id of the base model of an -Instruct/-it/-chat variant, or None."""
+    owner, _, tail = key.rpartition("/")
+    base_tail = _VARIANT.sub("", tail)
+    if base_tail == tail:
+        return None
+    idx = _name_index()
+    for cand in (f"{owner}/{base_tail}" if owner else base_tail, base_tail):
+        if cand in idx:
+            return idx[cand]
+    return None
+
+
 def resolve_config(name: str, hub: bool | None = None) -> tuple[ModelSpec, dict[str, Any]]:
     """Like :func:`resolve_model`, but also return the raw config dict (for trace/probe)."""
+    if not isinstance(name, str):
+        raise TuneplanError(f"model must be a catalog name or a path to config.json, got {_show(name)}")
+    if not name.strip():
+        raise TuneplanError("the model name is empty; run `tuneplan models` for the list")
     key = name.strip().lower()
     idx = _name_index()
     if key in idx:
         hf_id = idx[key]
         return _catalog_spec(hf_id), dict(catalog()[hf_id].config)
     p = Path(name)
-    if p.suffix == ".json" or p.is_dir() or p.exists():
+    try:
+        is_path = p.suffix == ".json" or p.is_dir() or p.exists()
+    except (OSError, ValueError) as e:
+        raise TuneplanError(f"cannot read {_path_text(name)}: {_os_reason(e)}") from None
+    if is_path:
         cfg = load_config_file(p)
         return spec_from_config(cfg, name=str(p)), cfg
     if hub_enabled(hub) and "/" in name:
         cfg = fetch_hub_config(name.strip())
         return spec_from_config(cfg, name=name.strip()), cfg
-    close = difflib.get_close_matches(key, list(idx), n=3, cutoff=0.5)
-    if not close:  # try the name part of an HF id
-        tail = re.sub(r"^[^/]+/", "", key)
-        close = [k for k in idx if tail and tail in k][:3]
-    hint = f"; did you mean {', '.join(close)}?" if close else "; run `tuneplan models` for the list"
+    base = _variant_base(key)
+    if base is not None:
+        note = (f"{name.strip()} is not in the catalog; using the config of {base}: instruction-tuned variants "
+                "share the base architecture")
+        return replace(_catalog_spec(base), name=name.strip(), note=note), dict(catalog()[base].config)
+    hint = f"; did you mean {', '.join(close)}?" if (close := suggestions(name)) else \
+        "; run `tuneplan models` for the list"
     if "/" in name and not hub_enabled(hub):
         hint += " (or pass --hub to fetch its config.json from the Hugging Face Hub)"
-    raise TuneplanError(f"unknown model {name!r}{hint}")
+    raise TuneplanError(f"unknown model {_show(name.strip())}{hint}")
 
+
+def suggestions(name: str, n: int = 3) -> list[str]:
+    """Catalog names close to `name`, as the catalog spells them; same size (8b, 70b) first."""
+    key = name.strip().lower()
+    display: dict[str, tuple[str, str]] = {}  # lower-case name -> (as spelled, hf id)
+    for hf_id, m in catalog().items():
+        for spelled in (hf_id, *m.aliases):
+            display.setdefault(spelled.lower(), (spelled, hf_id))
+    close = difflib.get_close_matches(key, list(display), n=12, cutoff=0.5)
+    if not close:  # try the name part of an HF id
+        tail = re.sub(r"^[^/]+/", "", key)
+        close = [k for k in display if tail and tail in k][:12]
+    size = re.search(r"(?<![\d.])(\d+(?:\.\d+)?[bm])(?![a-z0-9])", key)
+    if size:
+        same = re.compile(rf"(?<![\d.]){re.escape(size.group(1))}(?![a-z0-9])")
+        close.sort(key=lambda k: not same.search(k))  # stable: similarity order within each group
+    out: list[str] = []
+    seen: set[str] = set()
+    for k in close:
+        spelled, hf_id = display[k]
+        if hf_id not in seen:
+            seen.add(hf_id)
+            out.append(spelled)
+    return out[:n]
 
 
 def catalog_rows() -> list[dict[str, Any]]:

@@ -3,6 +3,10 @@
 Each search relies on the per-GPU peak growing with micro-batch and sequence length and
 not growing with the GPU count under sharding; it checks its answer directly (the found
 value fits, the next one does not) rather than trusting that.
+
+On unified-memory devices (Apple silicon, DGX Spark, Strix Halo) "CPU RAM" is the same
+memory as the GPU's, so what offload moves there still counts against the device's usable
+memory: :func:`pool_bytes` is the figure every search and verdict compares.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, replace
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job
-from tuneplan.memory import peak_bytes
+from tuneplan.memory import estimate_memory, peak_bytes
 from tuneplan.models import ModelSpec
 
 MAX_BATCH = 4096
@@ -40,33 +44,51 @@ def _largest(fits: Callable[[int], bool], hi_cap: int) -> int:
     return lo
 
 
-def _safe_peak(spec: ModelSpec, job: Job) -> int | None:
+def offloads(job: Job) -> bool:
+    """True when the job keeps something in CPU RAM (optimizer/parameter or checkpoint offload)."""
+    p = job.parallel
+    return p.offload_optimizer or p.offload_params or job.training.checkpointing == "offload"
+
+
+def pool_bytes(spec: ModelSpec, job: Job, unified: bool = False) -> int:
+    """Bytes that must fit the device's usable memory: the per-GPU peak, plus on a
+    unified-memory device what offload keeps in "CPU RAM" (the same memory there)."""
+    if unified and offloads(job):
+        est = estimate_memory(spec, job)
+        return est.peak_bytes + est.cpu_bytes
+    return peak_bytes(spec, job)
+
+
+def _safe_peak(spec: ModelSpec, job: Job, unified: bool = False) -> int | None:
     try:
-        return peak_bytes(spec, job)
+        return pool_bytes(spec, job, unified)
     except TuneplanError:
         return None
 
 
 def max_micro_batch(spec: ModelSpec, job: Job, usable_bytes: int, cap: int = MAX_BATCH,
-                    memo: dict[int, int] | None = None) -> int:
+                    memo: dict[int, int] | None = None, unified: bool = False) -> int:
     """Largest micro-batch whose per-GPU peak fits `usable_bytes` (0 if batch 1 does not fit).
 
     Args:
-        memo: optional {micro_batch: peak bytes} shared between devices of one job (the
-            planner and matrix search many devices for the same model and settings).
+        memo: optional {micro_batch: bytes} shared between devices of one job (the
+            planner and matrix search many devices for the same model and settings); one
+            memo per value of `unified` when the job offloads.
+        unified: the device has unified memory (offloaded bytes count, see pool_bytes).
     """
     memo = {} if memo is None else memo
     t = job.training
 
     def fits(b: int) -> bool:
         if b not in memo:
-            memo[b] = peak_bytes(spec, replace(job, training=replace(t, micro_batch=b)))
+            memo[b] = pool_bytes(spec, replace(job, training=replace(t, micro_batch=b)), unified)
         return memo[b] <= usable_bytes
 
     return _largest(fits, cap)
 
 
-def max_seq_len(spec: ModelSpec, job: Job, usable_bytes: int, multiple: int = 1, cap: int = MAX_SEQ) -> int:
+def max_seq_len(spec: ModelSpec, job: Job, usable_bytes: int, multiple: int = 1, cap: int = MAX_SEQ,
+                unified: bool = False) -> int:
     """Longest sequence length (a multiple of `multiple`) that fits at the job's micro-batch; 0 if none.
 
     Not capped by the model's max_position: the caller compares with it.
@@ -74,7 +96,7 @@ def max_seq_len(spec: ModelSpec, job: Job, usable_bytes: int, multiple: int = 1,
     t = job.training
 
     def fits(k: int) -> bool:
-        pk = _safe_peak(spec, replace(job, training=replace(t, seq_len=k * multiple)))
+        pk = _safe_peak(spec, replace(job, training=replace(t, seq_len=k * multiple)), unified)
         return pk is not None and pk <= usable_bytes
 
     return _largest(fits, cap // multiple) * multiple
@@ -96,7 +118,7 @@ def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = 
     for n in range(1, limit + 1):
         for s in stages if n > 1 else [p.sharding]:
             j = replace(job, parallel=replace(p, num_gpus=n, sharding=s))
-            pk = _safe_peak(spec, j)
+            pk = _safe_peak(spec, j, device.unified)
             if pk is not None and pk <= usable:
                 return n, j
     return None
@@ -129,7 +151,7 @@ def cheapest(spec: ModelSpec, job: Job, devices: list[Device], by: str = "cloud"
         if found is None:
             continue
         n, j = found
-        out.append(Option(d, n, j, peak_bytes(spec, j), d.price_usd * n if d.price_usd else None,
+        out.append(Option(d, n, j, pool_bytes(spec, j, d.unified), d.price_usd * n if d.price_usd else None,
                           d.cloud_usd_per_hour * n if d.cloud_usd_per_hour else None))
 
     def key(o: Option):

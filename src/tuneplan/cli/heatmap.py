@@ -3,20 +3,31 @@ tuneplan.matrix.heatmap_grid so a web page can draw the same grid."""
 
 from __future__ import annotations
 
+import io
 import textwrap
 
 from tuneplan.errors import TuneplanError
 from tuneplan.matrix import ANNOTATE_MAX, NA, Cell, heatmap_grid
 
 _CODE = {"no": 0, "tight": 1, "fits": 2, NA: -1}
+# tuneplan is installed from its repository (there is no PyPI package of that name to trust)
+INSTALL_HINT = "pip install -e '.[plot]' in the tuneplan repository"
 
 
-def write_png(cells: list[Cell], path: str, title: str) -> None:
-    """Heatmap: rows model/method, columns devices; colour = verdict, number = largest micro-batch
-    (numbers only up to ANNOTATE_MAX cells).
+def check_matplotlib() -> None:
+    """Refuse --png before anything is computed or written when matplotlib is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise TuneplanError(f"--png needs matplotlib: {INSTALL_HINT}")
+
+
+def render_png(cells: list[Cell], title: str) -> bytes:
+    """Heatmap as PNG bytes: rows model/method, columns devices; colour = verdict, number =
+    largest micro-batch (numbers only up to ANNOTATE_MAX cells). Nothing is written here.
 
     Raises:
-        TuneplanError: matplotlib is not installed (pip install 'tuneplan[plot]') or the file cannot be written.
+        TuneplanError: matplotlib is not installed, or it cannot draw the figure.
     """
     try:
         import matplotlib
@@ -26,7 +37,7 @@ def write_png(cells: list[Cell], path: str, title: str) -> None:
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
     except ImportError:
-        raise TuneplanError("--png needs matplotlib: pip install 'tuneplan[plot]'") from None
+        raise TuneplanError(f"--png needs matplotlib: {INSTALL_HINT}") from None
     g = heatmap_grid(cells)
     rows, cols = g.rows, g.cols
     fig_w = max(6.0, 1.0 + 0.55 * len(cols))
@@ -49,9 +60,11 @@ def write_png(cells: list[Cell], path: str, title: str) -> None:
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title="number = largest micro-batch",
               title_fontsize=7)
     fig.tight_layout()
+    buf = io.BytesIO()
     try:
-        fig.savefig(path, bbox_inches="tight")
+        fig.savefig(buf, format="png", bbox_inches="tight")
     except (OSError, ValueError) as e:
-        raise TuneplanError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise TuneplanError(f"cannot draw the heat map: {e}") from None
     finally:
         plt.close(fig)
+    return buf.getvalue()

@@ -37,3 +37,20 @@ def money(x: float | None) -> str:
     if x is None:
         return "-"
     return f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
+
+
+def fit_columns(headers: list[str], rows: list[list[str]], drop_order: list[str], width: int) -> list[int]:
+    """Indexes of the columns to show so the table fits `width` characters: columns in
+    `drop_order` are dropped first to last until it fits (each column costs its widest
+    cell, or its header's longest word, plus 3 for padding and border)."""
+    def need(i: int) -> int:
+        cells = [len(r[i]) for r in rows] + [max((len(w) for w in headers[i].split()), default=0)]
+        return max(cells) + 3
+
+    keep = list(range(len(headers)))
+    for name in drop_order:
+        if sum(need(i) for i in keep) + 1 <= width:
+            break
+        if name in headers:
+            keep.remove(headers.index(name))
+    return keep

@@ -14,7 +14,8 @@ DESCRIPTION = "List catalog devices with usable memory (GiB = 2^30 bytes) and pr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--category", help="consumer | workstation | datacenter | unified | cloud-tpu")
+    p.add_argument("--category", type=lambda text: text.strip().lower(),
+                   help="consumer | workstation | datacenter | unified | cloud-tpu")
     p.add_argument("--json", action="store_true", help="print JSON (bytes)")
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
+from tuneplan.checks import check_device_count, check_job
 from tuneplan.cli.options import add_job_arguments, job_from_args
 from tuneplan.cli.output import describe_change, make_console, print_json
 from tuneplan.fit import fit_verdict, support_notes
@@ -26,16 +28,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    job = job_from_args(args)
     spec = resolve_model(args.model, hub=args.hub)
     device = resolve_device(args.gpu) if args.gpu else None
-    job = job_from_args(args)
+    check_job(spec, job, args.allow_long_context)
+    if device:
+        check_device_count(job, device)
     est = estimate_memory(spec, job)
     verdict = fit_verdict(spec, job, device, limits=True) if device else None
     if args.json:
-        print_json(est.to_dict() | ({"fit": verdict.to_dict()} if verdict else {}))
+        print_json(est.to_dict() | ({"model_note": spec.note} if spec.note else {})
+                   | ({"fit": verdict.to_dict()} if verdict else {}))
         return 0
+    if spec.note:
+        sys.stderr.write(f"tuneplan: note: {spec.note}\n")
     console = make_console()
-    render_estimate(est, console)
+    render_estimate(est, console, device.unified if device else False)
     if verdict:
         colour = {"fits": "green", "tight": "yellow", "no": "red"}[verdict.verdict]
         console.print(f"[{colour}]Fit: {verdict.summary(describe_change)}[/{colour}]")
@@ -44,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_estimate(est: MemoryEstimate, console: Console) -> None:
+def render_estimate(est: MemoryEstimate, console: Console, unified: bool = False) -> None:
     """Print the breakdown table, total and assumptions."""
     job = est.job
     m, t, p = job.method, job.training, job.parallel
@@ -70,7 +78,13 @@ def render_estimate(est: MemoryEstimate, console: Console) -> None:
     phases = ", ".join(f"{k} {v / GiB:.2f}" for k, v in est.phase_bytes)
     console.print(f"Phase peaks (GiB, allocated, before overhead): {phases}")
     if est.cpu_bytes:
-        console.print(f"CPU RAM for offload: {fmt_gib(est.cpu_bytes)} GiB")
+        n = p.num_gpus
+        text = f"CPU RAM for offload: {fmt_gib(est.cpu_bytes)} GiB per GPU process"
+        if n > 1:
+            text += f" ({n} processes on {n} GPUs: {fmt_gib(n * est.cpu_bytes)} GiB of host RAM in all)"
+        if unified:
+            text += "; on this unified-memory device it is the same memory as the GPU's, counted in the fit"
+        console.print(text)
     console.print("Assumes:")
     for a in est.assumptions:
         console.print(f"  - {a}")

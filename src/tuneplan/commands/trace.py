@@ -1,11 +1,12 @@
 """`tuneplan trace`: the real model's training step on fake tensors, measured, next to the estimate.
 
-torch/transformers/peft are imported only when the command runs (extra: tuneplan[trace]).
+torch/transformers/peft are imported only when the command runs (the trace extra: pip install -e '.[trace]').
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -13,19 +14,29 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tuneplan.checks import check_job
+from tuneplan.choices.optimizers import OPTIMIZERS
 from tuneplan.cli.options import add_job_arguments, job_from_args
 from tuneplan.cli.output import print_json
 from tuneplan.errors import TuneplanError
-from tuneplan.memory import estimate_memory
-from tuneplan.models import resolve_config
+from tuneplan.job import Job
+from tuneplan.memory import MemoryEstimate, estimate_memory
+from tuneplan.models import ModelSpec, param_counts, resolve_config
 from tuneplan.units import GiB, fmt_gib
 
-INSTALL_HINT = "tuneplan: error: trace needs torch, transformers and peft: pip install 'tuneplan[trace]'\n"
-
+# tuneplan is installed from its repository (no PyPI package of that name to trust)
+INSTALL_HINT = ("tuneplan: error: trace needs torch, transformers and peft: pip install -e '.[trace]' in the "
+                "tuneplan repository (CPU torch: see the README)\n")
 
 DESCRIPTION = ("Build the transformers model from its config (no weights), apply the method, run two "
                "training steps under torch FakeTensorMode with a memory tracker, and print the measured "
-               "peak beside the analytical estimate. Needs pip install 'tuneplan[trace]'.")
+               "peak beside the analytical estimate. Needs the trace extra: pip install -e '.[trace]'.")
+
+# Fake tensors cost no memory, but every module is still built and every op dispatched:
+# past these sizes a trace takes minutes to hours, so it is refused (the estimate still works).
+TRACE_MAX_LAYERS = 256
+TRACE_MAX_PARAMS = 2 * 10**12
+REAL_RAM_SHARE = 0.8  # --real may use at most this share of the memory available now
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +47,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of tables")
 
 
+def _available_ram() -> int | None:
+    """Bytes of memory available to a new allocation now (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_traceable(spec: ModelSpec, job: Job, est: MemoryEstimate, real: bool) -> None:
+    """Everything the trace cannot run, refused before torch is imported.
+
+    Raises:
+        TuneplanError: several GPUs, offload, checkpoint offload, a bitsandbytes optimizer,
+            a model too large to build, or (--real) more memory than this machine has free.
+    """
+    p, t = job.parallel, job.training
+    if p.num_gpus > 1:
+        raise TuneplanError("trace runs one GPU's step; drop --gpus (sharding is estimated analytically)")
+    if p.offload_optimizer or p.offload_params:
+        raise TuneplanError("trace runs one process on one device and cannot offload; drop --offload-optimizer/"
+                            "--offload-params (offload is estimated analytically)")
+    if t.checkpointing == "offload":
+        raise TuneplanError("trace cannot tell host from device memory on a CPU run; use --checkpointing full or none")
+    if t.optim.torch_class is None:
+        raise TuneplanError(f"trace does not run optimizer {t.optimizer!r} (bitsandbytes); use one of: "
+                            + ", ".join(o.name for o in OPTIMIZERS.values() if o.torch_class))
+    params = param_counts(spec).total
+    if spec.num_layers > TRACE_MAX_LAYERS or params > TRACE_MAX_PARAMS:
+        raise TuneplanError(f"{spec.name} is too large to trace ({spec.num_layers} layers, {params:,} parameters; "
+                            f"limits {TRACE_MAX_LAYERS} layers, {TRACE_MAX_PARAMS:,} parameters); "
+                            "`tuneplan estimate` gives its figures")
+    if real:
+        need = est.peak_allocated_bytes
+        free = _available_ram()
+        if free is not None and need > REAL_RAM_SHARE * free:
+            raise TuneplanError(f"--real would allocate about {need / GiB:.1f} GiB of real tensors, more than "
+                                f"{REAL_RAM_SHARE:.0%} of the {free / GiB:.1f} GiB this machine has available; "
+                                "drop --real (fake tensors cost no memory) or use a smaller model or batch")
+
+
 def run(args: argparse.Namespace) -> int:
+    # validate the model and the settings first: torch is imported only for a job it can run
+    job = job_from_args(args)
+    spec, config = resolve_config(args.model, hub=args.hub)
+    check_job(spec, job, args.allow_long_context)
+    est = estimate_memory(spec, job)
+    check_traceable(spec, job, est, args.real)
+
     from tuneplan.trace import available
 
     if not available():
@@ -45,20 +110,26 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.trace.compare import comparison_dict, estimate_allocated, relative_error, rows
     from tuneplan.trace.run import run_trace
 
-    job = job_from_args(args)
-    spec, config = resolve_config(args.model, hub=args.hub)
-    est = estimate_memory(spec, job)
     console = Console(stderr=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if args.json or not console.is_terminal:
-            result = run_trace(config, job, name=spec.name, fake=not args.real)
-        else:
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                          console=console, transient=True) as bar:
-                task = bar.add_task("tracing", total=None)
-                result = run_trace(config, job, name=spec.name, fake=not args.real,
-                                   progress=lambda s: bar.update(task, description=s))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if args.json or not console.is_terminal:
+                result = run_trace(config, job, name=spec.name, fake=not args.real)
+            else:
+                with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                              console=console, transient=True) as bar:
+                    task = bar.add_task("tracing", total=None)
+                    result = run_trace(config, job, name=spec.name, fake=not args.real,
+                                       progress=lambda s: bar.update(task, description=s))
+    except (TuneplanError, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        raise TuneplanError("the trace ran out of memory; drop --real or use a smaller model or batch") from None
+    except Exception as e:  # torch/transformers/peft on a config they cannot run: one line, not a C++ trace
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TuneplanError(f"trace failed inside torch/transformers ({type(e).__name__}: {first}); "
+                            "`tuneplan estimate` still gives the figures") from None
     if args.json:
         print_json(comparison_dict(result.to_dict(), est))
         return 0

@@ -152,8 +152,9 @@ def _per_gpu(st: Static, job: Job) -> _PerGpu:
     quant = _sharded(st.quant_constants, 3, stage, world)
     adapters = _sharded(st.adapters, 3, stage, world)
     gather = 0
-    if stage == 3 and world > 1:
-        # FSDP/ZeRO-3 all-gathers one layer (plus one prefetched) in the compute dtype
+    if stage == 3 and (world > 1 or p.offload_params):
+        # FSDP/ZeRO-3 all-gathers one layer (plus one prefetched) in the compute dtype; with
+        # parameters offloaded to CPU RAM even a single GPU brings each layer in to use it
         gather = 2 * t.compute_bytes * st.layer_params if m.kind != "qlora" else st.layer_params
         if m.kind in ("full", "freeze"):
             # and a trained layer's unsharded gradient exists until its reduce-scatter

@@ -1,6 +1,6 @@
 """Ground truth for the estimator: the real model's training step under a memory tracker.
 
-Needs the optional extra (pip install 'tuneplan[trace]': torch, transformers, peft).
+Needs the optional extra (pip install -e '.[trace]' in the repository: torch, transformers, peft).
 Nothing here is imported by the core package.
 """
 

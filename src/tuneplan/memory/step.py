@@ -318,7 +318,9 @@ def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
     world, stage = p.num_gpus, p.shard_stage
     return {
         K.WEIGHTS: ({"qlora": f"{m.quant.upper()} packed" if m.quant != "int8" else "int8"}.get(
-            m.kind, "fp32" if t.param_bytes == 4 else t.precision)) + _shard_note(3, stage, world, p.offload_params),
+            m.kind, "fp32" if t.param_bytes == 4 else t.precision))
+        + (", trained parameters fp32 (FSDP upcast)" if fsdp_fp32_params(job) and tr.base else "")
+        + _shard_note(3, stage, world, p.offload_params),
         K.QUANT_CONSTANTS: f"absmax per {m.quant_blocksize}" + (", double quant" if m.double_quant else ""),
         K.ADAPTERS: f"rank {m.rank}, {tr.adapter:,} params, {t.adapter_bytes * 8}-bit",
         K.PARAM_GATHER: "FSDP/ZeRO-3: current + prefetched layer",

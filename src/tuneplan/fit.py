@@ -170,7 +170,9 @@ class FitVerdict:
                      + (" (still tight: no change found gives 10% headroom)" if after == TIGHT else ""))
             if ch.job.method.kind != self.job.method.kind:
                 if self.keep_method_change:
-                    text += f"; keeping {self.job.method.kind}: {describe(self.keep_method_change)}"
+                    keep = self.keep_method_change
+                    text += (f"; keeping {self.job.method.kind}: {describe(keep)}"
+                             + (f" -> {keep.peak_bytes / GiB:.2f} GiB" if keep.peak_bytes is not None else ""))
                 else:
                     text += f"; no change keeps {self.job.method.kind} {within}"
         elif self.searched:

@@ -3,7 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-# The trace extra needs torch; 2.13.0 is the CPU wheel this machine kind provides locally.
+# The trace and probe extras need torch; 2.13.0 is the CPU wheel this machine kind provides locally
+# (installed first, so bitsandbytes' torch>=2.4 is already met and no CUDA torch is pulled).
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint bench
@@ -15,7 +16,7 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.trace: $(VENV)/.core
 	$(PIP) "$(TORCH)"
-	$(PIP) -e ".[dev,trace,plot]"
+	$(PIP) -e ".[dev,trace,plot,probe]"
 	touch $@
 
 demo: $(VENV)/.core
@@ -24,7 +25,18 @@ demo: $(VENV)/.core
 	$(VENV)/bin/tuneplan plan mistral-7b --method qlora --samples 50k --mean-tokens 600 --devices consumer --top 8
 	@echo "tuneplan is installed in $(VENV): run 'source $(VENV)/bin/activate' to put it on your PATH (or call $(VENV)/bin/tuneplan)"
 
-test: $(VENV)/.trace
+# Parsers that check `tuneplan export` files in the tests. Their declared dependencies pin
+# older transformers/peft/trl, so they go without dependencies into a folder of their own,
+# which only tests/test_export.py puts on sys.path (CPU-only, about 10 s).
+VALIDATORS := axolotl==0.19.0 llamafactory==0.9.5 torchtune==0.6.1 torchao==0.13.0 omegaconf==2.4.0 \
+	antlr4-python3-runtime==4.9.3 addict==2.4.0 sentencepiece==0.2.3 tiktoken==0.14.0
+
+$(VENV)/.export: $(VENV)/.trace
+	$(PIP) -e ".[dev,trace,plot,export]"
+	$(PIP) --no-deps --upgrade --target $(VENV)/validators $(VALIDATORS)
+	touch $@
+
+test: $(VENV)/.export
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.core

@@ -26,9 +26,9 @@ from tuneplan.plan import plan_report
 from tuneplan.timing import Dataset, step_time
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tuneplan"
-SHELLS = ("cli", "commands", "trace")
-CORE_FORBIDDEN = ("tuneplan.cli", "tuneplan.commands", "tuneplan.trace", "rich", "torch", "matplotlib",
-                  "transformers", "peft")
+SHELLS = ("cli", "commands", "trace", "probe")
+CORE_FORBIDDEN = ("tuneplan.cli", "tuneplan.commands", "tuneplan.trace", "tuneplan.probe", "rich", "torch",
+                  "matplotlib", "transformers", "peft", "bitsandbytes")
 
 
 def _modules(exclude=()):
@@ -59,7 +59,7 @@ def test_core_import_loads_no_shell_at_run_time():
     code = ("import sys, tuneplan, tuneplan.plan, tuneplan.fit, tuneplan.matrix, tuneplan.disk, tuneplan.cost, "
             "tuneplan.search, tuneplan.timing, tuneplan.memory; "
             "print([m for m in sys.modules if m.split('.')[0] in ('rich', 'torch', 'matplotlib') "
-            "or m.startswith(('tuneplan.cli', 'tuneplan.commands', 'tuneplan.trace'))])")
+            "or m.startswith(('tuneplan.cli', 'tuneplan.commands', 'tuneplan.trace', 'tuneplan.probe'))])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -54,6 +54,9 @@ class FrameworkProfile:
         fused_qkv: the stack's own modelling code computes q, k, v with one fused matmul and
             slices views out of it, so SDPA's saved v keeps the whole qkv output alive
             (litgpt model.py CausalSelfAttention: `qkv = self.attn(x)` then split).
+        calibration_framework: the stack's name in the `framework` column of measured runs
+            (../shared/calibration, benchmarks/measured_runs.py FRAMEWORK_PROFILE); empty:
+            the setting's own name. `tuneplan probe` records use it.
     """
 
     name: str
@@ -70,6 +73,7 @@ class FrameworkProfile:
     fsdp_fp32_params: bool = False
     fused_qkv: bool = False
     dequant_bandwidth_share: float = cal.BNB_DEQUANT_BANDWIDTH_SHARE
+    calibration_framework: str = ""
 
 
 FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
@@ -77,7 +81,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "hf", "HF Transformers Trainer / TRL + PEFT", adapter_fp32=True, autocast_half=True,
         adapter_input_copies=True, default_cross_entropy="plain", quantises_fused_experts=False,
         offloads_checkpoints=False, trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
-        fsdp_fp32_params=True),
+        fsdp_fp32_params=True, calibration_framework="hf-trainer-peft"),
     FrameworkProfile(
         # Unsloth patches PEFT's LoRA forward (no per-adapter input copies) and computes the
         # loss with its fused cross-entropy kernel.

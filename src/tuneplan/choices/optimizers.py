@@ -25,7 +25,15 @@ class Optimizer:
         eight_bit_alternative: the 8-bit optimizer a fit suggestion may switch to.
         hf_name: transformers TrainingArguments.optim (also Axolotl `optimizer:`,
             LLaMA-Factory `optim:`).
+        hf_aliases: other TrainingArguments.optim names for the same optimizer
+            (transformers training_args.py OptimizerNames: "adamw_8bit" is "just an alias for
+            adamw_bnb_8bit"); read by `--from`.
+        hf_optim_args: TrainingArguments.optim_args it needs (transformers
+            trainer_optimizer.py _get_sgd reads momentum from optim_args).
         torch_class / torch_kwargs: what the trace instantiates (None: not traced).
+        bnb_class: the bitsandbytes optimizer class `tuneplan probe` runs (what
+            transformers' Trainer instantiates for `hf_name`: bitsandbytes.optim.AdamW with
+            optim_bits=8 is AdamW8bit, is_paged=True the Paged* classes).
         note: one line for the breakdown and assumptions.
     """
 
@@ -39,6 +47,15 @@ class Optimizer:
     hf_name: str = ""
     torch_class: str | None = None
     torch_kwargs: tuple[tuple[str, object], ...] = ()
+    hf_aliases: tuple[str, ...] = ()
+    hf_optim_args: str = ""
+    bnb_class: str | None = None
+
+    @property
+    def component(self) -> str | None:
+        """The class a config names to build it (torch's, else bitsandbytes': a torchtune
+        config's optimizer `_component_`)."""
+        return self.torch_class or self.bnb_class
 
 
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
@@ -47,18 +64,21 @@ OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
               torch_class="torch.optim.AdamW", torch_kwargs=(("fused", True),)),
     Optimizer("adamw-foreach", 2, full_size_temp=True, eight_bit_alternative="adamw-8bit", hf_name="adamw_torch",
               torch_class="torch.optim.AdamW", torch_kwargs=(("foreach", True),)),
-    Optimizer("adamw-8bit", 2, eight_bit=True, hf_name="adamw_bnb_8bit"),
-    Optimizer("paged-adamw", 2, paged=True, eight_bit_alternative="adamw-8bit", hf_name="paged_adamw_32bit"),
-    Optimizer("paged-adamw-8bit", 2, eight_bit=True, paged=True, hf_name="paged_adamw_8bit"),
+    Optimizer("adamw-8bit", 2, eight_bit=True, hf_name="adamw_bnb_8bit", bnb_class="bitsandbytes.optim.AdamW8bit",
+              hf_aliases=("adamw_8bit",)),
+    Optimizer("paged-adamw", 2, paged=True, eight_bit_alternative="adamw-8bit", hf_name="paged_adamw_32bit",
+              bnb_class="bitsandbytes.optim.PagedAdamW32bit"),
+    Optimizer("paged-adamw-8bit", 2, eight_bit=True, paged=True, hf_name="paged_adamw_8bit",
+              bnb_class="bitsandbytes.optim.PagedAdamW8bit"),
     Optimizer("adafactor", 2, factored=True, hf_name="adafactor",
               torch_class="transformers.optimization.Adafactor",
               torch_kwargs=(("relative_step", False), ("scale_parameter", False), ("warmup_init", False))),
     Optimizer("sgd", 0, hf_name="sgd", torch_class="torch.optim.SGD",
               torch_kwargs=(("momentum", 0.0), ("foreach", True))),
-    Optimizer("sgd-momentum", 1, hf_name="sgd", torch_class="torch.optim.SGD",
+    Optimizer("sgd-momentum", 1, hf_name="sgd", hf_optim_args="momentum=0.9", torch_class="torch.optim.SGD",
               torch_kwargs=(("momentum", 0.9), ("foreach", True))),
-    Optimizer("lion", 1, hf_name="lion_32bit"),
-    Optimizer("lion-8bit", 1, eight_bit=True, hf_name="lion_8bit"),
+    Optimizer("lion", 1, hf_name="lion_32bit", bnb_class="bitsandbytes.optim.Lion32bit"),
+    Optimizer("lion-8bit", 1, eight_bit=True, hf_name="lion_8bit", bnb_class="bitsandbytes.optim.Lion8bit"),
 )}
 
 

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("tuneplan.commands.devices", "list the hardware catalog (usable memory, bandwidth, TFLOPS, prices)"),
     "models": ("tuneplan.commands.models", "list the bundled model catalog"),
     "trace": ("tuneplan.commands.trace", "run the real training step on fake tensors; exact peak (extra: trace)"),
+    "export": ("tuneplan.commands.export", "write the config a training stack loads (trl, axolotl, llamafactory, ...)"),
+    "probe": ("tuneplan.commands.probe", "run the real training step on this GPU or CPU; measured vs predicted (extra: probe)"),
 }
 
 

@@ -149,10 +149,94 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def job_from_args(args: argparse.Namespace) -> Job:
+def job_from_args(args: argparse.Namespace, optional: tuple[str, ...] = ()) -> Job:
     """Build the immutable Job from parsed arguments (validation happens in the core):
-    a given option that the method ignores (--rank with full, --quant with lora) is refused."""
-    return Job.from_request(**given_settings(args))
+    a given option that the method ignores (--rank with full, --quant with lora) is refused.
+    With --from CONFIG the file's settings come first and the given options override them
+    (each override said on stderr); `optional` names settings the file may leave out
+    (plan chooses the GPU count)."""
+    imported = imported_config(args)
+    if imported is None:
+        return Job.from_request(**given_settings(args))
+    from tuneplan.export import job_from_import
+
+    job, notes = job_from_import(imported, given_settings(args), optional)
+    _report_import(imported, notes)
+    return job
+
+
+def add_from_arguments(p: argparse.ArgumentParser) -> None:
+    """--from CONFIG (and --from-format): the job, and the model, from a stack's config file."""
+    g = p.add_argument_group("from a training config")
+    g.add_argument("--from", dest="from_config", metavar="CONFIG", default=None,
+                   help="read the model and job from an Axolotl, LLaMA-Factory, TRL (trl sft) or torchtune YAML; "
+                        "options given on the command line override the file's (each override is said)")
+    g.add_argument("--from-format", dest="from_format", type=name, default=None,
+                   help="axolotl | llamafactory | trl | torchtune (default: detected from the file's fields)")
+
+
+def imported_config(args: argparse.Namespace) -> Any:
+    """The --from config read once (tuneplan.export.Imported), or None without --from."""
+    path = getattr(args, "from_config", None)
+    if path is None:
+        if getattr(args, "from_format", None):
+            raise TuneplanError("--from-format needs --from CONFIG")
+        return None
+    cached = getattr(args, "_imported", None)
+    if cached is None:
+        from tuneplan.export import read_config
+
+        cached = read_config(path, getattr(args, "from_format", None))
+        args._imported = cached
+    return cached
+
+
+def model_from_args(args: argparse.Namespace) -> str:
+    """The MODEL argument, else the model the --from config names."""
+    imported = imported_config(args)
+    if getattr(args, "model", None):
+        if imported is not None and imported.model and imported.model != args.model:
+            import sys
+
+            sys.stderr.write(f"tuneplan: note: MODEL {args.model} overrides {imported.model} from {imported.path}\n")
+        return args.model
+    if imported is None:
+        raise TuneplanError("give a MODEL (catalog id, alias or path to config.json) or --from CONFIG")
+    if imported.model is None:
+        raise TuneplanError(f"{imported.path} names no model tuneplan can resolve; give MODEL as well")
+    return imported.model
+
+
+def _report_import(imported: Any, notes: list[str]) -> None:
+    import sys
+
+    def line(text: str) -> None:
+        sys.stderr.write(f"tuneplan: {text}\n")
+
+    line(f"read {imported.format} config {imported.path}: {', '.join(imported.read) or 'no field'}")
+    if imported.ignored:
+        line(f"ignored (no effect on memory, or not modelled): {', '.join(imported.ignored)}")
+    if imported.defaults:
+        line(f"not in the file, {imported.format}'s default used: {', '.join(imported.defaults)}")
+    for note in (*imported.notes, *notes):
+        line(f"note: {note}")
+
+
+def job_command(model: str, job: Job, device: Any = None, command: str = "estimate") -> str:
+    """The tuneplan command that reproduces a job's figures: its settings that differ from
+    the defaults (and that its method reads) as flags."""
+    from tuneplan.memory.trained import targets_text
+
+    default = Job().settings()
+    diff = {}
+    for k, v in job.settings().items():
+        if v == default.get(k) and k != "method":
+            continue
+        diff[k] = targets_text(v) if k == "targets" else v
+    for k in job.method.ignored(list(diff)):
+        del diff[k]
+    text = f"tuneplan {command} {model} {flag_text(diff)}"
+    return text + (f" --gpu {device.id}" if device is not None else "")
 
 
 def flag_text(settings: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneplan.checks import check_device_count, check_job
-from tuneplan.cli.options import add_job_arguments, job_from_args
+from tuneplan.cli.options import add_from_arguments, add_job_arguments, job_from_args, model_from_args
 from tuneplan.cli.output import describe_change, make_console, print_json
 from tuneplan.fit import fit_verdict, support_notes
 from tuneplan.hardware import resolve_device
@@ -21,15 +21,17 @@ DESCRIPTION = "Estimate per-GPU memory of a fine-tuning step, by component."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog id or alias (see `tuneplan models`), or a path to config.json")
+    p.add_argument("model", nargs="?", help="catalog id or alias (see `tuneplan models`), or a path to config.json "
+                                             "(or use --from)")
     add_job_arguments(p)
+    add_from_arguments(p)
     p.add_argument("--gpu", metavar="DEVICE", help="also give the fit verdict on this device (`tuneplan devices`)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
-    spec = resolve_model(args.model, hub=args.hub)
+    spec = resolve_model(model_from_args(args), hub=args.hub)
     device = resolve_device(args.gpu) if args.gpu else None
     check_job(spec, job, args.allow_long_context)
     if device:

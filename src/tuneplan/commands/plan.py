@@ -11,17 +11,20 @@ from tuneplan import calibration as cal
 from tuneplan.checks import check_job
 from tuneplan.cli.options import (
     add_dataset_arguments,
+    add_from_arguments,
     add_job_arguments,
     count,
     dataset_from_args,
+    job_command,
     job_from_args,
+    model_from_args,
     name,
     number,
 )
 from tuneplan.cli.output import fit_columns, make_console, money, print_json
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import resolve_devices
-from tuneplan.models import resolve_model
+from tuneplan.models import ModelSpec, resolve_model
 from tuneplan.plan import PER_TOKENS, PlanReport, plan_report
 from tuneplan.timing import fmt_duration
 from tuneplan.units import GiB
@@ -31,8 +34,9 @@ DESCRIPTION = ("Which devices, how many, how long and at what cost: ranked setup
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog id or alias, or a path to config.json")
+    p.add_argument("model", nargs="?", help="catalog id or alias, or a path to config.json (or use --from)")
     add_job_arguments(p)
+    add_from_arguments(p)
     add_dataset_arguments(p)
     p.add_argument("--devices", default="all", help="comma list of devices, a category, or all (default)")
     p.add_argument("--rank-by", type=name, choices=("time", "cost", "purchase"), default="time",
@@ -49,14 +53,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"electricity price for owned devices (default {cal.ELECTRICITY_USD_PER_KWH})")
     p.add_argument("--saves", type=count, default=3, help="checkpoints kept on disk (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes, seconds, USD)")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="write the configs of the top-ranked setup into DIR (see --export-to)")
+    p.add_argument("--export-to", metavar="TARGETS", default=None,
+                   help="comma list of export targets for --export (default: the stack of --framework: hf -> trl)")
+    p.add_argument("--force", action="store_true", help="with --export, overwrite existing files")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.num_gpus is not None:
         raise TuneplanError("plan chooses the GPU count for each device; drop --gpus (cap it with --max-gpus)")
-    job = job_from_args(args)
+    if args.export_to is not None and args.export is None:
+        raise TuneplanError("--export-to needs --export DIR")
+    job = job_from_args(args, optional=("num_gpus",))
     ds = dataset_from_args(args)
-    spec = resolve_model(args.model, hub=args.hub)
+    spec = resolve_model(model_from_args(args), hub=args.hub)
     check_job(spec, job, args.allow_long_context)
     devices = resolve_devices(args.devices)
     report = plan_report(spec, job, ds, devices, rank_by=args.rank_by, max_gpus=args.max_gpus,
@@ -64,11 +75,29 @@ def run(args: argparse.Namespace) -> int:
                          usd_per_kwh=args.usd_per_kwh, efficiency=args.efficiency, saves=args.saves, top=args.top)
     if args.json:
         print_json(report.to_dict() | ({"model_note": spec.note} if spec.note else {}))
-        return 0
-    if spec.note:
-        sys.stderr.write(f"tuneplan: note: {spec.note}\n")
-    render_plan(report, args.top)
+    else:
+        if spec.note:
+            sys.stderr.write(f"tuneplan: note: {spec.note}\n")
+        render_plan(report, args.top)
+    if args.export is not None:
+        export_top(report, spec, args)
     return 0
+
+
+def export_top(report: PlanReport, spec: ModelSpec, args: argparse.Namespace) -> None:
+    """--export DIR: the configs of the top-ranked setup (its job, device and GPU count)."""
+    from tuneplan.cli.exports import outputs_in_folder, write
+    from tuneplan.export import export_job, target, target_for_framework
+
+    if not report.result.setups:
+        raise TuneplanError("--export: no setup in the list can run this job, so there is nothing to export")
+    top = report.result.setups[0]
+    names = ([n for n in (name(x) for x in args.export_to.split(",")) if n] if args.export_to
+             else [target_for_framework(top.job.training.framework).name])
+    exports = [export_job(target(n).name, spec, top.job, top.device,
+                          command=lambda j: job_command(spec.name, j, top.device)) for n in names]
+    for exp, out in zip(exports, outputs_in_folder(args.export, exports, args.force), strict=True):
+        write(exp, out)
 
 
 # columns dropped first to last when the terminal is narrow

@@ -6,7 +6,6 @@ torch/transformers/peft are imported only when the command runs (the trace extra
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
@@ -16,8 +15,9 @@ from rich.table import Table
 
 from tuneplan.checks import check_job
 from tuneplan.choices.optimizers import OPTIMIZERS
-from tuneplan.cli.options import add_job_arguments, job_from_args
+from tuneplan.cli.options import add_from_arguments, add_job_arguments, job_from_args, model_from_args
 from tuneplan.cli.output import print_json
+from tuneplan.cli.system import available_ram as _available_ram
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Job
 from tuneplan.memory import MemoryEstimate, estimate_memory
@@ -40,26 +40,12 @@ REAL_RAM_SHARE = 0.8  # --real may use at most this share of the memory availabl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog id or alias, or a path to config.json")
+    p.add_argument("model", nargs="?", help="catalog id or alias, or a path to config.json (or use --from)")
     add_job_arguments(p)
+    add_from_arguments(p)
     p.add_argument("--real", action="store_true",
                    help="run on real CPU tensors instead of fake ones (allocates the memory; small models only)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of tables")
-
-
-def _available_ram() -> int | None:
-    """Bytes of memory available to a new allocation now (Linux MemAvailable, else free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_traceable(spec: ModelSpec, job: Job, est: MemoryEstimate, real: bool) -> None:
@@ -97,7 +83,7 @@ def check_traceable(spec: ModelSpec, job: Job, est: MemoryEstimate, real: bool) 
 def run(args: argparse.Namespace) -> int:
     # validate the model and the settings first: torch is imported only for a job it can run
     job = job_from_args(args)
-    spec, config = resolve_config(args.model, hub=args.hub)
+    spec, config = resolve_config(model_from_args(args), hub=args.hub)
     check_job(spec, job, args.allow_long_context)
     est = estimate_memory(spec, job)
     check_traceable(spec, job, est, args.real)

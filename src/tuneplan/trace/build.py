@@ -18,6 +18,7 @@ Methods (tuneplan.job.Method):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,10 @@ from tuneplan.trace.quant import Linear4bitStandIn, Linear8bitStandIn
 # config.json keys that describe files or loading, not the architecture.
 _DROP_KEYS = ("model_type", "architectures", "quantization_config", "auto_map", "transformers_version",
               "torch_dtype", "dtype", "_name_or_path")
+
+
+# (model, method, compute dtype) -> replaces the decoder linears in place, returns how many
+Quantiser = Callable[[nn.Module, Method, torch.dtype], int]
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ def attention_impl(training: Training) -> str:
     return training.attn.trace_impl
 
 
-def _decoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """(qualified name, module) of every nn.Linear inside the decoder layers (not lm_head)."""
     out = []
     for name, mod in model.named_modules():
@@ -92,7 +97,8 @@ def _decoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return out
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted `name` by `new`."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -104,14 +110,14 @@ def quantise(model: nn.Module, method: Method, compute_dtype: torch.dtype) -> in
     BitsAndBytesConfig does unless listed in llm_int8_skip_modules.
     """
     count = 0
-    for name, lin in _decoder_linears(model):
+    for name, lin in decoder_linears(model):
         dev = lin.weight.device
         if method.quant == "int8":
             new = Linear8bitStandIn(lin.in_features, lin.out_features, lin.bias is not None, compute_dtype, dev)
         else:
             new = Linear4bitStandIn(lin.in_features, lin.out_features, lin.bias is not None, compute_dtype,
                                     method.quant_blocksize, method.double_quant, dev)
-        _set_module(model, name, new)
+        set_module(model, name, new)
         count += 1
     return count
 
@@ -161,8 +167,13 @@ def _lora_4bit_class():
     return LoraLinear, LoraQuantLinear
 
 
-def apply_method(model: nn.Module, method: Method, training: Training) -> nn.Module:
+def apply_method(model: nn.Module, method: Method, training: Training,
+                 quantiser: Quantiser | None = None) -> nn.Module:
     """Set requires_grad / wrap with PEFT for the method; returns the model to train.
+
+    `quantiser` replaces the decoder linears for qlora (default: the bitsandbytes-shaped
+    stand-ins of `quantise`; `tuneplan probe` passes real bitsandbytes layers, which PEFT
+    wraps with its own bitsandbytes LoRA layers).
 
     Raises:
         TuneplanError: the method cannot be traced (e.g. trainable layers > layers).
@@ -173,7 +184,7 @@ def apply_method(model: nn.Module, method: Method, training: Training) -> nn.Mod
         return model
     model.requires_grad_(False)
     if method.kind == "freeze":
-        layers = _layer_list(model)
+        layers = layer_list(model)
         k = method.trainable_layers
         if k > len(layers):
             raise TuneplanError(f"--trainable-layers {k} exceeds the model's {len(layers)} layers")
@@ -184,11 +195,11 @@ def apply_method(model: nn.Module, method: Method, training: Training) -> nn.Mod
     from peft import LoraConfig, get_peft_model
 
     if method.kind == "qlora":
-        quantise(model, method, prec.autocast_dtype or prec.param_dtype)
+        (quantiser or quantise)(model, method, prec.autocast_dtype or prec.param_dtype)
     cfg = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=method.lora_dropout,
                      target_modules=_target_names(model, method), use_dora=method.kind == "dora",
                      bias="none", task_type="CAUSAL_LM")
-    if method.kind == "qlora":
+    if method.kind == "qlora" and quantiser is None:
         _, quant_cls = _lora_4bit_class()
         cfg._register_custom_module({Linear4bitStandIn: quant_cls, Linear8bitStandIn: quant_cls})
     peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=training.profile.adapter_fp32)
@@ -196,7 +207,8 @@ def apply_method(model: nn.Module, method: Method, training: Training) -> nn.Mod
     return peft_model
 
 
-def _layer_list(model: nn.Module) -> nn.ModuleList:
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers (the ModuleList whose name ends in "layers")."""
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and name.endswith("layers"):
             return mod
@@ -213,13 +225,16 @@ def _train_embeddings(model: nn.Module, method: Method) -> None:
         out.weight.requires_grad_(True)
 
 
-def build_model(config: dict[str, Any], method: Method, training: Training) -> nn.Module:
+def build_model(config: dict[str, Any], method: Method, training: Training, *, attn_impl: str | None = None,
+                quantiser: Quantiser | None = None) -> nn.Module:
     """Build the model on the current device/mode (call inside FakeTensorMode for a fake model).
 
     Args:
         config: config.json contents.
         method: how it is adapted.
         training: precision, attention kernel and checkpointing.
+        attn_impl: transformers attn_implementation (default: what the trace runs, attention_impl).
+        quantiser: how qlora replaces the decoder linears (see apply_method).
 
     Returns:
         The model in train mode, checkpointing enabled if asked (use_reentrant=False, the
@@ -231,10 +246,10 @@ def build_model(config: dict[str, Any], method: Method, training: Training) -> n
         raise TuneplanError("trace cannot tell host from device memory on a CPU run; "
                             "use --checkpointing full or none")
     prec = precision_of(training)
-    cfg = hf_config(config, attention_impl(training))
+    attn = attn_impl or attention_impl(training)
+    cfg = hf_config(config, attn)
     try:
-        model = AutoModelForCausalLM.from_config(cfg, dtype=prec.param_dtype,
-                                                 attn_implementation=attention_impl(training))
+        model = AutoModelForCausalLM.from_config(cfg, dtype=prec.param_dtype, attn_implementation=attn)
     except ValueError as e:
         raise TuneplanError(f"transformers cannot build this model: {e}") from None
     if training.checkpointing == "full":
@@ -243,6 +258,6 @@ def build_model(config: dict[str, Any], method: Method, training: Training) -> n
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model = apply_method(model, method, training)
+    model = apply_method(model, method, training, quantiser)
     model.train()
     return model

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,24 +88,32 @@ class TraceResult:
         }
 
 
-def make_optimizer(params: list[nn.Parameter], training: Training) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], training: Training, bitsandbytes: bool = False) -> torch.optim.Optimizer:
     """The torch optimizer for --optimizer, configured as on a GPU.
 
     adamw: fused AdamW (HF Trainer's default optim adamw_torch_fused; no temporaries);
     adamw-foreach: AdamW(foreach=True), torch's default on CUDA (torch/optim/optimizer.py
     _default_to_fused_or_foreach), which allocates full-size temporaries; sgd / sgd-momentum:
     SGD(foreach=True); adafactor: transformers.optimization.Adafactor (factored second moment).
+    With `bitsandbytes` (the probe, on real tensors), the 8-bit, paged and Lion optimizers
+    are the bitsandbytes classes of the Optimizer record (bnb_class).
 
     Raises:
-        TuneplanError: 8-bit, paged and Lion optimizers (bitsandbytes) are not traced.
+        TuneplanError: 8-bit, paged and Lion optimizers (bitsandbytes) when not `bitsandbytes`
+            (the trace cannot run them on fake tensors), or bitsandbytes is not installed.
     """
     opt = training.optim
-    if opt.torch_class is None:
+    path, kwargs = opt.torch_class, dict(opt.torch_kwargs)
+    if path is None and bitsandbytes and opt.bnb_class:
+        path, kwargs = opt.bnb_class, {}
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TuneplanError(f"optimizer {opt.name!r} needs bitsandbytes: pip install bitsandbytes")
+    if path is None:
         raise TuneplanError(f"trace does not run optimizer {opt.name!r} (bitsandbytes); use one of: "
                             + ", ".join(o.name for o in OPTIMIZERS.values() if o.torch_class))
-    module_name, _, class_name = opt.torch_class.rpartition(".")
+    module_name, _, class_name = path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(params, lr=1e-5, **dict(opt.torch_kwargs))
+    return cls(params, lr=1e-5, **kwargs)
 
 
 @contextlib.contextmanager

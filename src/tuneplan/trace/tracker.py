@@ -114,6 +114,25 @@ class MemoryTracker(TorchDispatchMode):
             self.current[category] += nbytes
             self._live[id(storage)] = (ref, nbytes, category)
 
+    def resized(self, storage: torch.UntypedStorage) -> None:
+        """Re-count a storage whose size changed in place (UntypedStorage.resize_, which FSDP2
+        uses to free and re-allocate unsharded parameters); dispatch never sees that call."""
+        key = id(storage)
+        entry = self._live.get(key)
+        if entry is None:
+            if storage.nbytes():
+                self._add(storage, self.category)
+            return
+        ref, old, cat = entry
+        new = rounded(storage.nbytes(), self.block)
+        self._live[key] = (ref, new, cat)
+        self.current[cat] += new - old
+        self.total += new - old
+        if self.total > self.phase_peaks.get(self.phase, -1):
+            self.phase_peaks[self.phase] = self.total
+        if self.total > self.peak.total:
+            self.peak = Snapshot(self.total, self.phase, dict(self.current))
+
     def category_of(self, tensor: torch.Tensor) -> str | None:
         """The category `tensor`'s storage is counted under (None if untracked)."""
         entry = self._live.get(id(tensor.untyped_storage()))

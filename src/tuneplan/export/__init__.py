@@ -1,0 +1,170 @@
+"""Export a job to the config a training stack loads as is, and read such configs back.
+
+    export_job("axolotl", spec, job, device) -> Export    (the file as text, with its header)
+    read_config("axolotl.yaml") -> Imported                (settings, fields read and ignored)
+    job_from_import(imported, given) -> (Job, notes)
+
+Each target is one record: the stack it runs (a framework profile), its file name, and a
+`build` that returns the job as the file runs it (every setting the stack cannot express is
+swapped for what runs and named in `cannot`), the config as data and the launch command.
+The header (predicted peak per GPU, device verdict, the command that reproduces it, what to
+fill in and what the stack cannot express) is computed from that job, so the file and its
+figures always agree. Pure functions: the CLI writes the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tuneplan.choices import lookup
+from tuneplan.errors import TuneplanError
+from tuneplan.export import axolotl, launchers, llamafactory, torchtune, trl, unsloth
+from tuneplan.export.common import (
+    Built,
+    canonical,
+    comment_block,
+    describe,
+    dump_json,
+    dump_yaml,
+    header_lines,
+    loss_setting,
+)
+from tuneplan.export.read import FORMATS, Imported, job_from_import, read_config
+from tuneplan.fit import FitVerdict, fit_verdict
+from tuneplan.hardware import Device
+from tuneplan.job import Job, Training
+from tuneplan.memory import MemoryEstimate, estimate_memory
+from tuneplan.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class Target:
+    """One export target.
+
+    Args:
+        name: the --to value.
+        label: the stack for people.
+        framework: the framework profile the file runs (None: a launcher config, which runs
+            whatever script it launches, so the job keeps its profile).
+        file_name: the default file name.
+        syntax: yaml | json | python.
+        build: (spec, job) -> Built.
+        written_for: the library versions the output is checked against.
+    """
+
+    name: str
+    label: str
+    framework: str | None
+    file_name: str
+    syntax: str
+    build: Callable[[ModelSpec, Job], Built]
+    written_for: str
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("trl", "TRL config (trl sft)", trl.FRAMEWORK, "trl.yaml", "yaml", trl.build, trl.VERSION),
+    Target("axolotl", "Axolotl config", axolotl.FRAMEWORK, "axolotl.yaml", "yaml", axolotl.build, axolotl.VERSION),
+    Target("llamafactory", "LLaMA-Factory config", llamafactory.FRAMEWORK, "llamafactory.yaml", "yaml", llamafactory.build,
+           llamafactory.VERSION),
+    Target("torchtune", "torchtune recipe config", torchtune.FRAMEWORK, "torchtune.yaml", "yaml", torchtune.build,
+           torchtune.VERSION),
+    Target("unsloth", "Unsloth script", unsloth.FRAMEWORK, "unsloth_train.py", "python", unsloth.build, unsloth.VERSION),
+    Target("accelerate", "accelerate config", None, "accelerate.yaml", "yaml", launchers.build_accelerate,
+           launchers.ACCELERATE_VERSION),
+    Target("deepspeed", "DeepSpeed config", None, "deepspeed.json", "json", launchers.build_deepspeed,
+           launchers.DEEPSPEED_VERSION),
+)}
+TARGET_NAMES = tuple(TARGETS)
+
+
+@dataclass(frozen=True)
+class Export:
+    """One exported file and what it says about itself.
+
+    Args:
+        target: the Target.
+        job: the job as the file runs it (what the header's figures are for).
+        estimate / verdict: the estimate of that job; the fit on the device asked for, or None.
+        text: the file's content, header included.
+        cannot: each setting the stack cannot express (also in the header).
+        launch: the command that runs it (with the file name).
+        notes: values chosen where the job has none.
+    """
+
+    target: Target
+    job: Job
+    estimate: MemoryEstimate
+    verdict: FitVerdict | None
+    text: str
+    file_name: str
+    cannot: tuple[str, ...]
+    launch: str
+    notes: tuple[str, ...]
+
+
+def target(name: str) -> Target:
+    return lookup(TARGETS, "export target", name)
+
+
+def target_for_framework(framework: str) -> Target:
+    """The training-stack target that runs a framework profile (hf -> trl)."""
+    for t in TARGETS.values():
+        if t.framework == framework:
+            return t
+    raise TuneplanError(f"no export target runs the {framework} profile; choose one of: {', '.join(TARGETS)}")
+
+
+def as_run(t: Target, job: Job) -> Job:
+    """The job under the target's framework profile (an unset cross-entropy becomes that
+    profile's default), with the cross-entropy written as None when it is the default."""
+    if t.framework is not None and t.framework != job.training.framework:
+        job = job.with_settings(framework=t.framework)
+    return canonical(job.with_settings(cross_entropy=loss_setting(job, job.training.loss.name)))
+
+
+def build(name: str, spec: ModelSpec, job: Job) -> tuple[Built, list[str]]:
+    """The target's rendering of the job, and a note when the job's framework profile was replaced."""
+    t = target(name)
+    cannot, notes = [], []
+    today = Training().versions
+    if job.training.versions != today:
+        cannot.append(f"--stack {job.training.stack} ({job.training.versions.label}): the file is written for "
+                      f"{today.label} (estimated with --stack {today.name})")
+        job = job.with_settings(stack=today.name)
+    run = as_run(t, job)
+    if run.training.framework != job.training.framework:
+        notes.append(f"{t.name} runs the {run.training.profile.label} profile, not "
+                     f"{job.training.profile.label}: the figures are for {run.training.profile.label}")
+    built = t.build(spec, run)
+    return replace(built, cannot=tuple(cannot) + built.cannot), notes
+
+
+def export_job(name: str, spec: ModelSpec, job: Job, device: Device | None = None,
+               command: Callable[[Job], str] = lambda j: "") -> Export:
+    """The file `--to name` writes for this job, with its header.
+
+    Args:
+        command: the job (as the file runs it) -> the tuneplan command that reproduces the
+            header's figures (the CLI renders its flags).
+    """
+    t = target(name)
+    built, notes = build(name, spec, job)
+    est = estimate_memory(spec, built.job)
+    verdict = fit_verdict(spec, built.job, device) if device is not None else None
+    launch = built.launch.replace("{file}", t.file_name)
+    lines = header_lines(f"tuneplan export --to {t.name}: {t.label} for {describe(spec, built.job)}",
+                         est, device, verdict, command(built.job), launch, built.fill_in, built.cannot,
+                         t.written_for)
+    if t.syntax == "json":
+        text = dump_json({"_tuneplan": lines, **built.body})
+    elif t.syntax == "python":
+        text = comment_block(lines) + built.body
+    else:
+        text = comment_block(lines) + dump_yaml(built.body)
+    return Export(t, built.job, est, verdict, text, t.file_name, built.cannot, launch,
+                  tuple(notes) + built.notes)
+
+
+__all__ = ["TARGETS", "TARGET_NAMES", "FORMATS", "Target", "Export", "Imported", "export_job", "read_config",
+           "job_from_import", "target", "target_for_framework"]

@@ -1,0 +1,231 @@
+"""tuneplan probe on the CPU: the real step of a tiny model, measured, against `trace --real`
+and the estimate; a 2-process gloo FSDP probe; refusals; records that the measured-runs
+benchmark reads.
+
+Agreement with `trace --real` (the same job on real CPU tensors, measured by the trace):
+  - allocated (live tensor storages at the dispatch level, 512-byte blocks, the counter the
+    trace reports): |probe - trace| <= 0.5% of trace, and the same peak phase. Full, LoRA and
+    DoRA run the same modules and agree to the byte; QLoRA runs real bitsandbytes layers
+    against the trace's stand-ins;
+  - reserved (bytes held from torch's CPU allocator, seen by the profiler, kernel scratch
+    included): allocated <= reserved <= 1.15 x allocated.
+
+Needs the probe extra (torch, transformers, peft; bitsandbytes for QLoRA); skipped without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from tuneplan.cli import main  # noqa: E402
+from tuneplan.job import Job  # noqa: E402
+from tuneplan.probe.system import match_catalog  # noqa: E402
+from tuneplan.trace.run import run_trace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=512,
+            max_position_embeddings=1024, tie_word_embeddings=False)
+AGREE = 0.005  # |probe allocated - trace --real| / trace --real
+SCRATCH = 1.15  # reserved (allocator level) <= this x allocated (dispatch level)
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+needs_bnb = pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes not installed (pip install -e '.[probe]')")
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def probe(capsys, cfg, *extra: str) -> dict:
+    capsys.readouterr()
+    rank = ["--rank", "8"] if any(m in extra for m in ("lora", "dora", "qlora")) else []
+    rc = main(["probe", str(cfg), "--device", "cpu", *rank, "--seq-len", "64", "--steps", "2",
+               "--warmup", "1", "--json", *extra])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
+# ---------------------------------------------------------------- agreement with trace --real
+
+
+@pytest.mark.parametrize("method,ckpt", [
+    ("full", "none"), ("lora", "full"), ("dora", "full"),
+    pytest.param("qlora", "none", marks=needs_bnb), pytest.param("qlora", "full", marks=needs_bnb),
+])
+def test_probe_peak_agrees_with_trace_real(capsys, cfg, tmp_path, method, ckpt):
+    rec = tmp_path / "probe.jsonl"
+    out = probe(capsys, cfg, "--method", method, "--checkpointing", ckpt, "--record", str(rec))
+    m = out["measured"]
+    assert out["status"] == "ok"
+    job = Job.from_settings(**out["job"])
+    trace = run_trace(TINY, job, fake=False)
+    assert abs(m["peak_allocated_bytes"] - trace.peak_bytes) <= AGREE * trace.peak_bytes, (m, trace.peak_bytes)
+    assert m["peak_phase"] == trace.peak_phase
+    assert m["peak_allocated_bytes"] <= m["peak_reserved_bytes"] <= SCRATCH * m["peak_allocated_bytes"]
+    assert m["device_bytes"] is not None and m["step_s"] > 0 and m["tokens_per_s"] > 0
+    # the prediction beside it is the estimate of the same job
+    from tuneplan.memory import estimate_memory
+    from tuneplan.models import resolve_model
+
+    est = estimate_memory(resolve_model(str(cfg)), job)
+    assert out["predicted"]["peak_allocated_bytes"] == est.peak_allocated_bytes
+    assert out["difference"]["allocated"] == pytest.approx(est.peak_allocated_bytes / m["peak_allocated_bytes"] - 1)
+    assert out["predicted"]["step_s"] is None and "no time prediction" in " ".join(out["notes"])
+    assert len(rec.read_text().splitlines()) == 1
+
+
+def test_full_probe_run_for_trace_command_agrees(capsys, cfg):
+    """The README's command pair: `trace --real --json` and `probe --json` of the same job."""
+    out = probe(capsys, cfg, "--method", "lora", "--no-record")
+    assert main(["trace", str(cfg), "--method", "lora", "--rank", "8", "--seq-len", "64", "--real", "--json"]) == 0
+    trace = json.loads(capsys.readouterr().out)["trace"]
+    assert out["measured"]["peak_allocated_bytes"] == trace["peak_bytes"]
+
+
+@needs_bnb
+def test_qlora_uses_real_bitsandbytes_layers(cfg):
+    from tuneplan.probe.device import Device
+    from tuneplan.probe.step import Session
+
+    job = Job.from_settings(method="qlora", rank=8, seq_len=64)
+    s = Session(TINY, job, Device("cpu"))
+    s.build()
+    import bitsandbytes as bnb
+    from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
+
+    kinds = {type(m) for m in s.model.modules()}
+    assert bnb.nn.Linear4bit in kinds and PeftLinear4bit in kinds
+    s.close()
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def test_two_process_gloo_fsdp_probe(capsys, cfg):
+    out = probe(capsys, cfg, "--method", "full", "--gpus", "2", "--sharding", "fsdp", "--no-record")
+    ranks = out["measured"]["ranks"]
+    assert out["status"] == "ok" and [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["status"] == "ok" and r["peak_allocated_bytes"] > 0 for r in ranks)
+    assert out["measured"]["peak_allocated_bytes"] == max(r["peak_allocated_bytes"] for r in ranks)
+    assert out["measured"]["tokens_per_step"] == 2 * 64
+
+
+# ---------------------------------------------------------------- safety and out of memory
+
+
+def test_impossible_job_is_refused_in_one_line(capsys):
+    assert main(["probe", "llama-3.1-70b", "--method", "full", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err and "GiB" in err
+
+
+def test_out_of_memory_is_a_result_not_an_error(capsys, cfg, tmp_path):
+    rec = tmp_path / "r.jsonl"
+    out = probe(capsys, cfg, "--method", "lora", "--memory-limit", "0.0001", "--force", "--record", str(rec))
+    assert out["status"] == "over-limit" and out["difference"] is None
+    line = json.loads(rec.read_text())
+    assert line["measured_what"].startswith("OOM") and line["measured_gib"] == pytest.approx(0.0001, rel=1e-3)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--gpus", "2", "--sharding", "zero2"], "ddp or fsdp"),
+    (["--cross-entropy", "fused"], "cross-entropy plain"),
+    (["--precision", "mixed"], "mixed"),
+    (["--search", "batch"], "--memory-limit"),
+    (["--warmup", "0"], "--warmup"),
+    (["--offload-optimizer"], "offload"),
+])
+def test_probe_refuses_what_it_cannot_run(capsys, cfg, argv, msg):
+    assert main(["probe", str(cfg), "--device", "cpu", "--seq-len", "64", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+
+
+def test_probe_without_extra(monkeypatch, capsys, cfg):
+    import tuneplan.probe
+
+    monkeypatch.setattr(tuneplan.probe, "available", lambda: False)
+    assert main(["probe", str(cfg), "--seq-len", "64"]) == 2
+    assert "pip install -e '.[probe]'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_search_batch_finds_the_boundary(capsys, cfg):
+    out = probe(capsys, cfg, "--method", "lora", "--search", "batch", "--memory-limit", "0.01", "--steps", "1",
+                "--no-record")
+    s = out["search"]
+    tried = {t["value"]: t for t in s["tried"]}
+    best = s["measured"]
+    assert best >= 1 and s["predicted"] >= 1
+    assert tried[best]["status"] == "ok" and tried[best]["peak_allocated_bytes"] <= 0.01 * 2**30
+    assert tried[best + 1]["status"] == "over-limit"
+
+
+# ---------------------------------------------------------------- records and the benchmark
+
+
+def test_records_are_read_by_measured_runs(capsys, cfg, tmp_path):
+    rec = tmp_path / "probe.jsonl"
+    outs = [probe(capsys, cfg, "--method", m, "--record", str(rec)) for m in ("lora", "full")]
+    lines = [json.loads(x) for x in rec.read_text().splitlines()]
+    assert len(lines) == 2 and all(x["model_hf_id"] == str(cfg.resolve()) for x in lines)
+    assert lines[0]["job"] == outs[0]["job"] and lines[0]["versions"]["torch"]
+    spec = importlib.util.spec_from_file_location("measured_runs_probe", ROOT / "benchmarks" / "measured_runs.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["measured_runs_probe"] = bench
+    spec.loader.exec_module(bench)
+    cal = tmp_path / "calibration"
+    cal.mkdir()
+    (cal / "memory.csv").write_text("id,model_hf_id,measured_gib\n")
+    (cal / "throughput.csv").write_text("id,measured,value\n")
+    result = bench.run(cal, rec)
+    rows = {r["id"]: r for r in result["rows"] if r["kind"] == "memory"}
+    for line, out in zip(lines, outs, strict=True):
+        row = rows[line["id"]]
+        assert "skipped" not in row, row
+        assert row["counter"] == "allocated"
+        assert row["measured_gib"] == pytest.approx(out["measured"]["peak_allocated_bytes"] / 2**30)
+        assert row["predicted_gib"] == pytest.approx(out["predicted"]["peak_allocated_bytes"] / 2**30)
+
+
+def test_table_output(capsys, cfg):
+    capsys.readouterr()
+    assert main(["probe", str(cfg), "--device", "cpu", "--seq-len", "64", "--steps", "1", "--warmup", "1",
+                 "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert "Peak allocated" in out and "Tokens/s" in out and "RSS" in out
+
+
+# ---------------------------------------------------------------- device names
+
+
+@pytest.mark.parametrize("name,gib,want", [
+    ("NVIDIA H100 80GB HBM3", 79.1, "h100-sxm"), ("NVIDIA H100 PCIe", 79.6, "h100-pcie"),
+    ("NVIDIA H200", 139.8, "h200-sxm"), ("NVIDIA A100 80GB PCIe", 79.2, "a100-80gb-pcie"),
+    ("NVIDIA A100-SXM4-40GB", 39.4, "a100-40gb-sxm"), ("NVIDIA GeForce RTX 4090", 23.6, "rtx-4090"),
+    ("NVIDIA L4", 22.0, "l4"), ("NVIDIA L40S", 44.4, "l40s"), ("NVIDIA GeForce RTX 3080", 11.8, "rtx-3080-12gb"),
+    ("AMD EPYC 7763", None, None),
+])
+def test_catalog_device_from_the_driver_name(name, gib, want):
+    d = match_catalog(name, int(gib * 2**30) if gib else None)
+    assert (d.id if d else None) == want

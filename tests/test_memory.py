@@ -332,3 +332,10 @@ def test_single_gpu_parameter_offload_still_holds_the_layer_in_use():
     assert est.component("weights") == 0
     layer = static_memory(LLAMA8, job("full")).layer_params
     assert est.component("param_gather") >= 2 * 2 * layer  # current + prefetched layer in bf16
+
+
+def test_trl_profile_never_materialises_the_logits():
+    trl = estimate_memory(LLAMA8, job("lora", framework="trl", seq_len=8192))
+    hf = estimate_memory(LLAMA8, job("lora", seq_len=8192))
+    assert trl.job.training.loss.fused and trl.component("logits") < hf.component("logits") / 10
+    assert trl.component("adapters") == hf.component("adapters")

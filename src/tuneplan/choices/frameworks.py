@@ -94,6 +94,15 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
             ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
         )),
     FrameworkProfile(
+        # TRL's SFTTrainer (1.x) runs the HF Trainer step with a tiled fused LM head: the
+        # forward returns per-token log-probabilities "without materializing the (batch,
+        # seq_len, vocab) logits" (trl/trainer/utils.py add_fused_lm_head, trl 1.16.0;
+        # sft_trainer.py patches the model with it). Everything else is the hf profile.
+        "trl", "TRL SFTTrainer (1.x, fused LM head) + PEFT", adapter_fp32=True, autocast_half=True,
+        adapter_input_copies=True, default_cross_entropy="fused", quantises_fused_experts=False,
+        offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
+        fsdp_fp32_params=True, calibration_framework="trl"),
+    FrameworkProfile(
         # torchtune recipes: model in bf16 without autocast, LoRA in the model dtype,
         # CEWithChunkedOutputLoss.
         "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,

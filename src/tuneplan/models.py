@@ -551,25 +551,41 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         if p.is_dir():
             p = p / "config.json"
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except (OSError, ValueError) as e:
         raise TuneplanError(f"cannot read {_path_text(p)}: {_os_reason(e)}") from None
+    data = read_regular_file(p, _path_text(p), MAX_CONFIG_BYTES, "a config.json is a few KiB")
+    return parse_config_text(decode_config_bytes(data, _path_text(p)), _path_text(p))
+
+
+def read_regular_file(path: str | Path, shown: str, limit: int, typical: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, with one-line errors.
+
+    Never a device such as /dev/zero, a FIFO or a socket (opened non-blocking, checked with
+    fstat); the size is checked before reading and again after, in case the file grew.
+
+    Args:
+        shown: the path as the error messages name it.
+        typical: what such a file usually weighs, said when it is too large.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError) as e:
+        raise TuneplanError(f"cannot read {shown}: {_os_reason(e)}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise TuneplanError(f"{_path_text(p)} is not a regular file")
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise TuneplanError(f"{_path_text(p)} is {st.st_size:,} bytes; a config.json is a few KiB "
-                                f"(limit {MAX_CONFIG_BYTES:,})")
+            raise TuneplanError(f"{shown} is not a regular file")
+        if st.st_size > limit:
+            raise TuneplanError(f"{shown} is {st.st_size:,} bytes; {typical} (limit {limit:,})")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as e:
-        raise TuneplanError(f"cannot read {_path_text(p)}: {_os_reason(e)}") from None
+        raise TuneplanError(f"cannot read {shown}: {_os_reason(e)}") from None
     finally:
         os.close(fd)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise TuneplanError(f"{_path_text(p)} is larger than {MAX_CONFIG_BYTES:,} bytes; a config.json is a few KiB")
-    return parse_config_text(decode_config_bytes(data, _path_text(p)), _path_text(p))
+    if len(data) > limit:
+        raise TuneplanError(f"{shown} is larger than {limit:,} bytes; {typical}")
+    return data
 
 
 def _path_text(p: Path | str) -> str:

@@ -10,8 +10,6 @@ option whose memory tuneplan does not model.
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from tuneplan.errors import TuneplanError
 from tuneplan.export import axolotl, llamafactory, torchtune, trl
 from tuneplan.export.common import Read
 from tuneplan.job import Job, show_value
+from tuneplan.models import read_regular_file
 
 MAX_BYTES = 1 << 20
 MAX_ALIASES = 100
@@ -79,25 +78,7 @@ def _show(path: str) -> str:
 def read_text(path: str, what: str = "config") -> str:
     """A regular UTF-8 file of at most 1 MiB (checked before reading), with one-line errors."""
     shown = _show(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (OSError, ValueError) as e:
-        raise TuneplanError(f"cannot read {what} {shown}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TuneplanError(f"{what} {shown} is not a regular file")
-        if st.st_size > MAX_BYTES:
-            raise TuneplanError(f"{what} {shown} is {st.st_size:,} bytes; training configs are a few KiB "
-                                f"(limit {MAX_BYTES:,})")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise TuneplanError(f"cannot read {what} {shown}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise TuneplanError(f"{what} {shown} is larger than {MAX_BYTES:,} bytes")
+    data = read_regular_file(path, f"{what} {shown}", MAX_BYTES, "training configs are a few KiB")
     if b"\x00" in data:
         raise TuneplanError(f"{what} {shown} is a binary file, not YAML text")
     try:

@@ -14,7 +14,9 @@ import argparse
 from functools import cache
 from typing import Any
 
+from tuneplan.checks import check_device_count, check_job
 from tuneplan.errors import TuneplanError
+from tuneplan.hardware import Device, resolve_device
 from tuneplan.job import (
     ATTENTION_NAMES,
     CHECKPOINTING,
@@ -29,6 +31,7 @@ from tuneplan.job import (
     TASK_NAMES,
     Job,
 )
+from tuneplan.models import ModelSpec, resolve_model
 from tuneplan.plan import make_dataset
 from tuneplan.timing import Dataset
 from tuneplan.units import parse_count, parse_number
@@ -189,6 +192,18 @@ def imported_config(args: argparse.Namespace) -> Any:
         cached = read_config(path, getattr(args, "from_format", None))
         args._imported = cached
     return cached
+
+
+def checked_request(args: argparse.Namespace) -> tuple[ModelSpec, Job, Device | None]:
+    """The model, the job and the --gpu device of a command line, checked together
+    (context length, targets, method; GPU count against the device) before any work."""
+    job = job_from_args(args)
+    spec = resolve_model(model_from_args(args), hub=args.hub)
+    device = resolve_device(args.gpu) if args.gpu else None
+    check_job(spec, job, args.allow_long_context)
+    if device:
+        check_device_count(job, device)
+    return spec, job, device
 
 
 def model_from_args(args: argparse.Namespace) -> str:

@@ -8,13 +8,10 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from tuneplan.checks import check_device_count, check_job
-from tuneplan.cli.options import add_from_arguments, add_job_arguments, job_from_args, model_from_args
+from tuneplan.cli.options import add_from_arguments, add_job_arguments, checked_request
 from tuneplan.cli.output import describe_change, make_console, print_json
 from tuneplan.fit import fit_verdict, support_notes
-from tuneplan.hardware import resolve_device
 from tuneplan.memory import MemoryEstimate, estimate_memory
-from tuneplan.models import resolve_model
 from tuneplan.units import GiB, fmt_gib, fmt_params
 
 DESCRIPTION = "Estimate per-GPU memory of a fine-tuning step, by component."
@@ -30,12 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    job = job_from_args(args)
-    spec = resolve_model(model_from_args(args), hub=args.hub)
-    device = resolve_device(args.gpu) if args.gpu else None
-    check_job(spec, job, args.allow_long_context)
-    if device:
-        check_device_count(job, device)
+    spec, job, device = checked_request(args)
     est = estimate_memory(spec, job)
     verdict = fit_verdict(spec, job, device, limits=True) if device else None
     if args.json:

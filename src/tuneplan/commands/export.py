@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from tuneplan.checks import check_device_count, check_job
 from tuneplan.cli.exports import output_for, write
 from tuneplan.cli.options import (
     add_from_arguments,
     add_job_arguments,
+    checked_request,
     job_command,
-    job_from_args,
-    model_from_args,
     name,
 )
 from tuneplan.export import TARGET_NAMES, export_job
-from tuneplan.hardware import resolve_device
-from tuneplan.models import resolve_model
 
 DESCRIPTION = ("Write the config a training stack loads as is (TRL, Axolotl, LLaMA-Factory, torchtune, Unsloth, "
                "accelerate, DeepSpeed) for a job. Every setting the estimate assumed is in it, or named on stderr "
@@ -38,12 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    job = job_from_args(args)
-    spec = resolve_model(model_from_args(args), hub=args.hub)
-    device = resolve_device(args.gpu) if args.gpu else None
-    check_job(spec, job, args.allow_long_context)
-    if device:
-        check_device_count(job, device)
+    spec, job, device = checked_request(args)
     exp = export_job(args.to, spec, job, device, command=lambda j: job_command(spec.name, j, device))
     out = output_for(args.output, exp.file_name, args.force, exp.target.label)
     write(exp, out)

@@ -26,6 +26,7 @@ from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
 from tuneplan.memory import first_trained_layer, is_target, static_memory, trainable
+from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.models import ModelSpec, layer_linears, param_counts
 
 
@@ -116,20 +117,19 @@ def kernel_count(spec: ModelSpec, job: Job) -> int:
     quantised linear. Recomputation repeats the forward of the layers that keep a graph;
     backward launches cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL per forward kernel there.
     """
-    m, t = job.method, job.training
-    first = first_trained_layer(spec, m)
+    return _kernel_count(spec, job.method, job.training.checkpointing != "none")
+
+
+@lru_cache(maxsize=65536)
+def _kernel_count(spec: ModelSpec, m: Method, recompute: bool) -> int:
     total = 0
-    for i in range(spec.num_layers):
-        lins = layer_linears(spec, i)
+    for layer, n in layer_groups(spec):
+        lins = layer_linears(spec, layer)
         adapted = sum(1 for lin in lins if m.is_adapter and is_target(lin, m))
         quantised = len(lins) if m.kind == "qlora" else 0
         fwd = cal.KERNELS_PER_LAYER_FORWARD + adapted * cal.KERNELS_PER_ADAPTER_FORWARD + quantised
-        graph = i >= first
-        total += fwd
-        if graph:
-            total += fwd * cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL
-            if t.checkpointing != "none":
-                total += fwd
+        graph = trained_layer_count(spec, m, layer, n)  # layers of this shape that keep a graph
+        total += fwd * n + fwd * graph * (cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL + (1 if recompute else 0))
     return total
 
 

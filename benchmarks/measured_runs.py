@@ -13,9 +13,7 @@ predicted fit for an OOM row is the most harmful error and is counted apart.
 Time: tokens/s (per GPU or total, as the row states) against tuneplan.timing.step_time.
 
 Nothing here is fitted: a row's settings come from the row (its columns and notes), and
-every approximation is recorded on the row as a caveat. Options that only newer tuneplan
-versions have (optimizer_in_backward, stack, cross_entropy, the litgpt profile) are used when
-tuneplan.job.Training accepts them (supports()), else the row carries a caveat instead.
+every approximation is recorded on the row as a caveat.
 
     python benchmarks/measured_runs.py                      # writes benchmarks/results/measured_runs.{md,json}
     python benchmarks/measured_runs.py --calibration DIR --records probe.jsonl --no-write
@@ -67,50 +65,9 @@ def counters(est: Any) -> dict[str, int]:
 
 def make_job(settings: dict[str, Any]) -> Any:
     """Build a tuneplan Job from estimate()-style settings (method=, rank, seq_len, num_gpus, ...)."""
-    from dataclasses import fields
+    from tuneplan.job import Job
 
-    from tuneplan.job import Job, Method, Parallel, Training, parse_targets
-
-    if hasattr(Job, "from_settings"):
-        return Job.from_settings(**settings)
-    s = dict(settings)
-    if "method" in s:
-        s["kind"] = s.pop("method")
-    if isinstance(s.get("targets"), str):
-        s["targets"] = parse_targets(s["targets"])
-    groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}}
-    for key, value in s.items():
-        for cls in groups:
-            if key in {f.name for f in fields(cls)}:
-                groups[cls][key] = value
-                break
-        else:
-            raise ValueError(f"unknown setting {key!r}")
-    return Job(Method(**groups[Method]), Training(**groups[Training]), Parallel(**groups[Parallel]))
-
-
-# ---------------------------------------------------------------- what this tuneplan can express
-
-
-def supports(**probe: Any) -> bool:
-    """Whether tuneplan.job.Training accepts these settings (a field and a value it knows).
-
-    The benchmark expresses a row with every option the installed tuneplan has and records
-    a caveat where it has none, so it scores older and newer versions alike.
-    """
-    from dataclasses import fields
-
-    from tuneplan.errors import TuneplanError
-    from tuneplan.job import Training
-
-    names = {f.name for f in fields(Training)}
-    if any(k not in names for k in probe):
-        return False
-    try:
-        Training(**probe)
-    except (TuneplanError, TypeError, ValueError):
-        return False
-    return True
+    return Job.from_settings(**settings)
 
 
 # ---------------------------------------------------------------- models
@@ -242,18 +199,9 @@ FRAMEWORK_PROFILE = {
     "axolotl": ("axolotl", ""),
     "trl": ("hf", "TRL SFTTrainer runs the HF Trainer + PEFT: hf profile"),
     "hf-trainer-peft": ("hf", "HF Trainer / PEFT: hf profile"),
-    # litgpt has no profile. Its LoRA runs are pure bf16 ('bf16-true': adapters in the model
-    # dtype, no autocast) with the logits kept in bf16 and cross-entropy upcast chunk by chunk
-    # (lm_head_chunk_size=128): exactly what the torchtune profile models; the hf profile would
-    # add fp32 adapters, autocast copies and fp32 logits that litgpt does not have.
-    "litgpt": ("torchtune", "litgpt has no profile: torchtune profile used (pure bf16, adapters in the model "
-                            "dtype, no autocast, bf16 logits with chunked CE, as litgpt's bf16-true + "
-                            "lm_head_chunk_size)"),
+    # litgpt: its own profile (bf16-true, bf16 adapters, fused qkv, 128-token lm_head chunks)
+    "litgpt": ("litgpt", ""),
 }
-
-
-# Frameworks that newer tuneplan versions have a profile for (used when supports() says so).
-NATIVE_PROFILE = {"litgpt": "litgpt"}
 
 # Sources whose bitsandbytes QLoRA ran before bitsandbytes 0.43.2 (PR #1270, 2024-07-16), when
 # MatMul4Bit still saved every 4-bit linear's input. Unsloth's own LoRA kernels bypass it.
@@ -305,9 +253,6 @@ def parse_optimizer(text: str) -> tuple[str, list[str]]:
     low = t.lower()
     cav: list[str] = []
     in_bwd = "optimizer_in_bwd" in low
-    if in_bwd and not supports(optimizer_in_backward=True):
-        cav.append("optimizer_in_bwd (step fused into backward, each gradient freed at once) is not expressible: "
-                   "tuneplan keeps every gradient until the step")
     if t.startswith("bnb PagedAdamW8bit"):
         opt = "paged-adamw-8bit"
     elif "8-bit" in low or "8bit" in low:
@@ -418,18 +363,6 @@ SKIP_ROWS = {
 CUMULATIVE_COMPILE = {"tt14", "tt15", "tt16"}
 
 
-_PROBE: list[Any] = []
-
-
-def _probe_estimate() -> Any:
-    """One small estimate, to see which attributes this tuneplan's MemoryEstimate has."""
-    if not _PROBE:
-        import tuneplan
-
-        _PROBE.append(tuneplan.estimate("llama-3.2-1b", method="lora", seq_len=256))
-    return _PROBE[0]
-
-
 def interpret_memory(src: dict[str, str]) -> Row:
     r = Row(id=src["id"], kind="memory", source=src, measured_what=src.get("measured_what", ""))
     r.counter_group, r.counter, r.bound = counter_of(r.measured_what)
@@ -467,8 +400,6 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
         r.skip = f"framework {fw!r} has no tuneplan profile"
         return
     profile, note = FRAMEWORK_PROFILE[fw]
-    if fw in NATIVE_PROFILE and supports(framework=NATIVE_PROFILE[fw]):
-        profile, note = NATIVE_PROFILE[fw], ""
     if note:
         r.caveats.append(note)
     s: dict[str, Any] = {"method": method, "framework": profile}
@@ -510,11 +441,8 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
     opt, cav = parse_optimizer(src.get("optimizer", ""))
     s["optimizer"] = opt
     r.caveats += cav
-    if "optimizer_in_bwd" in (src.get("optimizer") or "") and supports(optimizer_in_backward=True):
+    if "optimizer_in_bwd" in (src.get("optimizer") or ""):
         s["optimizer_in_backward"] = True
-    if "paged" in opt and not hasattr(_probe_estimate(), "peak_allocated_bytes"):
-        r.caveats.append("paged optimizer states live in cudaMallocManaged memory, which torch counters do not "
-                         "see; this tuneplan counts them on the GPU")
     mb = _int(src.get("micro_batch", ""))
     if not mb:
         r.skip = "micro-batch not stated"
@@ -538,20 +466,14 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
     s["attention"], cav = parse_attention(src.get("attention", ""))
     r.caveats += cav
     ce = (src.get("fused_ce") or "").lower()
-    has_ce = supports(cross_entropy="plain")
     if ce.startswith("yes"):
         s["fused_ce"] = True  # cross_entropy="fused" where tuneplan has it (Job.from_settings maps it)
         if "kernels" in ce:
             r.caveats.append("Liger's other kernels (RMSNorm, SwiGLU, RoPE) are not modelled; only its fused "
                              "linear cross-entropy")
     elif ce.startswith("chunked"):
-        if "lm_head_chunk_size" in ce and has_ce and supports(cross_entropy="lm-head-chunked"):
-            s["cross_entropy"] = "lm-head-chunked"
-        elif has_ce and "lm_head_chunk_size" not in ce:
-            s["cross_entropy"] = "chunked"
-        elif profile not in ("torchtune", "litgpt"):
-            r.caveats.append("chunked CE outside torchtune not expressible; plain CE assumed")
-    elif has_ce and profile == "unsloth":
+        s["cross_entropy"] = "lm-head-chunked" if "lm_head_chunk_size" in ce else "chunked"
+    elif profile == "unsloth":
         # Unsloth's fast_cross_entropy_loss (unsloth/kernels/cross_entropy_loss.py, since its first
         # release) is not a fused linear+CE: the bf16 logits exist, the kernel keeps a per-row
         # logsumexp and writes the gradient in place, with no fp32 copy. The row's "no" says
@@ -559,22 +481,15 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
         s["cross_entropy"] = "chunked"
         r.caveats.append("Unsloth's Triton cross-entropy keeps bf16 logits without an fp32 copy: modelled as "
                          "'chunked' (the row's fused_ce 'no' means no fused linear+CE)")
-    elif has_ce:
+    else:
         s["cross_entropy"] = "plain"
-    elif profile == "torchtune":
-        r.caveats.append("plain nn.CrossEntropyLoss: the torchtune profile always models CEWithChunkedOutputLoss "
-                         "(bf16 logits kept, 1/8 upcast at a time)")
     # library versions: bitsandbytes QLoRA before 0.43.2
     if method == "qlora" and "bnb" in (src.get("quant") or "") and r.id[:2] in BNB_PRE_0432 \
             and profile != "unsloth":
-        if supports(stack=BNB_STACK):
-            s["stack"] = BNB_STACK
-        else:
-            r.caveats.append(f"bitsandbytes < 0.43.2 ({BNB_PRE_0432[r.id[:2]]}) saved every 4-bit linear's input; "
-                             "this tuneplan models the later behaviour")
+        s["stack"] = BNB_STACK
     # library versions: transformers' fp32 logits copy in the HF loss before Jan 2025
     if r.id[:2] in OLD_TRANSFORMERS and profile in ("hf", "llamafactory", "axolotl") \
-            and s.get("cross_entropy", "plain") == "plain" and supports(stack=OLD_TRANSFORMERS_STACK):
+            and s.get("cross_entropy", "plain") == "plain":
         s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
         r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
     if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
@@ -711,7 +626,7 @@ def _interpret_qwen_readme(r: Row, src: dict[str, str]) -> Row:
         r.skip = dev_note
         return r
     r.settings = {**QWEN_README_SETTINGS, "method": method, "seq_len": _int(src.get("seq_len", ""))}
-    if method == "qlora" and supports(stack=BNB_STACK):
+    if method == "qlora":
         r.settings["stack"] = BNB_STACK
     r.extra["spec"] = spec
     r.model_how = how

@@ -32,7 +32,7 @@ VALIDATORS := axolotl==0.19.0 llamafactory==0.9.5 torchtune==0.6.1 torchao==0.13
 	antlr4-python3-runtime==4.9.3 addict==2.4.0 sentencepiece==0.2.3 tiktoken==0.14.0
 
 $(VENV)/.export: $(VENV)/.trace
-	$(PIP) -e ".[dev,trace,plot,export]"
+	$(PIP) -e ".[dev,trace,plot,export,web,browser,mlx]"
 	$(PIP) --no-deps --upgrade --target $(VENV)/validators $(VALIDATORS)
 	touch $@
 

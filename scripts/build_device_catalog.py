@@ -1,4 +1,12 @@
-"""Build src/tuneplan/data/devices.json from ../shared/catalog/hardware.csv.
+"""Build src/tuneplan/data/devices.json from ../shared/catalog/hardware.csv and the project's own rows.
+
+Two sources, merged in this order (ids of the first keep their place, so ids stay stable):
+- ../shared/catalog/hardware.csv: the shared catalog facts (read-only for this project);
+- src/tuneplan/data/devices_extra.csv: rows this project adds, with the same columns plus
+  `aliases` (';'-separated): one row per memory configuration a user can buy (e.g.
+  mac-studio-m4-max-64gb), the M5 machines the 2026 guides name (unannounced ones marked so
+  in `unconfirmed`), GB10 and Strix Halo boxes. Each row carries its sources and its
+  `unconfirmed` flag like the shared rows. The CSV is build input, not shipped.
 
 Each CSV row becomes one device entry with the facts the planner needs (memory, memory
 kind, bandwidth, dense bf16 TFLOPS, host link, interconnect, TDP, prices with dates) and
@@ -6,7 +14,7 @@ keeps the row's sources and `unconfirmed` flag. Usable memory is *not* baked in:
 derived at load time (tuneplan.hardware) from these facts and the rules in
 tuneplan.calibration, so a changed rule needs no rebuild.
 
-Run: python scripts/build_device_catalog.py [path/to/hardware.csv]
+Run: python scripts/build_device_catalog.py [path/to/hardware.csv [path/to/devices_extra.csv]]
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "catalog" / "hardware.csv"
+EXTRA_CSV = ROOT / "src" / "tuneplan" / "data" / "devices_extra.csv"
 OUT = ROOT / "src" / "tuneplan" / "data" / "devices.json"
 
 # Totals a framework sees, as reported in hardware.csv `memory_gib_usable_note` (GiB).
@@ -43,11 +52,32 @@ EXTRA_ALIASES = {
     "rtx5080": ["5080"], "rtx3060-12gb": ["3060"], "rtx-a6000": ["a6000"], "rtx-a5000": ["a5000"],
     "rtx6000-ada": ["6000-ada", "rtx-6000-ada"], "rtx-pro-6000-blackwell": ["rtx-pro-6000", "pro-6000"],
     "a100-80gb-sxm": ["a100", "a100-80gb"], "a100-40gb-sxm": ["a100-40gb"], "h100-sxm": ["h100"],
-    "h200-sxm": ["h200"], "dgx-spark-gb10": ["dgx-spark", "spark", "gb10"],
-    "ryzen-ai-max-395-128gb": ["strix-halo", "ryzen-ai-max-395", "framework-desktop"],
-    "mac-studio-m2-ultra": ["m2-ultra"], "mac-studio-m3-ultra": ["m3-ultra"],
-    "mac-studio-m4-max": ["m4-max"], "macbook-pro-m5-max": ["m5-max"], "macbook-pro-m5": ["m5"],
+    "h200-sxm": ["h200"], "dgx-spark-gb10": ["dgx-spark", "spark", "gb10", "dgx-spark-128gb"],
+    "ryzen-ai-max-395-128gb": ["strix-halo", "ryzen-ai-max-395", "framework-desktop", "framework-desktop-128gb",
+                               "strix-halo-128gb"],
+    # machines sold in several memory sizes: the shared row is the largest size; the
+    # size-named alias lets a user pick it like the sizes in devices_extra.csv
+    "mac-studio-m2-ultra": ["m2-ultra", "mac-studio-m2-ultra-192gb"],
+    "mac-studio-m3-ultra": ["m3-ultra", "mac-studio-m3-ultra-512gb", "m3-ultra-512gb"],
+    "mac-studio-m4-max": ["m4-max", "mac-studio-m4-max-128gb", "m4-max-128gb"],
+    "macbook-pro-m4-max": ["macbook-pro-m4-max-128gb"],
+    "macbook-pro-m5-max": ["m5-max", "macbook-pro-m5-max-128gb", "m5-max-128gb"],
+    "macbook-pro-m5": ["m5", "macbook-pro-m5-32gb"],
     "rx7900xtx": ["7900xtx", "rx-7900-xtx"], "mi300x": ["mi300"],
+}
+
+
+# Facts added to shared rows where the shared catalog has none, each with its basis and
+# source (column -> value; `sources`/`unconfirmed` are appended to the row's own).
+M5_MAX_FP32 = ("Apple publishes no TFLOPS; figure is the FP32 ALU rate of 40 cores as on the M4 Max (derived). The "
+               "per-core Neural Accelerators (Apple: over 4x peak GPU AI compute vs M4) are not counted: no measured "
+               "matmul rate yet")
+OVERRIDES = {
+    "macbook-pro-m5-max": {
+        "fp32_tflops": "~18.4 (derived, unconfirmed)", "tflops_note": M5_MAX_FP32,
+        "sources": "issues: github.com/huggingface/huggingface.js/issues/1020 (M4 Max 40-core ~18.4 FP32 TFLOPS)",
+        "unconfirmed": "FP32 TFLOPS (derived from the M4 Max's 40 cores)",
+    },
 }
 
 
@@ -135,7 +165,9 @@ def memory_kind(row: dict) -> str:
 def max_count(row: dict, lk: dict) -> int:
     cid, cat = row["id"], row["category"]
     if cat == "unified":
-        return 2 if cid.startswith("dgx-spark") else 1
+        # GB10 machines (DGX Spark and its OEM twins) pair over their ConnectX-7 ports:
+        # two units, data parallel over 200 Gb/s RoCE; other unified machines count one
+        return 2 if "ConnectX-7" in row["interconnect"] else 1
     if cat == "consumer":
         return 4  # a workstation board holds up to four double-width cards
     if cid in PER_GCD:
@@ -147,6 +179,11 @@ def build(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         cid = r["id"]
+        if cid in OVERRIDES:
+            extra = OVERRIDES[cid]
+            r = {**r, **{k: v for k, v in extra.items() if k not in ("sources", "unconfirmed")},
+                 "sources": f"{r['sources']}; {extra['sources']}",
+                 "unconfirmed": "; ".join(x for x in (r["unconfirmed"], extra["unconfirmed"]) if x)}
         split = PER_GCD.get(cid, 1)
         mem = num(r["memory_gb_num"])
         bw = num(r["memory_bandwidth_GBps_num"])
@@ -155,6 +192,9 @@ def build(rows: list[dict]) -> list[dict]:
         if tf is None and r["vendor"] == "Apple" and num(r["fp32_tflops"]):
             tf = num(r["fp32_tflops"])
             basis = "fp32 (Apple publishes no tensor figure; MPS/MLX half precision runs at about the FP32 rate)"
+            if "Neural Accelerator" in r["tflops_note"]:
+                basis = ("fp32 ALU rate (Apple publishes no tensor figure; the M5 GPU's Neural Accelerators, "
+                         "claimed >4x peak AI compute vs M4, are not counted)")
         gen, lanes = pcie(r["interconnect"])
         lk = link(r["interconnect"], r["category"])
         street, launch = usd(r["street_price_usd"]), usd(r["launch_price_usd"])
@@ -164,7 +204,8 @@ def build(rows: list[dict]) -> list[dict]:
             price, basis_p = None, "base-configuration price only (less memory than listed)"
         reported = REPORTED_GIB.get(cid)
         sid = short_id(cid)
-        aliases = sorted({a for a in [cid, *EXTRA_ALIASES.get(cid, [])] if a != sid})
+        own = [a.strip() for a in (r.get("aliases") or "").split(";") if a.strip()]
+        aliases = sorted({a for a in [cid, *EXTRA_ALIASES.get(cid, []), *own] if a != sid})
         out.append({
             "id": sid,
             "csv_id": cid,
@@ -200,16 +241,28 @@ def build(rows: list[dict]) -> list[dict]:
     return out
 
 
+def read_rows(shared: Path, extra: Path) -> list[dict]:
+    """The shared rows, then the project's rows (an id in both is an error: ids stay stable)."""
+    with shared.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with extra.open(newline="") as f:
+        more = list(csv.DictReader(f))
+    clash = {r["id"] for r in rows} & {r["id"] for r in more}
+    if clash:
+        raise SystemExit(f"{extra.name} repeats shared ids: {sorted(clash)}")
+    return rows + more
+
+
 def main(argv: list[str]) -> int:
     src = Path(argv[1]) if len(argv) > 1 else DEFAULT_CSV
-    with src.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    devices = build(rows)
+    extra = Path(argv[2]) if len(argv) > 2 else EXTRA_CSV
+    devices = build(read_rows(src, extra))
     ids = [d["id"] for d in devices] + [a for d in devices for a in d["aliases"]]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:
         raise SystemExit(f"duplicate device names: {sorted(dupes)}")
-    OUT.write_text(json.dumps({"source": "shared/catalog/hardware.csv", "devices": devices}, indent=1) + "\n")
+    OUT.write_text(json.dumps({"source": "shared/catalog/hardware.csv + src/tuneplan/data/devices_extra.csv",
+                               "devices": devices}, indent=1) + "\n")
     print(f"wrote {len(devices)} devices to {OUT.relative_to(ROOT)}")
     return 0
 

@@ -52,8 +52,10 @@ def test_catalog_covers_the_kinds_asked_for():
 
 
 def test_usable_memory_rules():
-    assert resolve_device("macbook-pro-m5").usable_bytes == int(32 * GiB * 2 / 3)  # small Mac: 2/3
-    assert resolve_device("m4-max").usable_bytes == int(128 * GiB * 3 / 4)  # large Mac: 3/4
+    # macOS 26 working set where measured (32 and 128 GiB), else the older 2/3 - 3/4 rule
+    assert resolve_device("macbook-pro-m5").usable_bytes == int(cal.MACOS_26_WORKING_SET_GIB[32] * GiB)
+    assert resolve_device("m4-max").usable_bytes == int(cal.MACOS_26_WORKING_SET_GIB[128] * GiB)
+    assert resolve_device("m2-ultra").usable_bytes == int(192 * GiB * 3 / 4)  # large Mac, not measured: 3/4
     assert resolve_device("dgx-spark").usable_bytes == int(cal.DGX_SPARK_USABLE_GIB * GiB)
     assert resolve_device("strix-halo").usable_bytes == int(96 * GiB)
     assert resolve_device("a100-40gb-pcie").usable_bytes == 40339 * 2**20  # reported total
@@ -225,7 +227,7 @@ def test_bandwidth_terms_dominate_when_they_should():
 
 def test_device_without_flops_cannot_be_timed():
     with pytest.raises(TuneplanError, match="no published TFLOPS"):
-        step_time(resolve_model("llama-3.2-1b"), job(), resolve_device("m5-max"))
+        step_time(resolve_model("llama-3.2-1b"), job(), resolve_device("macbook-pro-m5"))
 
 
 # ---------------------------------------------------------------- fit

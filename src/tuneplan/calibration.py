@@ -73,18 +73,44 @@ GPU_RESERVED_FRACTION = {"gddr": 12 / 24576, "hbm": 1 - 40339 / 40960}
 MACOS_GPU_FRACTION_SMALL = 2 / 3
 MACOS_GPU_FRACTION_LARGE = 3 / 4
 MACOS_SMALL_RAM_GIB = 36
+# macOS 26 (Metal 4) reports a larger default working set than the 2/3 - 3/4 rule above, and
+# not as one fraction: recommendedMaxWorkingSetSize measured with iogpu.wired_limit_mb = 0,
+# GiB by RAM size (GiB). Where a size was measured it is used; other sizes keep the older,
+# lower rule (a conservative figure there, not a measured one). Sources:
+#   32 GiB: iMac M4, macOS 26 (MTLGPUFamilyMetal4), ollama 0.17.0 log 2026-02-25:
+#     "recommendedMaxWorkingSetSize = 26800.60 MB" (10^6 bytes) = 24.96 GiB = 78.0%
+#     (public ollama log, find_string id 2311416387);
+#   36 GiB: MacBook Pro M4 Max 36 GB, April 2026: "recommendedMaxWorkingSetSize = 30150.67 MB"
+#     = 28.08 GiB = 78.0% (CONTEXT_CAPACITY analysis, find_string id 51879973573);
+#   128 GiB: 107.52 GiB stock = 84.0%, measured on two machines of two chip generations
+#     (one an M5 Max 128 GB, macOS 26.x), 112.00 GiB with iogpu.wired_limit_mb=114688
+#     (antirez/ds4 PR #893 and issue #890, 2026-08-29; osaurus-ai/osaurus PR #1958:
+#     "macOS 26 advertising ~84% of RAM as the working set" on an M5 Max 128 GB).
+# Raising it: `sudo sysctl iogpu.wired_limit_mb=<MiB>` (resets at reboot; 0 = default); the
+# working set then reports the new limit (ds4 #893). tuneplan budgets the default; leave the
+# OS a few GiB if you raise it (ds4 #46: 92000 MiB on a 96 GB Mac Studio, 6 GB for macOS).
+MACOS_26_WORKING_SET_GIB = {32: 24.96, 36: 28.08, 128: 107.52}
 
 # DGX Spark (GB10, 128 GB LPDDR5X shared with DGX OS): CUDA reports a 121.69 GiB pool
 # (unslothai/unsloth PR #10283, 2026-09); free memory at boot on headless DGX OS with page
 # cache dropped caps at 101.3-102.2 GiB (MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks #47,
 # 2026-08, driver 580 and 610). We take the low end of what a process can get.
 DGX_SPARK_USABLE_GIB = 101.3
+# The same rule holds for every GB10 machine (DGX Spark and OEM twins such as the ASUS Ascent
+# GX10): same 128 GB LPDDR5X, same DGX OS / Ubuntu base. Two units pair over their ConnectX-7
+# ports (200 Gb/s RoCE, hardware.csv interconnect "2x ConnectX-7 200GbE (cluster 2 units)"):
+# the catalog lets a GB10 device count 2 with an ethernet link of 25 GB/s per direction,
+# so `--gpus 2` with DDP/FSDP plans two boxes; each box still has this budget.
 
 # AMD Strix Halo (Ryzen AI Max+ 395): Variable Graphics Memory assigns at most 96 GB of
 # 128 GB to the GPU (AMD; Framework Desktop BIOS), i.e. 3/4 of RAM. On Linux the GTT pool
 # can be raised further with ttm.pages_limit (ROCm docs "AMD Strix Halo system
 # optimization", 2026-02; community setups reach ~108-124 GiB): not assumed.
 STRIX_HALO_GPU_FRACTION = 0.75
+# The same 3/4 applies to the 64 GB boxes (48 GB assignable): VGM offers up to 75% of RAM
+# whatever the size (verdict-reviews.com Framework Desktop review: "up to 96 GB as VRAM,
+# leaving 32 GB for the OS" on 128 GB). Linux GTT beyond VGM (~108 GB of 128 on Linux,
+# modelfit.io 2026-06, citing CraftRigs) needs kernel parameters and is not assumed.
 
 # Fit verdict: below this headroom (share of usable memory left at the peak) a run is
 # "tight": fragmentation, a longer batch or a framework version change can tip it over.

@@ -1,8 +1,14 @@
 """The device catalog: accelerators and unified-memory machines, and what a job can use of them.
 
 Facts come from src/tuneplan/data/devices.json (built by scripts/build_device_catalog.py
-from shared/catalog/hardware.csv, with per-device sources and an `unconfirmed` flag).
-Usable memory is derived here from those facts with the rules in tuneplan.calibration.
+from shared/catalog/hardware.csv and the project's data/devices_extra.csv, with per-device
+sources and an `unconfirmed` flag). Usable memory is derived here from those facts with the
+rules in tuneplan.calibration.
+
+Unified-memory machines (Apple silicon, GB10/DGX Spark, Strix Halo) share one pool with the
+OS: usable memory is what the GPU may take of it by default (macOS working set, DGX OS free
+memory, AMD Variable Graphics Memory), and what offload moves to "CPU RAM" stays in that
+same pool (tuneplan.search.pool_bytes), so offload saves nothing there.
 """
 
 from __future__ import annotations
@@ -135,14 +141,20 @@ class Device:
 def _usable(d: Device) -> tuple[int, str]:
     """(usable bytes, the rule used) from the device facts and calibration rules."""
     phys = d.memory_gib * GiB
-    if d.csv_id.startswith("dgx-spark"):
+    if d.unified and d.vendor == "NVIDIA":  # GB10: DGX Spark and its OEM twins
         return int(cal.DGX_SPARK_USABLE_GIB * GiB), (
-            f"DGX Spark: {cal.DGX_SPARK_USABLE_GIB} GiB free to CUDA at boot of a {d.memory_gib:.0f} GiB "
+            f"GB10 (DGX Spark): {cal.DGX_SPARK_USABLE_GIB} GiB free to CUDA at boot of a {d.memory_gib:.0f} GiB "
             "unified pool shared with DGX OS")
     if d.vendor == "Apple":
+        measured = cal.MACOS_26_WORKING_SET_GIB.get(round(d.memory_gib))
+        if measured is not None:
+            return int(measured * GiB), (
+                f"macOS 26 default GPU working set (recommendedMaxWorkingSetSize) measured at {measured} GiB "
+                f"({measured / d.memory_gib:.0%}) of {d.memory_gib:.0f} GiB; raise with sudo sysctl iogpu.wired_limit_mb")
         frac = cal.MACOS_GPU_FRACTION_SMALL if d.memory_gib <= cal.MACOS_SMALL_RAM_GIB else cal.MACOS_GPU_FRACTION_LARGE
         return int(phys * frac), (f"macOS default GPU wired limit (recommendedMaxWorkingSetSize) = {frac:.0%} "
-                                  f"of {d.memory_gib:.0f} GiB; raise with sysctl iogpu.wired_limit_mb")
+                                  f"of {d.memory_gib:.0f} GiB (macOS 26 may give more; not measured at this size); "
+                                  "raise with sudo sysctl iogpu.wired_limit_mb")
     if d.unified:  # AMD Strix Halo
         return int(phys * cal.STRIX_HALO_GPU_FRACTION), (
             f"Strix Halo: at most {cal.STRIX_HALO_GPU_FRACTION:.0%} of {d.memory_gib:.0f} GiB assignable to the GPU "

@@ -26,9 +26,9 @@ from tuneplan.plan import plan_report
 from tuneplan.timing import Dataset, step_time
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tuneplan"
-SHELLS = ("cli", "commands", "trace", "probe")
-CORE_FORBIDDEN = ("tuneplan.cli", "tuneplan.commands", "tuneplan.trace", "tuneplan.probe", "rich", "torch",
-                  "matplotlib", "transformers", "peft", "bitsandbytes")
+SHELLS = ("cli", "commands", "trace", "probe", "web")
+CORE_FORBIDDEN = ("tuneplan.cli", "tuneplan.commands", "tuneplan.trace", "tuneplan.probe", "tuneplan.web", "rich",
+                  "torch", "matplotlib", "transformers", "peft", "bitsandbytes", "starlette", "uvicorn")
 
 
 def _modules(exclude=()):

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("tuneplan.commands.trace", "run the real training step on fake tensors; exact peak (extra: trace)"),
     "export": ("tuneplan.commands.export", "write the config a training stack loads (trl, axolotl, llamafactory, ...)"),
     "probe": ("tuneplan.commands.probe", "run the real training step on this GPU or CPU; measured vs predicted (extra: probe)"),
+    "serve": ("tuneplan.commands.serve", "local web page and JSON API over the same core (extra: web)"),
 }
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from tuneplan.cli.options import add_from_arguments, add_job_arguments, checked_request
 from tuneplan.cli.output import describe_change, make_console, print_json
-from tuneplan.fit import fit_verdict, support_notes
+from tuneplan.fit import FitVerdict, fit_verdict, support_notes
+from tuneplan.hardware import Device
+from tuneplan.job import Job
 from tuneplan.memory import MemoryEstimate, estimate_memory
+from tuneplan.models import ModelSpec
 from tuneplan.units import GiB, fmt_gib, fmt_params
 
 DESCRIPTION = "Estimate per-GPU memory of a fine-tuning step, by component."
@@ -26,13 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
 
 
+def estimate_data(spec: ModelSpec, job: Job, device: Device | None) -> tuple[MemoryEstimate, FitVerdict | None]:
+    """What `estimate` reports, as data: the breakdown and, with a device, the fit verdict
+    with its cheapest fix and the largest micro-batch and sequence that fit."""
+    est = estimate_memory(spec, job)
+    return est, (fit_verdict(spec, job, device, limits=True) if device else None)
+
+
+def estimate_json(spec: ModelSpec, est: MemoryEstimate, verdict: FitVerdict | None) -> dict[str, Any]:
+    """The document `estimate --json` prints (bytes), shared with `tuneplan serve`'s /api/estimate."""
+    return (est.to_dict() | ({"model_note": spec.note} if spec.note else {})
+            | ({"fit": verdict.to_dict()} if verdict else {}))
+
+
 def run(args: argparse.Namespace) -> int:
     spec, job, device = checked_request(args)
-    est = estimate_memory(spec, job)
-    verdict = fit_verdict(spec, job, device, limits=True) if device else None
+    est, verdict = estimate_data(spec, job, device)
     if args.json:
-        print_json(est.to_dict() | ({"model_note": spec.note} if spec.note else {})
-                   | ({"fit": verdict.to_dict()} if verdict else {}))
+        print_json(estimate_json(spec, est, verdict))
         return 0
     if spec.note:
         sys.stderr.write(f"tuneplan: note: {spec.note}\n")

@@ -13,7 +13,10 @@ from tuneplan.cli.options import (
     job_command,
     name,
 )
-from tuneplan.export import TARGET_NAMES, export_job
+from tuneplan.export import TARGET_NAMES, Export, export_job
+from tuneplan.hardware import Device
+from tuneplan.job import Job
+from tuneplan.models import ModelSpec
 
 DESCRIPTION = ("Write the config a training stack loads as is (TRL, Axolotl, LLaMA-Factory, torchtune, Unsloth, "
                "accelerate, DeepSpeed) for a job. Every setting the estimate assumed is in it, or named on stderr "
@@ -33,9 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
+def export_file(to: str, spec: ModelSpec, job: Job, device: Device | None) -> Export:
+    """The file `export --to TO` writes (its text, header included), shared with `tuneplan serve`'s /api/export."""
+    return export_job(to, spec, job, device, command=lambda j: job_command(spec.name, j, device))
+
+
 def run(args: argparse.Namespace) -> int:
     spec, job, device = checked_request(args)
-    exp = export_job(args.to, spec, job, device, command=lambda j: job_command(spec.name, j, device))
+    exp = export_file(args.to, spec, job, device)
     out = output_for(args.output, exp.file_name, args.force, exp.target.label)
     write(exp, out)
     return 0

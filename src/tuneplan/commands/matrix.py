@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from rich.table import Table
 
@@ -11,10 +13,10 @@ from tuneplan.cli.files import check_output, check_outputs, write_output
 from tuneplan.cli.options import add_job_arguments, given_settings
 from tuneplan.cli.output import make_console, print_json
 from tuneplan.errors import TuneplanError
-from tuneplan.hardware import resolve_devices
+from tuneplan.hardware import Device, resolve_devices
 from tuneplan.job import METHODS, Job, Method
-from tuneplan.matrix import fit_matrix, to_csv
-from tuneplan.models import catalog, resolve_model
+from tuneplan.matrix import Cell, fit_matrix, to_csv
+from tuneplan.models import ModelSpec, catalog, resolve_model
 
 DESCRIPTION = "Fit verdict and largest micro-batch for every model x method x device."
 DEFAULT_MODELS = "llama-3.2-1b,llama-3.2-3b,llama-3.1-8b,qwen2.5-14b,qwen2.5-32b,llama-3.1-70b"
@@ -51,22 +53,55 @@ def _job(args: argparse.Namespace, methods: list[str]) -> Job:
     return job
 
 
-def run(args: argparse.Namespace) -> int:
-    names = [m for m in catalog()] if args.models.strip().lower() == "all" else \
-        [x.strip() for x in args.models.split(",") if x.strip()]
+def model_names(text: str) -> list[str]:
+    """--models as a list of names: a comma list, or all (the catalog)."""
+    names = [m for m in catalog()] if text.strip().lower() == "all" else \
+        [x.strip() for x in text.split(",") if x.strip()]
     if not names:
         raise TuneplanError("--models is empty")
-    methods = list(dict.fromkeys(x.strip().lower() for x in args.methods.split(",") if x.strip()))
+    return names
+
+
+def method_kinds(text: str) -> list[str]:
+    """--methods as a list of method kinds, each once."""
+    methods = list(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
     bad = [x for x in methods if x not in METHODS]
     if bad or not methods:
         raise TuneplanError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {','.join(METHODS)}")
+    return methods
+
+
+def matrix_request(args: argparse.Namespace, resolve: Callable[[str], ModelSpec] | None = None
+                   ) -> tuple[list[ModelSpec], list[str], list[Device], Job]:
+    """The models, methods, devices and job of a `matrix` command line, checked together.
+
+    Args:
+        resolve: model name -> ModelSpec (default: catalog, path or, with --hub, the Hub);
+            the web page passes one that reads catalog names only.
+    """
+    names = model_names(args.models)
+    methods = method_kinds(args.methods)
     job = _job(args, methods)
-    specs = [resolve_model(n, hub=args.hub) for n in names]
+    resolve = resolve or (lambda n: resolve_model(n, hub=args.hub))
+    specs = [resolve(n) for n in names]
     for spec in specs:
         check_context(spec, job.training.seq_len, args.allow_long_context)
         if any(Method(kind=k).is_adapter for k in methods):
             check_targets(spec, Method(kind="lora", targets=job.method.targets))
-    devs = resolve_devices(args.devices)
+    return specs, methods, resolve_devices(args.devices), job
+
+
+def matrix_json(job: Job, cells: list[Cell]) -> dict[str, Any]:
+    """The document `matrix --json` prints (bytes), shared with `tuneplan serve`'s /api/matrix."""
+    t = job.training
+    return {"settings": {"micro_batch": t.micro_batch, "seq_len": t.seq_len, "precision": t.precision,
+                         "optimizer": t.optimizer, "checkpointing": t.checkpointing,
+                         "framework": t.framework, "num_gpus": job.parallel.num_gpus},
+            "unit": "bytes", "cells": [c.to_dict() for c in cells]}
+
+
+def run(args: argparse.Namespace) -> int:
+    specs, methods, devs, job = matrix_request(args)
     # every output is checked before anything is computed or written
     outputs = []
     if args.csv:
@@ -97,10 +132,7 @@ def run(args: argparse.Namespace) -> int:
     for o in outputs:
         write_output(o, data[o.path])
     if args.json:
-        print_json({"settings": {"micro_batch": t.micro_batch, "seq_len": t.seq_len, "precision": t.precision,
-                                 "optimizer": t.optimizer, "checkpointing": t.checkpointing,
-                                 "framework": t.framework, "num_gpus": job.parallel.num_gpus},
-                    "unit": "bytes", "cells": [c.to_dict() for c in cells]})
+        print_json(matrix_json(job, cells))
         return 0
     if any(o.to_stdout for o in outputs):  # stdout holds the CSV: say where the files went on stderr
         for o in outputs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from rich.table import Table
 
@@ -60,21 +61,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="with --export, overwrite existing files")
 
 
-def run(args: argparse.Namespace) -> int:
+def plan_data(args: argparse.Namespace, spec: ModelSpec | None = None) -> tuple[ModelSpec, PlanReport]:
+    """The model and the ranked report a `plan` command line asks for, checked first.
+
+    Args:
+        spec: the model already resolved (the web page's catalog names and uploads); None
+            resolves MODEL or the --from config's model (the Hub with --hub).
+    """
     if args.num_gpus is not None:
         raise TuneplanError("plan chooses the GPU count for each device; drop --gpus (cap it with --max-gpus)")
     if args.export_to is not None and args.export is None:
         raise TuneplanError("--export-to needs --export DIR")
     job = job_from_args(args, optional=("num_gpus",))
     ds = dataset_from_args(args)
-    spec = resolve_model(model_from_args(args), hub=args.hub)
+    if spec is None:
+        spec = resolve_model(model_from_args(args), hub=args.hub)
     check_job(spec, job, args.allow_long_context)
     devices = resolve_devices(args.devices)
     report = plan_report(spec, job, ds, devices, rank_by=args.rank_by, max_gpus=args.max_gpus,
                          tune=not args.no_tune, max_batch=args.max_batch, utilisation=args.utilisation,
                          usd_per_kwh=args.usd_per_kwh, efficiency=args.efficiency, saves=args.saves, top=args.top)
+    return spec, report
+
+
+def plan_json(spec: ModelSpec, report: PlanReport) -> dict[str, Any]:
+    """The document `plan --json` prints (bytes, seconds, USD), shared with `tuneplan serve`'s /api/plan."""
+    return report.to_dict() | ({"model_note": spec.note} if spec.note else {})
+
+
+def run(args: argparse.Namespace) -> int:
+    spec, report = plan_data(args)
     if args.json:
-        print_json(report.to_dict() | ({"model_note": spec.note} if spec.note else {}))
+        print_json(plan_json(spec, report))
     else:
         if spec.note:
             sys.stderr.write(f"tuneplan: note: {spec.note}\n")

@@ -493,7 +493,9 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
         s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
         r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
     if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
-        r.caveats.append("torch.compile on (fusions change saved activations and kernel speed); not modelled")
+        s["compile"] = "inductor"
+        r.caveats.append("torch.compile on: saved activations per tuneplan.choices.compilation; its kernel "
+                         "speed-up is not modelled")
     n = _int(src.get("n_gpus", "")) or 1
     s["num_gpus"] = n
     shard = (src.get("sharding") or "").lower()

@@ -362,6 +362,28 @@ SKIP_ROWS = {
 # torchtune's Nov-2024 "Optimization flags" table is cumulative: rows after "+ Compile" keep it on.
 CUMULATIVE_COMPILE = {"tt14", "tt15", "tt16"}
 
+# Rows whose figure contradicts their own stated settings or another source. They stay
+# scored in every table (nothing is dropped silently); the headline also gives the figures
+# without them, and render_md lists each with its reason. Nothing is fitted to them.
+JUDGED_WRONG = {
+    "tt02": "same stated settings as tt01 (4090) but twice the memory; the data's own note: the A6000 run "
+            "used different, unstated settings (likely no activation checkpointing)",
+    "tt04": "same stated settings as tt03 (4090) but twice the memory; unstated differences (data note)",
+    "TT-02": "the A6000 run of tt02: unstated settings (1.6x the 4090's tokens/s on a slower GPU)",
+    "TT-04": "the A6000 run of tt04: unstated settings (1.5x the 4090's tokens/s on a slower GPU)",
+    "tt21": "4 x 2048 tokens of Llama-2-7B with activation checkpointing off keep about 25 GiB of "
+            "activations per GPU, more than the 15.1 GiB measured in total: checkpointing must have been on",
+    "tt24": "the row says sequence 4096 while its own note says the README overrides it to 2048",
+    "tt32": "max_memory_reserved never falls: the 9.13 GB reserved at model init (bf16 weights loaded before "
+            "NF4 quantisation, same tutorial table) carries into training, so 9.29 GB is init, not the step",
+    "lh10": "chart-read Gemma-7B bar: at batch 32 x 512 the bf16 logits of its 256k vocabulary (7.8 GiB) plus "
+            "the FSDP shards of weights, gradients and AdamW states (accelerate's fp32 upcast, ~32 GiB) "
+            "exceed the 38.4 GiB read off the chart; the same settings fit Llama-3-8B and Qwen2-7B within 8%",
+    "lh11": "chart-read Gemma-7B bar, same contradiction as lh10",
+    "lh12": "chart-read Gemma-7B bar, same contradiction as lh10",
+    "lh13": "chart-read Gemma-7B bar, same contradiction as lh10",
+}
+
 
 def interpret_memory(src: dict[str, str]) -> Row:
     r = Row(id=src["id"], kind="memory", source=src, measured_what=src.get("measured_what", ""))
@@ -493,7 +515,9 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
         s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
         r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
     if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
-        r.caveats.append("torch.compile on (fusions change saved activations and kernel speed); not modelled")
+        s["compile"] = "inductor"
+        r.caveats.append("torch.compile on: saved activations per tuneplan.choices.compilation; its kernel "
+                         "speed-up is not modelled")
     n = _int(src.get("n_gpus", "")) or 1
     s["num_gpus"] = n
     shard = (src.get("sharding") or "").lower()
@@ -754,6 +778,7 @@ def breakdowns(rows: list[Row], kind: str) -> dict[str, Any]:
         "by_confidence": _group(rows, lambda r: r.confidence),
         "excluding_low_confidence": _stats_rows([r for r in rows if r.confidence != "low"]),
         "not_used_in_fits": _stats_rows([r for r in rows if r.id not in FITTED_ROWS]),
+        "excluding_judged_wrong": _stats_rows([r for r in rows if r.id not in JUDGED_WRONG]),
     }
     if kind == "memory":
         out["by_counter"] = _group(rows, lambda r: r.counter_group)
@@ -908,6 +933,17 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
         f"| time (tokens/s; throughput.csv + memory.csv rows reporting tokens/s) | {tim['rows']} | {tim['scored']} | {tim['skipped']} | "
         f"{100 * t.get('median_abs', 0):.1f}% | {_pct(t.get('mean_signed'))} | "
         f"{100 * t.get('within_10', 0):.0f}% | {100 * t.get('within_20', 0):.0f}% |",
+        f"| memory, excluding the {sum(1 for k in JUDGED_WRONG if k[1].islower())} rows judged wrong in the data "
+        f"(below) | | {mem['excluding_judged_wrong']['n']} | | "
+        f"{100 * mem['excluding_judged_wrong'].get('median_abs', 0):.1f}% | "
+        f"{_pct(mem['excluding_judged_wrong'].get('mean_signed'))} | "
+        f"{100 * mem['excluding_judged_wrong'].get('within_10', 0):.0f}% | "
+        f"{100 * mem['excluding_judged_wrong'].get('within_20', 0):.0f}% |",
+        f"| time, excluding the {sum(1 for k in JUDGED_WRONG if k[1].isupper())} rows judged wrong | | "
+        f"{tim['excluding_judged_wrong']['n']} | | {100 * tim['excluding_judged_wrong'].get('median_abs', 0):.1f}% | "
+        f"{_pct(tim['excluding_judged_wrong'].get('mean_signed'))} | "
+        f"{100 * tim['excluding_judged_wrong'].get('within_10', 0):.0f}% | "
+        f"{100 * tim['excluding_judged_wrong'].get('within_20', 0):.0f}% |",
         "",
         f"OOM rows (lower bounds): {mem['oom']['n']} scored, {mem['oom']['right']} right, "
         f"**{mem['oom']['predicted_fit_wrong']} predicted to fit** "
@@ -930,6 +966,10 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
     for key, title in (("by_framework", "framework"), ("by_method", "method"), ("by_sharding", "sharding"),
                        ("by_confidence", "confidence")):
         lines += _stat_table(tim[key], title) + [""]
+    lines += ["## Rows judged wrong in the data", "",
+              "Scored in every table above; listed here with the reason, and nothing is fitted to them.", "",
+              "| id | why |", "|---|---|"]
+    lines += [f"| {k} | {_esc(v)} |" for k, v in JUDGED_WRONG.items()] + [""]
     lines += ["## Why rows are skipped", "", "| kind | reason | rows |", "|---|---|---|"]
     tally: dict[tuple[str, str], list[str]] = {}
     for d in result["rows"]:

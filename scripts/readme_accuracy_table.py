@@ -35,6 +35,8 @@ def table(result: dict) -> str:
         for k in sorted(set(mem[key]) | set(tim[key])):
             out.append(f"| {label}: {k} | {_cell(mem[key].get(k))} | {_cell(tim[key].get(k))} |")
     out.append(f"| time rows not used in any fit (held out) | - | {_cell(tim.get('not_used_in_fits'))} |")
+    out.append(f"| excluding rows judged wrong in the data (listed with reasons in measured_runs.md) | "
+               f"{_cell(mem.get('excluding_judged_wrong'))} | {_cell(tim.get('excluding_judged_wrong'))} |")
     oom = mem["oom"]
     out.append("")
     out.append(f"Memory: {mem['scored']} of {mem['rows']} published rows scored on the counter each measured; "

@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from tuneplan.choices.attention import ATTENTION, Attention, attention
+from tuneplan.choices.compilation import COMPILATION, Compilation, compilation
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY, CrossEntropy, cross_entropy
 from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, optimizer
@@ -36,6 +37,7 @@ FRAMEWORK_NAMES = tuple(FRAMEWORKS)
 CROSS_ENTROPY_NAMES = tuple(CROSS_ENTROPY)
 TASK_NAMES = tuple(TASKS)
 STACK_NAMES = tuple(STACKS)
+COMPILE_NAMES = tuple(COMPILATION)
 
 # Short names for LoRA target sets; anything else is a comma list of module names.
 TARGET_PRESETS = {
@@ -154,6 +156,8 @@ class Training:
             free the gradient at once (torchtune optimizer_in_bwd=True), so the full set of
             gradients never exists; needs grad_accum 1.
         stack: library versions (tuneplan.choices.versions), today's by default.
+        compile: none | inductor (torch.compile): what the forward saves for backward
+            (tuneplan.choices.compilation).
     """
 
     micro_batch: int = 1
@@ -167,6 +171,7 @@ class Training:
     cross_entropy: str | None = None
     optimizer_in_backward: bool = False
     stack: str = "current"
+    compile: str = "none"
 
     def __post_init__(self) -> None:
         _positive("micro-batch", self.micro_batch, MAX_COUNT)
@@ -180,6 +185,7 @@ class Training:
         if self.cross_entropy is not None:
             cross_entropy(self.cross_entropy)
         stack(self.stack)
+        compilation(self.compile)
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise TuneplanError("optimizer in backward steps on every micro-batch; it cannot accumulate "
                                 "gradients (use --grad-accum 1)")
@@ -212,6 +218,11 @@ class Training:
     def loss(self) -> CrossEntropy:
         """The cross-entropy implementation in effect: the asked one, else the profile's default."""
         return CROSS_ENTROPY[self.cross_entropy or self.profile.default_cross_entropy]
+
+    @property
+    def compilation(self) -> Compilation:
+        """The compilation record (eager or torch.compile)."""
+        return COMPILATION[self.compile]
 
     @property
     def versions(self) -> Stack:

@@ -54,6 +54,10 @@ class FrameworkProfile:
         fused_qkv: the stack's own modelling code computes q, k, v with one fused matmul and
             slices views out of it, so SDPA's saved v keeps the whole qkv output alive
             (litgpt model.py CausalSelfAttention: `qkv = self.attn(x)` then split).
+        expands_kv_heads: the stack's attention repeats k and v to every query head before
+            SDPA, a copy that SDPA then saves (torchtune 0.6.1 modules/attention.py
+            MultiHeadAttention.forward: `k.unsqueeze(2).expand(expand_shape).flatten(1, 2)`;
+            transformers passes GQA k/v to SDPA unrepeated).
         calibration_framework: the stack's name in the `framework` column of measured runs
             (../shared/calibration, benchmarks/measured_runs.py FRAMEWORK_PROFILE); empty:
             the setting's own name. `tuneplan probe` records use it.
@@ -74,6 +78,7 @@ class FrameworkProfile:
     fused_qkv: bool = False
     dequant_bandwidth_share: float = cal.BNB_DEQUANT_BANDWIDTH_SHARE
     calibration_framework: str = ""
+    expands_kv_heads: bool = False
 
 
 FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
@@ -104,11 +109,12 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         fsdp_fp32_params=True, calibration_framework="trl"),
     FrameworkProfile(
         # torchtune recipes: model in bf16 without autocast, LoRA in the model dtype,
-        # CEWithChunkedOutputLoss.
+        # CEWithChunkedOutputLoss. Its own attention repeats GQA k/v before SDPA, which the
+        # trace (transformers' modules, torchtune's no-autocast step) does not.
         "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
-        trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
-        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY),
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
+        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY, expands_kv_heads=True),
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,

@@ -20,6 +20,7 @@ from tuneplan.hardware import Device, resolve_device
 from tuneplan.job import (
     ATTENTION_NAMES,
     CHECKPOINTING,
+    COMPILE_NAMES,
     CROSS_ENTROPY_NAMES,
     FRAMEWORK_NAMES,
     METHODS,
@@ -118,6 +119,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="fused linear cross-entropy (Liger/Unsloth): same as --cross-entropy fused")
     t.add_argument("--optimizer-in-backward", dest="optimizer_in_backward", action="store_true",
                    help="step each parameter during backward and free its gradient (torchtune optimizer_in_bwd)")
+    t.add_argument("--compile", dest="compile", type=name, nargs="?", const="inductor", default=None,
+                   help=f"torch.compile: {' | '.join(COMPILE_NAMES)} (--compile alone: inductor; default none)")
     t.add_argument("--stack", dest="stack", default="current",
                    help=f"library versions: {' | '.join(STACK_NAMES)} (default current)")
     d = p.add_argument_group("parallel")

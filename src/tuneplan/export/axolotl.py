@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tuneplan.choices.compilation import COMPILED
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY
 from tuneplan.errors import TuneplanError
 from tuneplan.export.common import (
@@ -104,6 +105,8 @@ def build(spec: ModelSpec, job: Job) -> Built:
     body.update(bf16=pr.bf16 or pr.load_dtype == "bfloat16", fp16=pr.fp16 or pr.load_dtype == "float16",
                 gradient_checkpointing=t.checkpointing != "none",
                 attn_implementation=t.attn.hf_impl)
+    if t.compilation.compiled:
+        body["torch_compile"] = True
     if t.checkpointing == "offload":
         body["activation_offloading"] = True  # axolotl 0.19: gradient_checkpointing "offload" is deprecated for this
     loss = t.loss
@@ -212,6 +215,9 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
         gc = "offload"
     s["checkpointing"] = gc
     origin["checkpointing"] = "gradient_checkpointing"
+    if f.flag("torch_compile", False):
+        s["compile"] = COMPILED
+        origin["compile"] = "torch_compile"
     s["attention"] = _attention(f)
     origin["attention"] = "attn_implementation"
     s["cross_entropy"], note = _loss(f)

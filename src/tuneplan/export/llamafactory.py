@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuneplan.choices.compilation import COMPILED
 from tuneplan.export.common import (
     Built,
     Fields,
@@ -120,6 +121,8 @@ def build(spec: ModelSpec, job: Job) -> Built:
     if t.optim.hf_optim_args:
         body["optim_args"] = t.optim.hf_optim_args
     body.update(_precision_flags(job))
+    if t.compilation.compiled:
+        body["torch_compile"] = True  # passed through to transformers' TrainingArguments
     if t.checkpointing == "none":
         body["disable_gradient_checkpointing"] = True
     elif t.checkpointing == "offload":
@@ -212,6 +215,9 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     off_gc = f.flag("disable_gradient_checkpointing", False)
     s["checkpointing"] = "none" if off_gc else ("offload" if f.flag("use_unsloth_gc", False) else "full")
     origin["checkpointing"] = "disable_gradient_checkpointing, use_unsloth_gc"
+    if f.flag("torch_compile", False):
+        s["compile"] = COMPILED
+        origin["compile"] = "torch_compile"
     s["attention"] = attention_for_impl(f.choice("flash_attn", FLASH_ATTN, DEFAULTS["flash_attn"]))
     origin["attention"] = "flash_attn"
     if f.flag("use_unsloth"):

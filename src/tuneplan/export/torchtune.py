@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tuneplan.choices.compilation import COMPILED
 from tuneplan.choices.optimizers import OPTIMIZERS
 from tuneplan.errors import TuneplanError
 from tuneplan.export.common import (
@@ -193,7 +194,7 @@ def build(spec: ModelSpec, job: Job) -> Built:
         "lr_scheduler": {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
                          "num_warmup_steps": 100},
         "loss": {"_component_": CHUNKED_LOSS},
-        "clip_grad_norm": None, "compile": False,
+        "clip_grad_norm": None, "compile": t.compilation.compiled,
         "device": "cuda", "dtype": next(k for k, v in DTYPES.items() if v == t.dtypes.torch_param_dtype),
         "enable_activation_checkpointing": t.checkpointing != "none",
         "enable_activation_offloading": t.checkpointing == "offload",
@@ -315,8 +316,9 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
             notes.append("fsdp_reshard_after_forward: false keeps parameters gathered between forward and backward "
                          "(estimated as --sharding zero2)")
         missing["num_gpus"] = "torchtune configs do not hold the GPU count (tune run --nproc_per_node does)"
-    if f.flag("compile"):
-        notes.append("compile: true is not modelled (torch.compile usually lowers the peak a little)")
+    if f.flag("compile", False):
+        s["compile"] = COMPILED
+        origin["compile"] = "compile"
     return Read(model, s, origin, tuple(f.read), tuple(f.defaults), tuple(notes), missing)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuneplan.choices.compilation import COMPILED
 from tuneplan.errors import TuneplanError
 from tuneplan.export.common import (
     Built,
@@ -94,6 +95,8 @@ def build(spec: ModelSpec, job: Job) -> Built:
         body["optim_args"] = t.optim.hf_optim_args
     body.update(gradient_checkpointing=t.checkpointing != "none",
                 activation_offloading=t.checkpointing == "offload")
+    if t.compilation.compiled:
+        body["torch_compile"] = True
     if p.num_gpus > 1:
         body["num_processes"] = p.num_gpus  # not an SFTConfig field: TRL passes it to accelerate launch
     if uses_deepspeed(job):
@@ -165,6 +168,9 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     offload = f.flag("activation_offloading", False)
     s["checkpointing"] = "offload" if offload else ("full" if gc else "none")
     origin["checkpointing"] = "gradient_checkpointing, activation_offloading"
+    if f.flag("torch_compile", False):
+        s["compile"] = COMPILED
+        origin["compile"] = "torch_compile"
     if offload and not gc:
         notes.append("activation_offloading without gradient_checkpointing: estimated as --checkpointing offload")
     n = f.count("num_processes")

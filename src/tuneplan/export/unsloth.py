@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuneplan.choices.compilation import EAGER
 from tuneplan.export.common import (
     Built,
     Substitutions,
@@ -38,6 +39,9 @@ def adapt(spec: ModelSpec, job: Job) -> Substitutions:
     if m.kind == "qlora" and m.weight_bits == 4 and (m.quant != "nf4" or not m.double_quant or m.quant_blocksize != 64):
         sub.swap("4-bit options: Unsloth loads NF4 with double quantisation, block 64 (estimated as such)",
                  quant="nf4", double_quant=True, quant_blocksize=64)
+    if t.compilation.compiled:
+        sub.swap("--compile: Unsloth runs its own fused kernels and compiles what it patches itself "
+                 "(estimated as written: eager)", compile=EAGER)
     if t.dtypes.fp32_master:
         sub.swap("--precision mixed: Unsloth has no fp32 master copy (estimated as bf16)",
                  precision=precision_named("bfloat16", "bfloat16"))

@@ -37,7 +37,7 @@ def attention_kernel(spec: ModelSpec, t: Training) -> Attention:
     return kernel_for(spec.model_type, t.attention)
 
 
-def _attention_core(spec: ModelSpec, kernel: Attention, c: int, seq: int) -> int:
+def _attention_core(spec: ModelSpec, kernel: Attention, c: int, seq: int, expands_kv: bool = False) -> int:
     """Bytes per token saved inside attention (after q/k/v projections).
 
     SDPA flash/mem-efficient and FlashAttention-2 save q, k, v (GQA native, no repeat),
@@ -46,7 +46,9 @@ def _attention_core(spec: ModelSpec, kernel: Attention, c: int, seq: int) -> int
     eager_attention_forward) repeats k/v to all heads, upcasts the softmax to fp32 and
     keeps the probabilities: fp32 softmax output + its bf16 cast, s per head per token.
     Gemma 2's score soft-capping (modeling_gemma2.py: scores / cap -> tanh -> * cap) keeps
-    tanh's output, one more compute-dtype s x s matrix per head.
+    tanh's output, one more compute-dtype s x s matrix per head. torchtune repeats k and v
+    to every query head before SDPA (torchtune 0.6.1 modules/attention.py:
+    `k.unsqueeze(2).expand(...).flatten(1, 2)`, a copy), so SDPA saves the repeated k, v.
     """
     if kernel.quadratic:
         qkv = c * (spec.q_dim + 2 * spec.num_heads * (spec.v_head_dim if spec.is_mla else spec.head_dim))
@@ -54,6 +56,8 @@ def _attention_core(spec: ModelSpec, kernel: Attention, c: int, seq: int) -> int
         return qkv + probs * spec.num_heads * seq
     v_dim = spec.num_heads * spec.v_head_dim if spec.is_mla else spec.kv_dim
     k_dim = spec.q_dim if spec.is_mla else spec.kv_dim
+    if expands_kv and not spec.is_mla:
+        k_dim = v_dim = spec.num_heads * spec.head_dim
     return c * (spec.q_dim + k_dim + v_dim + spec.attn_out_dim) + 4 * spec.num_heads
 
 
@@ -116,9 +120,11 @@ def _norm_bytes(spec: ModelSpec, t: Training, full: bool) -> int:
     amp: the residual stream is fp32, so is the normalised value. Gemma's RMSNorm
     multiplies the fp32 normalised value by (1 + weight) before casting back
     (modeling_gemma3.py Gemma3RMSNorm), so a trained weight keeps it in fp32 (trace:
-    Gemma-3-1B full fine-tuning).
+    Gemma-3-1B full fine-tuning). Under torch.compile nothing (tuneplan.choices.compilation).
     """
     h = spec.hidden_size
+    if not t.compilation.norm_saves:  # torch.compile recomputes the upcast and the normalised value
+        return 0
     if t.dtypes.fp32_residual or spec.model_type.startswith("gemma"):
         return 4 * h + (4 * h if full else 0)
     return 4 * h + (t.compute_bytes * h if full else 0)
@@ -142,7 +148,7 @@ def _attention_saves(spec: ModelSpec, kernel: Attention, t: Training, sv: _Saver
     if spec.is_mla:  # latent projections: q_b and kv_b read normalised latents
         for lin in (lin for lin in attn if lin.name in ("q_b_proj", "kv_b_proj")):
             saved += 4 * lin.d_in + sv.input_bytes([lin], lin.d_in)
-    saved += _attention_core(spec, kernel, c, t.seq_len)
+    saved += _attention_core(spec, kernel, c, t.seq_len, t.profile.expands_kv_heads)
     # With SDPA/flash the o_proj input is the kernel's output, already counted; it costs
     # nothing more unless something copies it: eager makes a contiguous copy; MLA slices
     # padded heads; PEFT copies. Phi-3's rotary concatenates rotated and pass-through
@@ -151,11 +157,15 @@ def _attention_saves(spec: ModelSpec, kernel: Attention, t: Training, sv: _Saver
     # Phi-3.5-mini full fine-tuning).
     if kernel.quadratic or spec.is_mla or spec.fused or sv.per_adapter_copy:
         saved += sv.input_bytes(o_proj, spec.attn_out_dim)
+    elif t.compilation.attention_output_copy:  # compiled: a contiguous copy beside the kernel's output
+        saved += c * spec.attn_out_dim
     return saved + sv.adapter_extras(attn)
 
 
-def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...]) -> tuple[float, int]:
-    """(bytes/token, widest intermediate) of a routed-expert MLP with optional shared experts."""
+def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...], act_output_saved: bool = True) -> tuple[float, int]:
+    """(bytes/token, widest intermediate) of a routed-expert MLP with optional shared experts.
+
+    act_output_saved False: torch.compile recomputes act(gate) (tuneplan.choices.compilation)."""
     c, h = sv.c, spec.hidden_size
     k, e = spec.experts_per_token, spec.num_experts
     im = spec.moe_intermediate_size
@@ -163,7 +173,8 @@ def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...]) -> tuple[f
     # router: fp32 probabilities; the per-expert gathered token copies are kept only
     # when the experts' gate/up weights need gradients (traced: Mixtral, Qwen3-MoE LoRA)
     saved = 4 * e + sv.input_bytes([lin for lin in experts if lin.name != "down_proj"], h, k)
-    saved += k * c * im * 3 + k * c * h  # gate, act, up per routed copy; expert output before weighting
+    acts = 3 if act_output_saved else 2
+    saved += k * c * im * acts + k * c * h  # gate, act, up per routed copy; expert output before weighting
     saved += sv.input_bytes([lin for lin in experts if lin.name == "down_proj"], im, k)
     saved += sv.adapter_extras(experts, k)  # each token passes through k adapted experts
     width = k * im
@@ -171,19 +182,20 @@ def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...]) -> tuple[f
     if shared:
         si = spec.shared_intermediate_size * spec.shared_experts
         saved += sv.input_bytes([lin for lin in shared if lin.name != "down_proj"], h)
-        saved += 3 * c * si + sv.input_bytes([lin for lin in shared if lin.name == "down_proj"], si)
+        saved += acts * c * si + sv.input_bytes([lin for lin in shared if lin.name == "down_proj"], si)
         saved += sv.adapter_extras(shared)
         width += si
     return saved, width
 
 
-def _dense_mlp_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...]) -> tuple[float, int]:
+def _dense_mlp_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...],
+                     act_output_saved: bool = True) -> tuple[float, int]:
     """(bytes/token, intermediate width) of a gated MLP: gate, act(gate), up and, if
-    down_proj trains, their product."""
+    down_proj trains, their product. Compiled, act(gate) is recomputed from gate."""
     mlp = [lin for lin in lins if lin.group == "mlp"]
     inter = spec.intermediate_size
     saved = sv.input_bytes([lin for lin in mlp if lin.name != "down_proj"], spec.hidden_size)
-    saved += 3 * sv.c * inter  # gate out (act input), act out, up out: kept by act and mul
+    saved += (3 if act_output_saved else 2) * sv.c * inter  # gate out (act input), act out, up out
     saved += sv.input_bytes([lin for lin in mlp if lin.name == "down_proj"], inter)
     saved += sv.adapter_extras(mlp)
     return saved, inter
@@ -202,15 +214,16 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     lins = layer_linears(spec, layer)
     norm = _norm_bytes(spec, t, full)
     per_adapter_copy = (m.is_adapter and t.autocast and t.profile.adapter_input_copies
+                        and t.compilation.adapter_input_copies
                         and (m.kind != "qlora" or t.dtypes.fp32_residual))
     old_bnb = m.kind == "qlora" and m.quant != "int8" and t.versions.bnb_4bit_saves_input
     sv = _Saver(m, t.compute_bytes, per_adapter_copy, old_bnb, t.profile.quantises_fused_experts)
     saved = spec.norms_per_layer * norm  # Gemma 2/3 add post-attention and post-MLP norms
     saved += _attention_saves(spec, kernel, t, sv, lins, norm)
     if spec.moe_layers and spec.moe_layers[layer]:
-        mlp, mlp_width = _moe_saves(spec, sv, lins)
+        mlp, mlp_width = _moe_saves(spec, sv, lins, t.compilation.activation_output_saved)
     else:
-        mlp, mlp_width = _dense_mlp_saves(spec, sv, lins)
+        mlp, mlp_width = _dense_mlp_saves(spec, sv, lins, t.compilation.activation_output_saved)
     saved += mlp
     # backward working set of one layer: grads of the widest intermediates (gate/up) and
     # of the hidden state flowing through the residual stream
@@ -231,7 +244,8 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
     `tuneplan trace` measures (benchmarks/results/trace_vs_estimate.md).
     fused (Liger, Unsloth) never materialises more than a chunk of fp32 logits (Liger
     fused_linear_cross_entropy.py: chunk = next_power_of_2(ceil(BT / ceil(V / H))) rows);
-    chunked (torchtune) keeps the compute-dtype logits and upcasts 1/chunks at a time.
+    chunked (torchtune) has the compute-dtype logits in chunks and upcasts 1/chunks at a
+    time; eager, each chunk's fp32 log-probabilities are kept, compiled only the chunks.
     """
     tokens = t.micro_batch * t.seq_len
     v, h, c = spec.vocab_size, spec.hidden_size, t.compute_bytes
@@ -243,7 +257,17 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
         return work, 0, work + c * tokens * h
     if ce.chunks:
         chunk = math.ceil(tokens / ce.chunks)
-        return c * tokens * v + 8 * chunk * v, c * tokens * v, c * tokens * v + 12 * chunk * v
+        if t.compilation.fuses_loss_upcast:
+            # compiled chunk loss: each chunk's fused kernel saves the chunk itself and writes
+            # its gradient in the compute dtype (benchmarks/compile_saved.py, loss case)
+            return c * tokens * v, c * tokens * v, c * tokens * v + c * chunk * v
+        # eager: each chunk's F.cross_entropy(chunk.float()) keeps its fp32 log-probabilities
+        # for backward; the recipe drops the compute-dtype chunks after the loss (torchtune
+        # recipes `del logits`), so 4 B/logit are kept. Forward peak at the last chunk: all
+        # compute-dtype chunks, the kept log-probs and that chunk's fp32 upcast; backward: the
+        # kept log-probs, one chunk's fp32 gradients (output and input) and its cast
+        return (c * tokens * v + 4 * tokens * v + 4 * chunk * v, 4 * tokens * v,
+                4 * tokens * v + (8 + c) * chunk * v)
     if ce.chunk_tokens:
         # litgpt: the list of compute-dtype logit chunks stays referenced by the training
         # loop through backward (finetune/lora.py: `logits = model(...)`, then

@@ -34,7 +34,7 @@ def cli_json(capsys, *argv):
     code = main([*argv, "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    return web.finite(json.loads(out))
+    return json.loads(out)
 
 
 def ok(r):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -22,9 +23,22 @@ def make_console(stderr: bool = False) -> Console:
     return console
 
 
+def finite(obj: Any) -> Any:
+    """The document with every non-finite float as a string ("Infinity", "-Infinity", "NaN"),
+    as protobuf's JSON mapping does: JSON has no such numbers (Python's json would write a
+    bare Infinity that JSON.parse and jq refuse). An infinite break-even is one."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    """Write JSON to stdout (keys in the order the core's to_dict gives them)."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    """Write strict JSON to stdout (keys in the order the core's to_dict gives them)."""
+    sys.stdout.write(json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def describe_change(change: Change) -> str:

@@ -7,8 +7,7 @@ response is the document the CLI prints for the same job. Three differences, all
 safety or for JSON: the model is a catalog name or alias (a Hub id when started with
 --hub) or a config.json POSTed as the request body (at most 1 MiB, parsed in memory,
 never written to disk), never a path; options that read or write files (--from, --csv,
--o, ...) are refused; and a non-finite number, which Python's json writes as a bare
-`Infinity` (not JSON), is the string "Infinity" (as in protobuf's JSON mapping).
+-o, ...) are refused. Non-finite numbers are the string "Infinity" in both (cli.output.finite).
 
 Every bad input is a 4xx answer `{"error": "<one line>"}` (the CLI's message); anything
 unexpected is logged with its traceback and answered 500 in one line.
@@ -19,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from starlette.routing import Route
 from tuneplan import __version__
 from tuneplan.checks import check_device_count, check_job
 from tuneplan.cli.options import job_from_args
+from tuneplan.cli.output import finite
 from tuneplan.commands import devices as devices_cmd
 from tuneplan.commands import estimate as estimate_cmd
 from tuneplan.commands import export as export_cmd
@@ -138,16 +137,6 @@ def one_line(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def finite(obj: Any) -> Any:
-    """The document with every non-finite float as a string ("Infinity", "-Infinity", "NaN"),
-    since JSON has no such numbers (Python's json would write bare Infinity)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
 
 
 def json_response(obj: Any, status: int = 200) -> Response:

@@ -8,6 +8,8 @@ tests/test_time_calibration.py re-runs this fit and fails if calibration.py drif
   256..8192 tokens, checkpointing) as FLOPs / (peak x eff) + kernels x seconds.
 - BNB_DEQUANT_BANDWIDTH_SHARE: the extra micro-step time of the Q-LoRA rows QW-05/06/07/10
   over their LoRA twins QW-01/03/04/09, as serial dequantisation bytes / (bandwidth x share).
+- FRAMEWORK_EFFICIENCY["mlx"]: the median implied efficiency of the mlx-examples Apple rows
+  MX-01 (M2 Ultra) and MX-02 (M1 Max), as for torchtune.
 - FRAMEWORK_EFFICIENCY["torchtune"]: the median, over torchtune's README A100 rows that are
   compiled and compute-bound (TT-07, TT-08, TT-11..18), of the efficiency at which tuneplan's
   step time equals the measured tokens/s (bisection on the full time model).
@@ -35,6 +37,9 @@ QWEN = {"7b": ROOT / "benchmarks" / "calibration_models" / "qwen-7b-v1.json",
         "14b": ROOT / "benchmarks" / "calibration_models" / "qwen-14b-v1.json"}
 LORA_ROWS = ("QW-01", "QW-02", "QW-03", "QW-04")
 QLORA_PAIRS = (("QW-05", "QW-01"), ("QW-06", "QW-03"), ("QW-07", "QW-04"), ("QW-10", "QW-09"))
+# mlx-lm on Apple silicon: the two mlx-examples README rows (M2 Ultra, M1 Max; confidence med).
+# Held out: MX-05/06 (mlx-tune, M4 Pro), MX-07 (mlx_lm, M4 Max), MX-03 (MLX's CUDA backend, A100).
+MLX_FIT_ROWS = ("MX-01", "MX-02")
 TORCHTUNE_ROWS = ("TT-07", "TT-08", "TT-11", "TT-12", "TT-13", "TT-14", "TT-15", "TT-16", "TT-17", "TT-18")
 A100 = "a100-80gb-sxm"
 
@@ -89,6 +94,41 @@ def fit_dequant_share(rows: dict[str, dict[str, str]]) -> tuple[float, list[tupl
     return 1 / inv, [(i, d * inv / e - 1) for i, d, e in zip(ids, ds, extras, strict=True)]
 
 
+def _measured_runs():
+    spec_ = importlib.util.spec_from_file_location("measured_runs", ROOT / "benchmarks" / "measured_runs.py")
+    mr = importlib.util.module_from_spec(spec_)
+    sys.modules.setdefault("measured_runs", mr)
+    spec_.loader.exec_module(mr)
+    return mr
+
+
+def _implied_efficiency(spec, job, dev, measured: float, real_tokens: int | None = None) -> float:
+    """The efficiency at which tuneplan's step time gives the measured tokens/s (bisection)."""
+    lo, hi = 0.01, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        st = step_time(spec, job, dev, efficiency=mid)
+        tps = real_tokens / st.step_s if real_tokens else st.tokens_per_s
+        if tps < measured:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def fit_mlx() -> tuple[float, list[tuple[str, float]]]:
+    """FRAMEWORK_EFFICIENCY['mlx']: median implied efficiency over MLX_FIT_ROWS."""
+    mr = _measured_runs()
+    implied = []
+    for r in mr.interpreted_time_rows(CALIBRATION):
+        if r.id in MLX_FIT_ROWS and not r.skip:
+            dev = mr.row_device(r.device_id)
+            job = mr.make_job(r.settings).on_vendor(dev.vendor)
+            implied.append((r.id, _implied_efficiency(r.extra["spec"], job, dev, r.measured_tps,
+                                                      r.extra.get("real_tokens"))))
+    return statistics.median(e for _, e in implied), implied
+
+
 def _torchtune_jobs():
     """(row id, spec, job, device, measured tokens/s) for the torchtune rows, via the
     measured-runs benchmark's own interpretation of each row."""
@@ -126,6 +166,9 @@ def main() -> int:
     print("  residuals of the extra Q-LoRA time: " + ", ".join(f"{i} {r:+.1%}" for i, r in dres))
     tt, implied = fit_torchtune()
     print(f"FRAMEWORK_EFFICIENCY['torchtune'] = {tt:.3f} (median of implied efficiencies)")
+    print("  implied per row: " + ", ".join(f"{i} {e:.3f}" for i, e in implied))
+    mlx, implied = fit_mlx()
+    print(f"FRAMEWORK_EFFICIENCY['mlx'] = {mlx:.3f} (median of implied efficiencies)")
     print("  implied per row: " + ", ".join(f"{i} {e:.3f}" for i, e in implied))
     return 0
 

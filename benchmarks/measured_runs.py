@@ -581,8 +581,7 @@ def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
     shard = src.get("sharding") or ""
     reasons = []  # every reason that applies, most basic first
     if "mlx" in fw:
-        reasons.append("Apple/MLX: MLX (Apple silicon, or MLX's CUDA backend) has no tuneplan profile; the time "
-                       "model is a PyTorch/CUDA step")
+        return _interpret_mlx(r, src)
     if "mpt" in model.lower():
         reasons.append("architecture not in tuneplan.models: MPT (llm-foundry: ALiBi, non-gated GELU MLP)")
     if "fp8" in prec:
@@ -632,6 +631,84 @@ def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
     r.device_id = dev
     r.per_gpu = measured == "tokens_per_s_per_gpu"
     r.measured_tps = float(src["value"])
+    return r
+
+
+# mlx-lm / mlx-examples LoRA runs (throughput.csv MX rows): lora.py's and mlx_lm.lora's
+# defaults at the time (rank 8, adapters on q_proj and v_proj of the last --lora-layers layers:
+# the rows' own trainable-parameter counts, 1.311M for Llama-3.2-3B and 1.704M for Llama-3-8B,
+# are exactly rank 8 on q and v of 16 layers), no checkpointing, the model's 16-bit dtype.
+MLX_SETTINGS = {"framework": "mlx", "method": "lora", "rank": 8, "targets": "qv", "precision": "bf16",
+                "checkpointing": "none", "optimizer": "adamw"}
+# WikiSQL rows state no sequence length: MX-03's log gives ~310 tokens per iteration at batch 4,
+# i.e. ~78 tokens per sample; mlx-lm pads each batch to 1 + a multiple of 32 (tuner/trainer.py
+# iterate_batches, pad_to = 32) and feeds all but the last position, so the step computes 96
+# positions per sample while tokens/s counts the ~78 real ones (default_loss ntoks = mask.sum()).
+WIKISQL_TOKENS, WIKISQL_PADDED = 78, 96
+# per row: (model, --lora-layers, micro-batch, sequence length or None for WikiSQL, device)
+MLX_ROWS = {
+    "MX-01": ("meta-llama/Llama-2-7b-hf", 16, 4, None, "mac-studio-m2-ultra"),
+    "MX-02": ("mistral-7b", 4, 1, None, "m1-max-32c"),  # v0.3 config: vocab 32768 vs v0.1 32000
+    "MX-03": ("meta-llama/Llama-3.2-3B", 16, 4, None, "a100-80gb-sxm"),
+    "MX-05": ("Qwen/Qwen3-0.6B", 16, 1, 1024, "m4-pro-20c"),
+    "MX-06": ("Qwen/Qwen3-0.6B", 16, 1, 4096, "m4-pro-20c"),
+    "MX-07": ("meta-llama/Meta-Llama-3-8B", 16, 2, None, "mac-studio-m4-max"),
+}
+MLX_JUDGED_WRONG = {"MX-04": "judged wrong by its own notes: the forward alone at 1,996 tokens/s would need ~2x the "
+                             "M3 Max's peak FLOP/s (implausible; a reporting artifact); not scored, not fitted"}
+# Apple chips the device catalog lacks (hardware.py is another engineer's): facts for these rows
+# only. M1 Max 32-core GPU: 400 GB/s and 10.4 TFLOPS FP32 (Apple newsroom, "Introducing M1 Pro
+# and M1 Max", 2021-10-18). M4 Pro 20-core GPU: 273 GB/s (Apple M4 Pro tech specs); Apple
+# publishes no TFLOPS: half the catalog's 40-core M4 Max figure (same GPU cores and clock).
+LOCAL_APPLE = {"m1-max-32c": ("mac-studio-m4-max", 400.0, 10.4, "Apple M1 Max (32-core GPU)"),
+               "m4-pro-20c": ("mac-studio-m4-max", 273.0, 9.0, "Apple M4 Pro (20-core GPU)")}
+
+
+def row_device(device_id: str) -> Any:
+    """A catalog device, or one of LOCAL_APPLE's stand-ins."""
+    from dataclasses import replace
+
+    from tuneplan.hardware import resolve_device
+
+    if device_id in LOCAL_APPLE:
+        base, bw, tf, name = LOCAL_APPLE[device_id]
+        return replace(resolve_device(base), id=device_id, name=name, bandwidth_gbps=bw, bf16_tflops=tf)
+    return resolve_device(device_id)
+
+
+def _interpret_mlx(r: Row, src: dict[str, str]) -> Row:
+    """An MLX row: settings from mlx-lm's defaults (MLX_SETTINGS) and the row."""
+    if r.id in MLX_JUDGED_WRONG:
+        r.skip = MLX_JUDGED_WRONG[r.id]
+        return r
+    if r.id not in MLX_ROWS:
+        r.skip = "MLX row without stated settings"
+        return r
+    model, layers, batch, seq, dev = MLX_ROWS[r.id]
+    spec, how, why = resolve_row_model(model)
+    if spec is None:
+        r.skip = why
+        return r
+    r.settings = {**MLX_SETTINGS, "lora_layers": layers, "micro_batch": batch,
+                  "seq_len": seq or WIKISQL_PADDED}
+    r.extra["spec"] = spec
+    r.model_how = how
+    r.device_id = dev
+    r.caveats = ["settings: mlx-lm defaults of the time (MLX_SETTINGS)"]
+    if seq is None:
+        r.extra["real_tokens"] = WIKISQL_TOKENS * batch
+        r.caveats.append(f"WikiSQL: {WIKISQL_TOKENS} real tokens per sample in {WIKISQL_PADDED} padded positions "
+                         "(MX-03's log)")
+    if dev in LOCAL_APPLE:
+        r.caveats.append(f"device not in the catalog: {LOCAL_APPLE[dev][3]} facts in LOCAL_APPLE")
+    measured = (src.get("measured") or "").strip()
+    if measured == "s_per_step":
+        tokens = r.extra.get("real_tokens", batch * (seq or 0))
+        r.measured_tps = tokens / float(src["value"])
+        r.caveats.append("tokens/s = tokens per step / s per step" + (
+            " (every step a full-length sequence)" if seq else ""))
+    else:
+        r.measured_tps = float(src["value"])
     return r
 
 
@@ -718,15 +795,17 @@ def score_memory(r: Row) -> None:
 
 def score_time(r: Row) -> None:
     from tuneplan.errors import TuneplanError
-    from tuneplan.hardware import resolve_device
     from tuneplan.timing import step_time
 
     try:
-        st = step_time(r.extra["spec"], make_job(r.settings), resolve_device(r.device_id))
+        device = row_device(r.device_id)
+        st = step_time(r.extra["spec"], make_job(r.settings).on_vendor(device.vendor), device)
     except TuneplanError as e:
         r.skip = f"tuneplan rejects the settings: {e}"
         return
     total = st.tokens_per_s
+    if "real_tokens" in r.extra:  # padded positions computed, real tokens counted
+        total = r.extra["real_tokens"] / st.step_s
     pred = total / r.settings.get("num_gpus", 1) if r.per_gpu else total
     r.predicted = pred
     r.error = pred / r.measured_tps - 1
@@ -780,6 +859,12 @@ def breakdowns(rows: list[Row], kind: str) -> dict[str, Any]:
         "not_used_in_fits": _stats_rows([r for r in rows if r.id not in FITTED_ROWS]),
         "excluding_judged_wrong": _stats_rows([r for r in rows if r.id not in JUDGED_WRONG]),
     }
+    if kind == "time":  # MLX rows apart, so the PyTorch/CUDA figures stay comparable over time
+        mlx = [r for r in rows if r.settings.get("framework") == "mlx"]
+        out["pytorch_stacks"] = _stats_rows([r for r in rows if r not in mlx])
+        out["mlx_apple"] = _stats_rows([r for r in mlx if r.device_id != "a100-80gb-sxm"])
+        out["mlx_apple_held_out"] = _stats_rows([r for r in mlx if r.device_id != "a100-80gb-sxm"
+                                                 and r.id not in FITTED_ROWS])
     if kind == "memory":
         out["by_counter"] = _group(rows, lambda r: r.counter_group)
     return out
@@ -812,7 +897,7 @@ def _fitted_rows() -> frozenset[str]:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     pairs = {q for pair in mod.QLORA_PAIRS for q in pair}
-    return frozenset(mod.LORA_ROWS) | frozenset(pairs) | frozenset(mod.TORCHTUNE_ROWS)
+    return frozenset(mod.LORA_ROWS) | frozenset(pairs) | frozenset(mod.TORCHTUNE_ROWS) | frozenset(mod.MLX_FIT_ROWS)
 
 
 FITTED_ROWS = _fitted_rows()

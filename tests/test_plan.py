@@ -397,7 +397,7 @@ def test_estimate_gpu_verdict_line(capsys):
 def test_support_notes_for_apple_and_tpu():
     from tuneplan.fit import support_notes
 
-    assert any("MLX" in n for n in support_notes(resolve_device("m4-max"), job("qlora")))
+    assert any("MPS" in n and "bitsandbytes" in n for n in support_notes(resolve_device("m4-max"), job("qlora")))
     assert any("JAX" in n for n in support_notes(resolve_device("tpu-v5e"), job("lora")))
     assert support_notes(resolve_device("h100"), job("qlora")) == ()
 

@@ -39,3 +39,9 @@ def test_torchtune_efficiency_is_the_fit(fit):
     eff, implied = fit.fit_torchtune()
     assert len(implied) == len(fit.TORCHTUNE_ROWS)
     assert cal.FRAMEWORK_EFFICIENCY["torchtune"] == pytest.approx(eff, abs=0.0005)
+
+
+def test_mlx_efficiency_is_the_fit(fit):
+    eff, implied = fit.fit_mlx()
+    assert len(implied) == len(fit.MLX_FIT_ROWS)
+    assert cal.FRAMEWORK_EFFICIENCY["mlx"] == pytest.approx(eff, abs=0.0005)

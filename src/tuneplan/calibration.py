@@ -112,6 +112,13 @@ STRIX_HALO_GPU_FRACTION = 0.75
 # leaving 32 GB for the OS" on 128 GB). Linux GTT beyond VGM (~108 GB of 128 on Linux,
 # modelfit.io 2026-06, citing CraftRigs) needs kernel parameters and is not assumed.
 
+# PyTorch MPS allocator: it may allocate up to PYTORCH_MPS_HIGH_WATERMARK_RATIO x Metal's
+# recommendedMaxWorkingSetSize before refusing (default 1.7; low watermark 1.4 on unified
+# memory). Source: pytorch aten/src/ATen/mps/MPSAllocator.h default_high_watermark_ratio and
+# docs/source/mps_environment_variables.rst ("By default, it is set to 1.7"). Above 1.0 the
+# working set pages, so tuneplan budgets 1.0 x the working-set size (the usable memory).
+MPS_HIGH_WATERMARK_RATIO = 1.7
+
 # Fit verdict: below this headroom (share of usable memory left at the peak) a run is
 # "tight": fragmentation, a longer batch or a framework version change can tip it over.
 TIGHT_HEADROOM = 0.10
@@ -143,6 +150,12 @@ FRAMEWORK_EFFICIENCY = {
     # Stated (no Unsloth time rows): its GEMMs are cuBLAS like HF's; its QLoRA gain comes
     # from its fused dequantisation (FrameworkProfile.dequant_bandwidth_share).
     "unsloth": 0.55,
+    # mlx-lm (compiled MLX step, no per-kernel cost): FITTED by benchmarks/
+    # fit_time_constants.py fit_mlx, the median implied efficiency of the mlx-examples README
+    # rows MX-01 (Llama-7B, M2 Ultra, 475 tok/s: 0.430) and MX-02 (Mistral-7B, M1 Max, 250
+    # tok/s: 0.482), over the Apple FP32 TFLOPS the catalog lists. Held out: MX-03 (A100,
+    # MLX CUDA backend), MX-05/06 (M4 Pro), MX-07 (M4 Max); MX-04 judged wrong (its notes).
+    "mlx": 0.456,
 }
 
 # Fixed cost per micro-step: kernel launches and eager host dispatch, per kernel. Kernels

@@ -34,11 +34,10 @@ FITS, TIGHT, NO = "fits", "tight", "no"
 def support_notes(device: Device, job: Job) -> tuple[str, ...]:
     """Software caveats of running this job on this device (the memory figures still apply)."""
     out = []
-    m, t = job.method, job.training
-    if device.vendor == "Apple":
-        out.append(f"{device.id}: PyTorch runs on MPS (no CUDA); figures assume the CUDA memory layout.")
-        if m.kind == "qlora":
-            out.append("bitsandbytes 4/8-bit needs CUDA or ROCm; on Apple silicon QLoRA means MLX (mlx-lm).")
+    t = job.training
+    rt = job.on_vendor(device.vendor).training.rt
+    if rt.note:
+        out.append(f"{device.id}: {rt.label}: {rt.note}")
     out.extend(note for vendor, note in t.profile.device_notes if vendor == device.vendor)
     if device.category == "cloud-tpu":
         out.append("TPUs train through JAX/XLA or torch-xla; bitsandbytes, PEFT on CUDA and Unsloth do not apply.")
@@ -108,8 +107,14 @@ class Change:
                 "steps": [s.to_dict() for s in self.steps], "peak_bytes": self.peak_bytes}
 
 
-def _step(job: Job, kind: str, description: str, **settings: Any) -> Change:
-    return Change((Step(kind, description, tuple(settings.items())),), job.with_settings(**settings))
+def _step(job: Job, kind: str, description: str, **settings: Any) -> Change | None:
+    """The change, or None where the job's stack or runtime refuses it (an 8-bit optimizer on
+    MPS, a fused loss or more GPUs under mlx-lm: tuneplan.job._check_stack)."""
+    try:
+        new = job.with_settings(**settings)
+    except TuneplanError:
+        return None
+    return Change((Step(kind, description, tuple(settings.items())),), new)
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,8 @@ def _framework_change(spec: ModelSpec, j: Job, device: Device) -> Change | None:
             ch = _step(j, "setting", f"the {prof.label} framework profile", framework=prof.name)
         except TuneplanError:
             continue
+        if ch is None:
+            continue
         pk = _pool(spec, ch.job, device)
         if pk is not None and now is not None and pk < now and (best is None or pk < best[0]):
             best = (pk, ch)
@@ -274,7 +281,7 @@ def _size_changes(job: Job, device: Device) -> tuple[list[Change], list[Change]]
         if p.num_gpus < n <= device.max_count:
             sharding = p.sharding if p.shard_stage == 3 else "fsdp"
             gpus.append(_step(job, "gpus", f"{n} x {device.id} with FSDP", num_gpus=n, sharding=sharding))
-    return batch, gpus
+    return [c for c in batch if c], [c for c in gpus if c]
 
 
 def candidate_changes(job: Job, device: Device, spec: ModelSpec | None = None) -> list[Change]:
@@ -369,6 +376,7 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True,
         TuneplanError: more GPUs than one machine of this device holds (multi-node is not
             modelled), or a job the model cannot take.
     """
+    job = job.on_vendor(device.vendor)  # the framework's runtime there (tuneplan.choices.runtimes)
     check_device_count(job, device)
     est = estimate_memory(spec, job)
     usable = device.usable_bytes

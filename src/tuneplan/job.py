@@ -21,12 +21,14 @@ from tuneplan.choices.cross_entropy import CROSS_ENTROPY, CrossEntropy, cross_en
 from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision, precision
+from tuneplan.choices.quantisation import QUANT_FORMATS, QuantFormat
+from tuneplan.choices.runtimes import RUNTIMES, Runtime
 from tuneplan.choices.tasks import TASKS, task
 from tuneplan.choices.versions import STACKS, Stack, stack
 from tuneplan.errors import TuneplanError
 
 METHODS = ("full", "lora", "qlora", "dora", "freeze")
-QUANT_TYPES = ("nf4", "fp4", "int8")
+QUANT_TYPES = tuple(QUANT_FORMATS)
 CHECKPOINTING = ("none", "full", "offload")
 SHARDING = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 # names of the choice tables, for help texts
@@ -37,6 +39,7 @@ FRAMEWORK_NAMES = tuple(FRAMEWORKS)
 CROSS_ENTROPY_NAMES = tuple(CROSS_ENTROPY)
 TASK_NAMES = tuple(TASKS)
 STACK_NAMES = tuple(STACKS)
+RUNTIME_NAMES = tuple(RUNTIMES)
 COMPILE_NAMES = tuple(COMPILATION)
 
 # Short names for LoRA target sets; anything else is a comma list of module names.
@@ -88,9 +91,13 @@ class Method:
         kind: full | lora | qlora | dora | freeze.
         rank: LoRA/DoRA rank r (ignored for full/freeze).
         targets: "all-linear" or a tuple of module names (q_proj, ..., down_proj).
-        quant: base-weight quantisation for qlora: nf4 | fp4 (bitsandbytes 4-bit) | int8 (LLM.int8).
+        quant: base-weight quantisation for qlora, a row of tuneplan.choices.quantisation:
+            nf4 | fp4 (bitsandbytes 4-bit) | int8 (LLM.int8) | mlx4 | mlx8 (MLX affine).
         double_quant: bitsandbytes double quantisation of the 4-bit absmax constants.
-        quant_blocksize: elements per absmax block (bitsandbytes default 64).
+        quant_blocksize: elements per absmax block (bitsandbytes default 64) or per MLX
+            affine group (mx.quantize group_size, default 64).
+        lora_layers: adapt (or, for a stack whose full fine-tuning is per layer, train) only
+            the last N decoder layers (mlx-lm's num_layers, default 16 there); 0: every layer.
         trainable_layers: for freeze, how many of the last decoder layers are trained.
         lora_dropout: dropout before lora_A; > 0 keeps a mask and a copy of each adapter input.
         train_embeddings: also train input embeddings and lm_head (e.g. new tokens).
@@ -105,10 +112,13 @@ class Method:
     trainable_layers: int = 2
     lora_dropout: float = 0.0
     train_embeddings: bool = False
+    lora_layers: int = 0
 
     def __post_init__(self) -> None:
         _choice("method", self.kind, METHODS)
         _choice("quantisation", self.quant, QUANT_TYPES)
+        if not 0 <= self.lora_layers <= MAX_COUNT:
+            raise TuneplanError(f"--lora-layers must be a positive count, got {show_value(self.lora_layers)}")
         if self.kind in ("lora", "qlora", "dora"):
             _positive("LoRA rank", self.rank, MAX_COUNT)
         _positive("quantisation block size", self.quant_blocksize, MAX_COUNT)
@@ -121,7 +131,8 @@ class Method:
         """Which of the setting `names` this method does not read (rank for full, quant for lora, ...)."""
         reads = {"rank": self.is_adapter, "targets": self.is_adapter, "lora_dropout": self.is_adapter,
                  "quant": self.kind == "qlora", "double_quant": self.kind == "qlora",
-                 "quant_blocksize": self.kind == "qlora", "trainable_layers": self.kind == "freeze"}
+                 "quant_blocksize": self.kind == "qlora", "trainable_layers": self.kind == "freeze",
+                 "lora_layers": self.is_adapter or self.kind == "freeze"}
         return [n for n in names if not reads.get(n, True)]
 
     @property
@@ -134,7 +145,16 @@ class Method:
         """Bits per frozen base weight when quantised, else None."""
         if self.kind != "qlora":
             return None
-        return 8 if self.quant == "int8" else 4
+        return self.fmt.bits
+
+    @property
+    def fmt(self) -> QuantFormat:
+        """The quantisation-format record (read for qlora only)."""
+        return QUANT_FORMATS[self.quant]
+
+    def adapts_layer(self, layer: int, num_layers: int) -> bool:
+        """Whether decoder layer `layer` (of `num_layers`) gets adapters: all, or the last lora_layers."""
+        return not self.lora_layers or layer >= num_layers - self.lora_layers
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,7 @@ class Training:
     cross_entropy: str | None = None
     optimizer_in_backward: bool = False
     stack: str = "current"
+    runtime: str | None = None
     compile: str = "none"
 
     def __post_init__(self) -> None:
@@ -223,6 +244,11 @@ class Training:
     def compilation(self) -> Compilation:
         """The compilation record (eager or torch.compile)."""
         return COMPILATION[self.compile]
+
+    @property
+    def rt(self) -> Runtime:
+        """The runtime record in effect: the asked one, else the framework's default."""
+        return RUNTIMES[self.runtime or self.profile.runtime_for(None)]
 
     @property
     def versions(self) -> Stack:
@@ -320,6 +346,18 @@ class Job:
         if not t.modelled:
             raise TuneplanError(f"training task {t.name} ({t.label}) is not modelled yet: it needs "
                                 f"{t.what_differs}; tuneplan estimates sft")
+        _check_stack(self)
+
+    def on_vendor(self, vendor: str | None) -> Job:
+        """This job on a device of `vendor`: the runtime the framework runs there (HF on Apple
+        is MPS, mlx on NVIDIA is MLX's CUDA backend), unless a runtime was asked for."""
+        if self.training.runtime is not None or vendor is None:
+            return self
+        prof = self.training.profile
+        rt = prof.runtime_for(vendor)
+        if rt == prof.runtime_for(None):  # the default: the job stays as it was (same settings, same JSON)
+            return self
+        return replace(self, training=replace(self.training, runtime=rt))
 
     @classmethod
     def from_settings(cls, **settings: Any) -> Job:
@@ -332,7 +370,7 @@ class Job:
         """
         groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}}
         job_fields: dict[str, Any] = {}
-        settings = _method_spelling(dict(settings))
+        settings = _profile_defaults(_method_spelling(dict(settings)))
         fused = settings.pop("fused_ce", None) if "fused_ce" in settings else None
         for key, value in settings.items():
             name = _ALIASES.get(key, key)
@@ -374,6 +412,7 @@ class Job:
             TuneplanError: as from_settings, or a setting the method does not read.
         """
         job = cls.from_settings(**settings)
+        _check_request_parallel(job)
         given = [_ALIASES.get(k, k) for k in _method_spelling(dict(settings)) if k not in ("method", "kind")]
         ignored = job.method.ignored(given)
         if ignored:
@@ -384,8 +423,19 @@ class Job:
         return job
 
     def with_settings(self, **settings: Any) -> Job:
-        """A copy with some flat settings changed (same names as from_settings)."""
-        return Job.from_settings(**{**self.settings(), **settings})
+        """A copy with some flat settings changed (same names as from_settings). Moving to
+        another framework keeps the base-weight bits: a quantisation format the new stack does
+        not use becomes its format of the same bits (nf4 -> mlx4 under mlx-lm, mlx8 -> int8)."""
+        new = {**self.settings(), **settings}
+        name = settings.get("framework")
+        if isinstance(name, str) and "quant" not in settings and name.strip().lower() in FRAMEWORKS:
+            libs = FRAMEWORKS[name.strip().lower()].quant_libraries
+            fmt = QUANT_FORMATS[self.method.quant]
+            if fmt.library not in libs:
+                same = [q.name for q in QUANT_FORMATS.values() if q.library in libs and q.bits == fmt.bits]
+                if same:
+                    new["quant"] = same[0]
+        return Job.from_settings(**new)
 
     def settings(self) -> dict[str, Any]:
         """The flat settings that rebuild this Job (Job.from_settings(**job.settings()) == job)."""
@@ -398,6 +448,77 @@ class Job:
 
 
 _FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel)}
+
+
+def _check_stack(job: Job) -> None:
+    """One-line refusal of a job its framework or runtime cannot run, with the alternative."""
+    m, t = job.method, job.training
+    prof, rt = t.profile, t.rt
+    if rt.name not in dict((r, v) for v, r in prof.runtimes):
+        names = ", ".join(dict.fromkeys(r for _, r in prof.runtimes))
+        raise TuneplanError(f"--framework {prof.name} does not run on runtime {rt.name}; choose one of: {names}")
+    if m.kind == "qlora":
+        fmt = m.fmt
+        if fmt.library not in prof.quant_libraries:
+            alts = ", ".join(q.name for q in QUANT_FORMATS.values() if q.library in prof.quant_libraries)
+            raise TuneplanError(f"--quant {fmt.name} is {fmt.label}, which {prof.label} does not use; "
+                                f"use --quant {alts}")
+        if fmt.library not in rt.quant_libraries:
+            raise TuneplanError(f"QLoRA ({fmt.label}) does not run on {rt.label}; use --framework mlx "
+                                "(MLX affine 4/8-bit)")
+    if (t.optim.eight_bit or t.optim.paged) and not rt.bnb_optimizers:
+        raise TuneplanError(f"--optimizer {t.optimizer} (bitsandbytes) does not run on {rt.label}; use adamw, "
+                            "or --framework mlx")
+    if prof.optimizers and t.optimizer not in prof.optimizers:
+        raise TuneplanError(f"{prof.label} has no optimizer {t.optimizer}; choose one of: {', '.join(prof.optimizers)}")
+    for what, value, allowed in (("precision", t.precision, prof.precisions),
+                                 ("checkpointing mode", t.checkpointing, prof.checkpointing_modes),
+                                 ("cross-entropy", t.loss.name, prof.cross_entropies)):
+        if allowed and value not in allowed:
+            raise TuneplanError(f"{prof.label} has no {what} {value}; choose one of: {', '.join(allowed)}")
+    if m.lora_layers and not prof.layer_subset:
+        raise TuneplanError(f"--lora-layers is mlx-lm's num_layers; {prof.label} adapts every layer (drop it, or "
+                            "use --framework mlx)")
+    if t.optimizer_in_backward and not prof.data_parallel:
+        raise TuneplanError(f"{prof.label} has no optimizer in backward")
+
+
+def _check_request_parallel(job: Job) -> None:
+    """A user's request for a layout the stack does not shard (mlx-lm's distributed training is
+    data parallel: every process holds the whole model, mlx_lm/tuner/trainer.py
+    average_gradients); the planner may still try device counts, which the memory model
+    prices as replicas."""
+    prof, p = job.training.profile, job.parallel
+    if not prof.data_parallel and (p.shard_stage or p.offload_optimizer or p.offload_params):
+        raise TuneplanError(f"{prof.label} does not shard or offload (its multi-device training is data "
+                            "parallel); use --sharding ddp without offload")
+
+
+def _profile_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings the framework profile decides when the user gives none (mlx-lm: rank 8,
+    num_layers 16, no checkpointing, 4-bit affine), and a full fine-tuning that the stack
+    runs per layer (mlx-lm) as the freeze of its last lora_layers layers."""
+    name = settings.get("framework")
+    if not isinstance(name, str) or name.strip().lower() not in FRAMEWORKS:
+        return settings
+    prof = FRAMEWORKS[name.strip().lower()]
+    given = {_ALIASES.get(k, k) for k in settings}
+    out = dict(settings)
+    for key, value in prof.defaults:
+        if key not in given:
+            out[key] = value
+    key = "method" if "method" in out else "kind"
+    if prof.full_is_layers and isinstance(out.get(key), str) and out[key].strip().lower() == "full":
+        layers = out.get("lora_layers") or 0
+        if isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1:
+            # lora_layers 0 (every layer) stays tuneplan's full: the embeddings' gradient and
+            # states are counted although mlx-lm freezes them (an over-estimate, said nowhere
+            # else: give --lora-layers N for mlx-lm's exact layout)
+            if "trainable_layers" in given and out["trainable_layers"] != layers:
+                raise TuneplanError("give --lora-layers or --trainable-layers, not both")
+            out[key] = "freeze"
+            out["trainable_layers"] = layers
+    return out
 
 
 def _method_spelling(settings: dict[str, Any]) -> dict[str, Any]:

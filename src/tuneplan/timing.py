@@ -10,15 +10,16 @@ FLOPs per token, counted from the model's matrices (tuneplan.models.layer_linear
   freeze runs no backward below its first trained layer;
 - recomputation: with gradient checkpointing one more forward of every decoder layer that
   keeps activations. Total for a dense model: 6N full, ~4N LoRA, +2N with checkpointing.
-Time per micro-batch is the largest of compute (FLOPs / (peak x efficiency)), weight reads,
-overlapped transfers (checkpoint/param offload, ZeRO-3 gathers), plus the serial QLoRA
-dequantisation. Every constant is in tuneplan.calibration with its source.
+Time per micro-batch is the largest of compute (FLOPs / (peak x efficiency)), memory
+traffic (weight reads + activation traffic at the achieved bandwidth: the roofline rule of
+Williams et al. 2009, on every device), overlapped transfers (checkpoint/param offload,
+ZeRO-3 gathers), plus the serial bitsandbytes dequantisation. Every constant is in tuneplan.calibration with its source.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from tuneplan import calibration as cal
@@ -26,6 +27,8 @@ from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
 from tuneplan.memory import first_trained_layer, is_target, static_memory, trainable
+from tuneplan.memory.activations import logits_bytes, stack_activations
+from tuneplan.memory.mlx import mlx_activations, mlx_logits_bytes
 from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.models import ModelSpec, layer_linears, param_counts
 
@@ -88,14 +91,16 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int) 
                         dora += 2 * r * m.d_in * m.d_out * m.count
             cache[key] = (lin, ad, dora)
         lin, ad, dora = cache[key]
+        if method.is_adapter and i < first_trained:  # mlx-lm: adapters on the last lora_layers only
+            ad = dora = 0.0
         layer_fwd = lin + attn + ad
         fwd += layer_fwd
         if method.kind == "full":
             layer_bwd = 2 * lin + 2 * attn
         elif method.kind == "freeze":
             layer_bwd = 2 * (lin + attn) if i >= first_trained else 0.0
-        else:
-            layer_bwd = lin + 2 * attn + 2 * ad
+        else:  # nothing below the lowest adapted layer needs a gradient
+            layer_bwd = lin + 2 * attn + 2 * ad if i >= first_trained else 0.0
         bwd += layer_bwd
         keeps = i >= first_trained
         if checkpointing != "none" and keeps:
@@ -131,6 +136,26 @@ def _kernel_count(spec: ModelSpec, m: Method, recompute: bool) -> int:
         graph = trained_layer_count(spec, m, layer, n)  # layers of this shape that keep a graph
         total += fwd * n + fwd * graph * (cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL + (1 if recompute else 0))
     return total
+
+
+def activation_traffic(spec: ModelSpec, job: Job) -> float:
+    """DRAM bytes per token moved by activations in one micro-step (not weights).
+
+    Every byte a layer saves for backward is written in the forward and read in the backward
+    (and written again when recomputed); the logits and the cross-entropy's [tokens, vocab]
+    arrays are written and read once each. The saved bytes are the memory model's
+    (tuneplan.memory: the transformers/PEFT saves, or MLX's for an mlx-lm step). A lower
+    bound: elementwise kernels that re-read their inputs (norms, rotary, SwiGLU) move more.
+    """
+    t = job.training
+    one = replace(t, micro_batch=1)
+    if t.profile.mlx_graph:
+        saved = mlx_activations(spec, Job(job.method, one))[0]
+        logits = mlx_logits_bytes(spec, Job(job.method, one)) / t.seq_len
+    else:
+        saved = stack_activations(spec, job.method, one)[0]
+        logits = logits_bytes(spec, one)[2] / t.seq_len
+    return saved * (3 if t.checkpointing != "none" else 2) + 2 * logits
 
 
 @dataclass(frozen=True)
@@ -205,8 +230,14 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
 
     # executed FLOPs at the profile's efficiency, plus a fixed cost per kernel (launch and
     # host dispatch) that small micro-steps cannot hide
-    compute = (tf.executed * tokens + tf.per_step) / (peak * eff) + kernel_count(spec, job) * cal.SECONDS_PER_KERNEL
-    if m.kind == "qlora":
+    compute = (tf.executed * tokens + tf.per_step) / (peak * eff)
+    if t.profile.eager_kernels:
+        compute += kernel_count(spec, job) * cal.SECONDS_PER_KERNEL
+    if m.kind == "qlora" and not m.fmt.dequant_copy:
+        # MLX quantized_matmul reads the packed weight and its constants in the kernel
+        dequant = 0.0
+        weight_bytes = (st.weights + st.quant_constants) * passes
+    elif m.kind == "qlora":
         quantised = pc.linear_in_layers
         rest = pc.total - quantised
         serial = cal.DEQUANT_BYTES_PER_PARAM[m.quant] - 2  # unpack + write the bf16 copy
@@ -216,7 +247,12 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         dequant = 0.0
         weight_bytes = pb * pc.total * passes
     weights = _gb(weight_bytes, bw)
-    terms = [("compute", compute), ("weight reads", weights)]
+    acts = _gb(activation_traffic(spec, job) * tokens, bw)
+    # roofline (Williams, Waterman & Patterson, "Roofline: an insightful visual performance
+    # model", CACM 52(4), 2009): a step takes the longer of its FLOPs at the achieved FLOP/s
+    # and its DRAM bytes at the achieved bandwidth; weights and activations share the bandwidth
+    memory = ("weight reads" if weights >= acts else "activation traffic", weights + acts)
+    terms = [("compute", compute), ("weight reads", weights), ("activation traffic", acts)]
     ckpt_layers = spec.num_layers - first_trained_layer(spec, m)
     if t.checkpointing == "offload" or (recompute and t.profile.offloads_checkpoints):
         # layer inputs go to host RAM and come back for the backward (async, overlapped)
@@ -227,7 +263,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     if p.shard_stage == 3 and n > 1:
         gathered = (pb if m.kind != "qlora" else 1) * pc.total * passes + st.gradients
         terms.append(("ZeRO-3 gathers", _gb(gathered * (n - 1) / n, device.peer_gbps(n))))
-    overlapped = max(terms, key=lambda x: x[1])
+    overlapped = max([t_ for t_ in terms if t_[0] not in ("weight reads", "activation traffic")] + [memory],
+                     key=lambda x: x[1])
     micro = overlapped[1] + dequant
     if dequant:
         terms.append(("QLoRA dequantisation", dequant))

@@ -61,6 +61,27 @@ class FrameworkProfile:
         calibration_framework: the stack's name in the `framework` column of measured runs
             (../shared/calibration, benchmarks/measured_runs.py FRAMEWORK_PROFILE); empty:
             the setting's own name. `tuneplan probe` records use it.
+        runtimes: (device vendor, runtime) pairs: the backend the stack runs on for each
+            vendor (tuneplan.choices.runtimes); the first pair is the default when no
+            device is named. PyTorch stacks: CUDA on NVIDIA, ROCm on AMD, MPS on Apple.
+        quant_libraries: quantisation libraries the stack's QLoRA uses (QuantFormat.library).
+        mlx_graph: the step is MLX's (mlx-lm): lazily built graph, mx.compile'd step,
+            autodiff through MLX's vjps; the memory model follows tuneplan.memory.mlx.
+        defaults: (setting, value) the stack uses when the user gives none (mlx-lm's
+            CONFIG_DEFAULTS: rank 8, num_layers 16, no gradient checkpointing).
+        optimizers: the optimizer settings the stack offers (empty: every one).
+        layer_subset: the stack adapts or trains only the last N decoder layers
+            (Method.lora_layers: mlx-lm's num_layers); others refuse --lora-layers.
+        full_is_layers: its full fine-tuning trains the last N decoder layers only, the
+            embeddings, final norm and lm_head stay frozen (mlx_lm/lora.py train_model:
+            model.freeze(), then `for l in model.layers[-num_layers:]: l.unfreeze()`):
+            tuneplan's freeze of N layers.
+        data_parallel: the stack's multi-GPU data parallelism is modelled (DDP/ZeRO/FSDP).
+        precisions / checkpointing_modes / cross_entropies: the settings the stack offers
+            (empty: every one).
+        eager_kernels: the step launches kernels one by one from eager PyTorch, each with a
+            fixed cost (tuneplan.timing.kernel_count x calibration.SECONDS_PER_KERNEL);
+            False for a step compiled as one graph (mlx-lm mx.compile's its step).
     """
 
     name: str
@@ -79,6 +100,25 @@ class FrameworkProfile:
     dequant_bandwidth_share: float = cal.BNB_DEQUANT_BANDWIDTH_SHARE
     calibration_framework: str = ""
     expands_kv_heads: bool = False
+    runtimes: tuple[tuple[str, str], ...] = (("NVIDIA", "cuda"), ("AMD", "rocm"), ("Apple", "mps"))
+    quant_libraries: tuple[str, ...] = ("bitsandbytes",)
+    mlx_graph: bool = False
+    defaults: tuple[tuple[str, object], ...] = ()
+    optimizers: tuple[str, ...] = ()
+    layer_subset: bool = False
+    full_is_layers: bool = False
+    data_parallel: bool = True
+    precisions: tuple[str, ...] = ()
+    checkpointing_modes: tuple[str, ...] = ()
+    cross_entropies: tuple[str, ...] = ()
+    eager_kernels: bool = True
+
+    def runtime_for(self, vendor: str | None) -> str:
+        """The runtime this stack runs on for a device vendor (None: the default runtime)."""
+        for v, rt in self.runtimes:
+            if v == vendor:
+                return rt
+        return self.runtimes[0][1]
 
 
 FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
@@ -132,6 +172,35 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "litgpt", "litgpt (Lightning)", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="lm-head-chunked", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["litgpt"], fused_qkv=True),
+    FrameworkProfile(
+        # mlx-lm 0.32.2 (`mlx_lm.lora`): LoRA/DoRA on every linear of the last num_layers
+        # blocks (tuner/utils.py linear_to_lora_layers: keys = every nn.Linear/QuantizedLinear
+        # of model.layers), lora_a/lora_b created fp32 (tuner/lora.py LoRALinear.__init__:
+        # mx.random.uniform / mx.zeros default float32) whatever the model dtype, no autocast;
+        # Adam moments zeros_like(param) (mlx/optimizers), so fp32 for adapters; the loss is
+        # nn.losses.cross_entropy on the model-dtype logits (tuner/trainer.py default_loss);
+        # QLoRA is a model converted with MLX affine quantisation (mlx_lm/utils.py quantize_model).
+        "mlx", "MLX (mlx-lm)", adapter_fp32=True, autocast_half=False, adapter_input_copies=False,
+        default_cross_entropy="plain", quantises_fused_experts=True, offloads_checkpoints=False,
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["mlx"],
+        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY, calibration_framework="mlx",
+        runtimes=(("Apple", "mlx-metal"), ("NVIDIA", "mlx-cuda"), ("CPU", "mlx-cpu")),
+        quant_libraries=("mlx",), mlx_graph=True,
+        device_notes=(
+            ("NVIDIA", "MLX's CUDA backend (mlx-cuda) is recent; its speed is not validated (an A100 mlx-lm run, "
+                       "throughput.csv MX-03, is over-predicted by ~40%)."),
+            ("AMD", "MLX has no ROCm backend; mlx-lm does not run on AMD GPUs."),
+        ),
+        # mlx_lm/lora.py CONFIG_DEFAULTS: lora_parameters rank 8, num_layers 16,
+        # grad_checkpoint False; `-q` conversions default to 4-bit, group size 64
+        defaults=(("rank", 8), ("lora_layers", 16), ("checkpointing", "none"), ("quant", "mlx4")),
+        # mlx_lm/lora.py train_model: adam, adamw, muon, sgd, adafactor (Adam's memory is AdamW's)
+        optimizers=("adamw", "sgd", "sgd-momentum", "adafactor"),
+        layer_subset=True, full_is_layers=True, data_parallel=False,
+        # the model dtype (no autocast, no master weights); grad_checkpoint on or off;
+        # one loss (nn.losses.cross_entropy)
+        precisions=("bf16", "fp16", "fp32"), checkpointing_modes=("none", "full"), cross_entropies=("plain",),
+        eager_kernels=False),
 )}
 
 

@@ -27,6 +27,7 @@ from tuneplan.job import (
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
     QUANT_TYPES,
+    RUNTIME_NAMES,
     SHARDING,
     STACK_NAMES,
     TASK_NAMES,
@@ -85,11 +86,15 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--targets", dest="targets", type=name, default=None,
                    help="LoRA targets: all-linear | attn | qv | mlp | comma list of module names (default all-linear)")
     g.add_argument("--quant", dest="quant", type=name, default=None,
-                   help=f"qlora base-weight format: {' | '.join(QUANT_TYPES)} (default nf4)")
+                   help=f"qlora base-weight format: {' | '.join(QUANT_TYPES)} (default nf4; --framework mlx: "
+                        "mlx4, MLX affine 4-bit, group size 64)")
     g.add_argument("--no-double-quant", dest="double_quant", action="store_false",
                    help="qlora without double quantisation")
     g.add_argument("--trainable-layers", dest="trainable_layers", type=count, default=None,
                    help="freeze: train the last K decoder layers (default 2)")
+    g.add_argument("--lora-layers", dest="lora_layers", type=count, default=None,
+                   help="--framework mlx: adapt (or, with --method full, train) only the last N decoder layers "
+                        "(mlx-lm num_layers, default 16)")
     g.add_argument("--lora-dropout", dest="lora_dropout", type=number, default=None,
                    help="dropout on adapter inputs (default 0)")
     g.add_argument("--train-embeddings", dest="train_embeddings", action="store_true",
@@ -121,6 +126,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="step each parameter during backward and free its gradient (torchtune optimizer_in_bwd)")
     t.add_argument("--compile", dest="compile", type=name, nargs="?", const="inductor", default=None,
                    help=f"torch.compile: {' | '.join(COMPILE_NAMES)} (--compile alone: inductor; default none)")
+    t.add_argument("--runtime", dest="runtime", type=name, default=None,
+                   help=f"execution backend: {' | '.join(RUNTIME_NAMES)} (default: the framework's on the --gpu "
+                        "device's vendor; hf cuda, mlx mlx-metal)")
     t.add_argument("--stack", dest="stack", default="current",
                    help=f"library versions: {' | '.join(STACK_NAMES)} (default current)")
     d = p.add_argument_group("parallel")

@@ -32,7 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def estimate_data(spec: ModelSpec, job: Job, device: Device | None) -> tuple[MemoryEstimate, FitVerdict | None]:
     """What `estimate` reports, as data: the breakdown and, with a device, the fit verdict
-    with its cheapest fix and the largest micro-batch and sequence that fit."""
+    with its cheapest fix and the largest micro-batch and sequence that fit. With a device the
+    job runs on the framework's runtime for that vendor (HF on Apple: MPS, no CUDA context)."""
+    if device:
+        job = job.on_vendor(device.vendor)
     est = estimate_memory(spec, job)
     return est, (fit_verdict(spec, job, device, limits=True) if device else None)
 

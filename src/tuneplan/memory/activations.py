@@ -299,7 +299,7 @@ def stack_activations(spec: ModelSpec, method: Method, training: Training) -> tu
     worst = LayerActs(0, 0)
     for layer, n in layer_groups(spec):
         la = layer_activations(spec, job, layer)
-        count = trained_layer_count(spec, method, layer, n) if method.kind == "freeze" else n
+        count = trained_layer_count(spec, method, layer, n)
         total += la.saved * count
         if la.saved + la.transient > worst.saved + worst.transient:
             worst = la

@@ -92,6 +92,8 @@ def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
     pc = param_counts(spec)
     if m.kind != "qlora":
         return t.param_bytes * pc.total, 0
+    if m.fmt.constants == "affine":
+        return _affine_weights(spec, m, t)
     weights = quant_consts = 0
     for layer, n in layer_groups(spec):
         for lin in layer_linears(spec, layer):
@@ -105,6 +107,36 @@ def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
             quant_consts += consts * lin.count * n
     weights += 2 * (pc.total - pc.linear_in_layers)  # embeddings, norms, lm_head: bf16
     return weights, quant_consts
+
+
+def _affine_weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
+    """(weight bytes, constant bytes) under MLX affine quantisation (mlx-lm convert -q).
+
+    Every linear and the embedding (and an untied lm_head) whose input width divides by the
+    group size is quantised (mlx_lm/utils.py quantize_model wrapped_predicate:
+    `module.weight.shape[-1] % group_size != 0` -> not quantised): bits/8 bytes per weight
+    packed in uint32, plus one scale and one bias per group in the model dtype (mx.quantize,
+    mlx 0.32.4). Norms and biases stay in the model dtype.
+    """
+    pc = param_counts(spec)
+    g, bits, pb = m.quant_blocksize, m.fmt.bits, t.param_bytes
+    weights = consts = 0
+    quantised = 0
+
+    def add(d_in: int, d_out: int, copies: int) -> None:
+        nonlocal weights, consts, quantised
+        if d_in % g:
+            return
+        weights += d_in * d_out * bits // 8 * copies
+        consts += 2 * pb * (d_in // g) * d_out * copies
+        quantised += d_in * d_out * copies
+
+    for layer, n in layer_groups(spec):
+        for lin in layer_linears(spec, layer):
+            add(lin.d_in, lin.d_out, lin.count * n)
+    add(spec.hidden_size, spec.vocab_size, 1 if spec.tie_embeddings else 2)
+    weights += pb * (pc.total - quantised)
+    return weights, consts
 
 
 @lru_cache(maxsize=16384)

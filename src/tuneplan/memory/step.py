@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tuneplan import calibration as cal
 from tuneplan.job import Job
 from tuneplan.memory import components as K
 from tuneplan.memory.activations import attention_kernel, logits_bytes, stack_activations
+from tuneplan.memory.mlx import mlx_activations, mlx_logits_bytes
 from tuneplan.memory.static import Static, fsdp_fp32_params, static_memory
 from tuneplan.memory.trained import check_method, first_trained_layer, targets_text, trainable
 from tuneplan.models import ModelSpec, param_counts
@@ -87,7 +87,12 @@ class MemoryEstimate:
         return self.peak_reserved_bytes + self.managed_bytes + self.component(K.CUDA_CONTEXT)
 
     def counters(self) -> dict[str, int]:
-        """The three figures by the names torch and nvidia-smi use (bytes)."""
+        """The figures by the names the runtime uses (bytes): torch and nvidia-smi's three on
+        CUDA; MLX's mx.get_peak_memory() (no reserved counter: its buffer cache is outside it)."""
+        rt = self.job.training.rt
+        if "reserved" not in dict(rt.counters):
+            values = {"allocated": self.peak_allocated_bytes, "device": self.device_bytes}
+            return {name.split(" ")[0]: values[key] for key, name in rt.counters}
         return {"max_memory_allocated": self.peak_allocated_bytes,
                 "max_memory_reserved": self.peak_reserved_bytes,
                 "device_used": self.device_bytes}
@@ -203,6 +208,8 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     """Per-GPU bytes of each component at each moment of a steady-state step."""
     m, t, p = job.method, job.training, job.parallel
     check_method(spec, m)
+    if t.profile.mlx_graph:
+        return _mlx_moments(spec, job)
     st = static_memory(spec, job)
     g = _per_gpu(st, job)
     world, stage = p.num_gpus, p.shard_stage
@@ -299,16 +306,59 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     return _Moments(base, candidates, cpu, autocast_copies)
 
 
-def _with_overhead(allocated: int) -> int:
-    """Allocated bytes -> what the device must hold: + allocator overhead + CUDA context."""
-    return allocated + int(allocated * cal.ALLOCATOR_OVERHEAD) + cal.CUDA_CONTEXT_BYTES
+def _mlx_moments(spec: ModelSpec, job: Job) -> _Moments:
+    """The moments of an mlx-lm step (tuneplan.memory.mlx): one device, no sharding.
+
+    Candidates: the start of backward (every saved tensor and the cross-entropy's
+    [tokens, vocab] arrays, with the top layer's recomputation and cotangents already
+    scheduled, and that layer's gradients), the backward of the top
+    trained layer (saved tensors, one recomputed layer with grad_checkpoint, that layer's
+    cotangents, the gradients), and the optimizer update inside the same compiled graph
+    (gradients, and the new parameters and Adam moments of the trained tensors before the
+    old ones are released: mx.compile outputs replace the state after the evaluation).
+    """
+    m, t = job.method, job.training
+    st = static_memory(spec, job)
+    tokens = t.micro_batch * t.seq_len
+    per_token, worst_saved, worst_work = mlx_activations(spec, job)
+    h, c = spec.hidden_size, t.compute_bytes
+    layers = spec.num_layers - first_trained_layer(spec, m)
+    if t.checkpointing == "none":
+        saved, recompute = per_token * tokens, 0.0
+    else:  # mx.checkpoint around each layer's __call__ (trainer.py grad_checkpoint): its input only
+        saved, recompute = c * h * layers * tokens, worst_saved * tokens
+    work = worst_work * tokens
+    logits = mlx_logits_bytes(spec, job)
+    tr = trainable(spec, m)
+    trained = t.param_bytes * tr.base + t.adapter_bytes * tr.adapter
+    base = ((K.WEIGHTS, st.weights), (K.QUANT_CONSTANTS, st.quant_constants), (K.ADAPTERS, st.adapters),
+            (K.OPTIMIZER, st.optimizer))
+    candidates = (
+        ("forward", ((K.ACTIVATIONS, int(saved)), (K.LOGITS, logits // 2))),
+        # measured (benchmarks/mlx_check.py): MLX's evaluation order runs the top layer's
+        # recomputation and cotangents while the cross-entropy's arrays are still alive
+        # and the top layer's weight gradients
+        ("backward", ((K.GRADIENTS, st.gradients // max(1, layers)), (K.ACTIVATIONS, int(saved + recompute)),
+                      (K.LOGITS, logits), (K.WORKING, int(work)))),
+        ("backward_top", ((K.GRADIENTS, st.gradients), (K.ACTIVATIONS, int(saved + recompute)),
+                          (K.WORKING, int(work)))),
+        ("optimizer", ((K.GRADIENTS, st.gradients), (K.OPTIMIZER_TEMP, trained + st.optimizer))),
+    )
+    return _Moments(base, candidates, 0, 0)
+
+
+def _with_overhead(allocated: int, job: Job) -> int:
+    """Allocated bytes -> what the device must hold: + the runtime's allocator overhead and
+    context (CUDA: caching allocator + CUDA context; Metal/MLX: none)."""
+    rt = job.training.rt
+    return allocated + int(allocated * rt.allocator_overhead) + rt.context_bytes
 
 
 def peak_bytes(spec: ModelSpec, job: Job) -> int:
     """Peak per-GPU bytes only (the planner's fast path; same figure as estimate_memory)."""
     mo = _moments(spec, job)
     base = sum(b for _, b in mo.base)
-    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates))
+    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates), job)
 
 
 def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
@@ -321,7 +371,8 @@ def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
             m.kind, "fp32" if t.param_bytes == 4 else t.precision))
         + (", trained parameters fp32 (FSDP upcast)" if fsdp_fp32_params(job) and tr.base else "")
         + _shard_note(3, stage, world, p.offload_params),
-        K.QUANT_CONSTANTS: f"absmax per {m.quant_blocksize}" + (", double quant" if m.double_quant else ""),
+        K.QUANT_CONSTANTS: (f"scale + bias per {m.quant_blocksize}, model dtype" if m.fmt.constants == "affine" else
+                            f"absmax per {m.quant_blocksize}" + (", double quant" if m.double_quant else "")),
         K.ADAPTERS: f"rank {m.rank}, {tr.adapter:,} params, {t.adapter_bytes * 8}-bit",
         K.PARAM_GATHER: "FSDP/ZeRO-3: current + prefetched layer",
         K.GRADIENTS: f"{tr.total:,} trainable params" + _shard_note(2, stage, world, False),
@@ -332,8 +383,10 @@ def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
         K.ACTIVATIONS: {"none": "no checkpointing", "full": "checkpointed layer inputs + one recomputed layer",
                         "offload": "layer inputs offloaded to CPU + one recomputed layer"}[t.checkpointing]
         + f", {attention_kernel(spec, t).name} attention" + (", autocast weight copies" if autocast_copies else ""),
-        K.LOGITS: t.loss.note,
-        K.WORKING: "backward working set of one layer" + (", dequantised weight" if m.kind == "qlora" else ""),
+        K.LOGITS: (f"{t.precision} logits + cross-entropy ({'mx.fast.cross_entropy' if t.rt.fast_cross_entropy else 'composed'})"
+                   if t.profile.mlx_graph else t.loss.note),
+        K.WORKING: "backward working set of one layer" + (", dequantised weight" if m.kind == "qlora"
+                                                          and m.fmt.dequant_copy else ""),
     }
 
 
@@ -365,12 +418,15 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     notes = _notes(spec, job, mo.autocast_copies)
     comps = [Component(k, K.LABELS[k], int(b), notes[k]) for k, b in parts.items() if b > 0]
     allocated = sum(x.bytes for x in comps)
-    peak = _with_overhead(allocated)
-    alloc_over = peak - allocated - cal.CUDA_CONTEXT_BYTES
-    comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], alloc_over,
-                           f"{cal.ALLOCATOR_OVERHEAD:.0%} of allocated (caching allocator)"))
-    comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], cal.CUDA_CONTEXT_BYTES,
-                           "driver, kernels, cuBLAS workspace"))
+    rt = job.training.rt
+    peak = _with_overhead(allocated, job)
+    alloc_over = peak - allocated - rt.context_bytes
+    if rt.allocator_overhead:
+        comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], alloc_over,
+                               f"{rt.allocator_overhead:.0%} of allocated (caching allocator)"))
+    if rt.context_bytes:
+        comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], rt.context_bytes,
+                               "driver, kernels, cuBLAS workspace"))
     return MemoryEstimate(
         model=spec, job=job, components=tuple(comps), peak_bytes=int(peak), peak_phase=peak_phase,
         phase_bytes=tuple((k, int(v)) for k, v in phases), trainable_params=tr.total,
@@ -386,6 +442,17 @@ def _shard_note(stage_needed: int, stage: int, world: int, offloaded: bool) -> s
     return ""
 
 
+def _overhead_sentence(job: Job) -> str:
+    """What sits on top of the live tensors on this runtime, in one sentence."""
+    rt = job.training.rt
+    if rt.context_bytes or rt.allocator_overhead:
+        return (f"CUDA context {rt.context_bytes / 2**30:.2f} GiB and {rt.allocator_overhead:.0%} allocator "
+                "overhead are included.")
+    return (f"{rt.label}: no CUDA context and no caching-allocator overhead; the peak is the runtime's own "
+            "counter of live buffers" + (" (MLX has no 'reserved': its buffer cache is not counted)."
+                                          if job.training.profile.mlx_graph else "."))
+
+
 def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
     """Plain sentences for what the estimate assumes."""
     m, t, p = job.method, job.training, job.parallel
@@ -393,13 +460,24 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
         f"Steady-state step (optimizer states exist), micro-batch {t.micro_batch} x {t.seq_len} tokens, "
         f"{t.precision} precision, {t.attention} attention, framework profile {t.framework}.",
         "Activations are what autograd saves in the transformers modelling code; padding-free batches.",
-        f"CUDA context {cal.CUDA_CONTEXT_BYTES / 2**30:.2f} GiB and {cal.ALLOCATOR_OVERHEAD:.0%} allocator overhead are included.",
+        _overhead_sentence(job),
     ]
+    if t.profile.mlx_graph:
+        out[1] = ("Activations are what MLX's vjps read in mlx-lm's modelling code (tuneplan.memory.mlx); "
+                  "padding-free batches.")
+        if m.is_adapter or m.kind == "freeze":
+            out.append(f"mlx-lm trains the last {m.lora_layers or m.trainable_layers} decoder layers only "
+                       "(num_layers); embeddings and lm_head stay frozen.")
+    if t.rt.note:
+        out.append(t.rt.note)
     if m.is_adapter:
         out.append(f"Adapters on {targets_text(m.targets)} (rank {m.rank}) stored in "
-                   f"{'fp32 (PEFT autocast_adapter_dtype)' if t.adapter_bytes == 4 else 'the model dtype'}.")
+                   f"{'fp32 (' + ('mlx-lm LoRALinear' if t.profile.mlx_graph else 'PEFT autocast_adapter_dtype') + ')' if t.adapter_bytes == 4 else 'the model dtype'}.")
     if m.kind == "qlora":
-        out.append("Embeddings, norms and lm_head stay in bf16; every decoder nn.Linear is quantised.")
+        out.append(f"{m.fmt.label}: every linear, the embedding and lm_head whose input width divides by "
+                   f"{m.quant_blocksize} are quantised (mlx-lm convert); norms stay in the model dtype."
+                   if m.fmt.quantises_embeddings else
+                   "Embeddings, norms and lm_head stay in bf16; every decoder nn.Linear is quantised.")
         if spec.is_moe:
             out.append("Routed experts " + ("are quantised (Unsloth's patch)." if t.profile.quantises_fused_experts else
                        "stay bf16: transformers 5 fuses them into 3-D parameters, which bitsandbytes skips."))

@@ -56,14 +56,23 @@ def check_method(spec: ModelSpec, method: Method) -> None:
             is_target(lin, method) for lin in layer_linears(spec, 0)
         ):
             raise TuneplanError(f"--targets {targets_text(method.targets)} match no module of {spec.name}")
+    if method.lora_layers > spec.num_layers:
+        # mlx_lm/lora.py train_model refuses the same ("Requested to train N layers but the
+        # model only has M layers.")
+        raise TuneplanError(f"--lora-layers {method.lora_layers} exceeds the model's {spec.num_layers} layers")
     if method.kind == "freeze" and method.trainable_layers > spec.num_layers:
         raise TuneplanError(f"--trainable-layers {method.trainable_layers} exceeds the model's {spec.num_layers} layers")
 
 
 def first_trained_layer(spec: ModelSpec, method: Method) -> int:
     """Index of the lowest decoder layer that keeps a graph: freeze trains only the last k
-    layers, so nothing below them needs a gradient; every other method starts at 0."""
-    return spec.num_layers - method.trainable_layers if method.kind == "freeze" else 0
+    layers, and adapters on the last lora_layers layers (mlx-lm num_layers) likewise, so
+    nothing below them needs a gradient; every other method starts at 0."""
+    if method.kind == "freeze":
+        return spec.num_layers - method.trainable_layers
+    if method.is_adapter and method.lora_layers:
+        return spec.num_layers - method.lora_layers
+    return 0
 
 
 def layer_groups(spec: ModelSpec) -> list[tuple[int, int]]:
@@ -77,8 +86,9 @@ def layer_groups(spec: ModelSpec) -> list[tuple[int, int]]:
 
 
 def trained_layer_count(spec: ModelSpec, method: Method, layer: int, n: int) -> int:
-    """How many of the `n` layers like `layer` have trainable weights (freeze: the last k)."""
-    if method.kind != "freeze":
+    """How many of the `n` layers like `layer` have trainable weights (freeze: the last k;
+    adapters on the last lora_layers layers)."""
+    if method.kind != "freeze" and not (method.is_adapter and method.lora_layers):
         return n
     first = first_trained_layer(spec, method)
     same = [i for i in range(spec.num_layers) if (not spec.moe_layers or spec.moe_layers[i] == spec.moe_layers[layer])]
@@ -141,10 +151,11 @@ def trainable(spec: ModelSpec, method: Method) -> Trainable:
     else:
         r = method.rank
         for layer, n in layer_groups(spec):
+            adapted = trained_layer_count(spec, method, layer, n)
             for lin in layer_linears(spec, layer):
-                if not is_target(lin, method):
+                if not is_target(lin, method) or not adapted:
                     continue
-                copies = lin.count * n
+                copies = lin.count * adapted
                 adapter += r * (lin.d_in + lin.d_out) * copies
                 tensors.append((r * lin.d_in, r, lin.d_in, copies))
                 tensors.append((r * lin.d_out, lin.d_out, r, copies))

@@ -160,6 +160,22 @@ def test_options_name_every_form_field_by_its_cli_option(client):
     assert o["limits"]["max_body_bytes"] == 1 << 20 and o["limits"]["max_matrix_cells"] == web.MAX_MATRIX_CELLS
 
 
+def test_every_named_option_has_its_choices_and_a_form_control(client):
+    """The form's selects come from the CLI's one choices table, so a new named option (compile,
+    runtime) reaches the page; each has a control in index.html."""
+    from importlib import resources
+
+    from tuneplan.cli.options import CHOICES
+
+    o = ok(client.get("/api/options"))
+    html = resources.files("tuneplan.web").joinpath("static/index.html").read_text()
+    for key, names in CHOICES.items():
+        assert o["choices"][key] == list(names)
+        if key not in ("targets", "task", "stack"):  # targets is a datalist; task and stack are CLI-only
+            assert f'data-choices="{key}"' in html, key
+    assert o["choices"]["compile"] == ["none", "inductor"] and "mlx-metal" in o["choices"]["runtime"]
+
+
 # ---------------------------------------------------------------- bad input: 4xx, one line of JSON
 
 def error_of(r, status=400):

@@ -30,6 +30,7 @@ from tuneplan.job import (
     RUNTIME_NAMES,
     SHARDING,
     STACK_NAMES,
+    TARGET_PRESETS,
     TASK_NAMES,
     Job,
 )
@@ -73,6 +74,17 @@ def add_hub_argument(p: argparse.ArgumentParser) -> None:
 
 # options of the model, not of the job
 _NOT_JOB = ("hub", "allow_long_context")
+
+
+# The names each named job option takes, by its long option: the help texts below and the web
+# page's form (tuneplan.web) read this one table.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": (*METHODS[:3], "qlora-8bit", *METHODS[3:]), "quant": QUANT_TYPES, "targets": tuple(TARGET_PRESETS),
+    "precision": PRECISION_NAMES, "optimizer": OPTIMIZER_NAMES, "checkpointing": CHECKPOINTING,
+    "attention": ATTENTION_NAMES, "framework": FRAMEWORK_NAMES, "cross-entropy": CROSS_ENTROPY_NAMES,
+    "compile": COMPILE_NAMES, "runtime": RUNTIME_NAMES, "sharding": SHARDING, "task": TASK_NAMES,
+    "stack": STACK_NAMES,
+}
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:

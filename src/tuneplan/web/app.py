@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from tuneplan import __version__
 from tuneplan.checks import check_device_count, check_job
-from tuneplan.cli.options import job_from_args
+from tuneplan.cli.options import CHOICES, job_from_args
 from tuneplan.cli.output import finite
 from tuneplan.commands import devices as devices_cmd
 from tuneplan.commands import estimate as estimate_cmd
@@ -46,21 +46,7 @@ from tuneplan.errors import TuneplanError
 from tuneplan.export import TARGETS
 from tuneplan.hardware import devices as device_table
 from tuneplan.hardware import devices_in, resolve_device, resolve_devices
-from tuneplan.job import (
-    ATTENTION_NAMES,
-    CHECKPOINTING,
-    CROSS_ENTROPY_NAMES,
-    FRAMEWORK_NAMES,
-    METHODS,
-    OPTIMIZER_NAMES,
-    PRECISION_NAMES,
-    QUANT_TYPES,
-    SHARDING,
-    STACK_NAMES,
-    TARGET_PRESETS,
-    TASK_NAMES,
-    Job,
-)
+from tuneplan.job import METHODS, Job
 from tuneplan.matrix import fit_matrix, heatmap_grid
 from tuneplan.models import (
     MAX_CONFIG_BYTES,
@@ -353,13 +339,8 @@ class Api:
             setting_option.setdefault(a.dest, name)
             if a.dest in default and a.dest not in fields:
                 fields[a.dest] = {"option": name, "flag": a.nargs == 0, "help": a.help, "default": default[a.dest]}
-        choices = {"method": [*METHODS[:3], "qlora-8bit", *METHODS[3:]], "quant": list(QUANT_TYPES),
-                   "targets": list(TARGET_PRESETS), "precision": list(PRECISION_NAMES),
-                   "optimizer": list(OPTIMIZER_NAMES), "checkpointing": list(CHECKPOINTING),
-                   "attention": list(ATTENTION_NAMES), "framework": list(FRAMEWORK_NAMES),
-                   "cross-entropy": list(CROSS_ENTROPY_NAMES), "sharding": list(SHARDING),
-                   "task": list(TASK_NAMES), "stack": list(STACK_NAMES), "rank-by": ["time", "cost", "purchase"],
-                   "matrix-methods": list(METHODS)}
+        choices = {key: list(names) for key, names in CHOICES.items()}
+        choices.update({"rank-by": ["time", "cost", "purchase"], "matrix-methods": list(METHODS)})
         return {"version": __version__, "hub": self.hub, "fields": fields, "setting_option": setting_option,
                 "choices": choices,
                 "export_targets": [{"name": t.name, "label": t.label, "file_name": t.file_name}

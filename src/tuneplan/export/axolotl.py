@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tuneplan.choices.compilation import COMPILED
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY
 from tuneplan.errors import TuneplanError
 from tuneplan.export.common import (
@@ -25,12 +24,14 @@ from tuneplan.export.common import (
     fill_in,
     fused_loss,
     hf_adapt_parallel,
+    hf_compile,
     hf_precision,
     hf_read_precision,
     loss_setting,
     model_id,
     optimizer_from_hf,
     precision_named,
+    read_compile,
     read_embeddings,
     read_parallel,
     read_targets,
@@ -105,8 +106,7 @@ def build(spec: ModelSpec, job: Job) -> Built:
     body.update(bf16=pr.bf16 or pr.load_dtype == "bfloat16", fp16=pr.fp16 or pr.load_dtype == "float16",
                 gradient_checkpointing=t.checkpointing != "none",
                 attn_implementation=t.attn.hf_impl)
-    if t.compilation.compiled:
-        body["torch_compile"] = True
+    body.update(hf_compile(job))
     if t.checkpointing == "offload":
         body["activation_offloading"] = True  # axolotl 0.19: gradient_checkpointing "offload" is deprecated for this
     loss = t.loss
@@ -215,9 +215,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
         gc = "offload"
     s["checkpointing"] = gc
     origin["checkpointing"] = "gradient_checkpointing"
-    if f.flag("torch_compile", False):
-        s["compile"] = COMPILED
-        origin["compile"] = "torch_compile"
+    read_compile(f, s, origin)
     s["attention"] = _attention(f)
     origin["attention"] = "attn_implementation"
     s["cross_entropy"], note = _loss(f)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneplan.choices.attention import ATTENTION
+from tuneplan.choices.compilation import COMPILED
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision
@@ -302,6 +303,19 @@ def read_deepspeed(ds: dict[str, Any], where: str) -> dict[str, Any]:
                                     "not modelled (tuneplan models cpu offload)")
             out[setting] = True
     return out
+
+
+def hf_compile(job: Job) -> dict[str, Any]:
+    """transformers TrainingArguments' torch_compile for a compiled job (TRL, Axolotl and
+    LLaMA-Factory pass it through); nothing for an eager one, the Trainer's default."""
+    return {"torch_compile": True} if job.training.compilation.compiled else {}
+
+
+def read_compile(f: Fields, s: dict[str, Any], origin: dict[str, str], key: str = "torch_compile") -> None:
+    """A stack's boolean compile field (`key`) as the compile setting, when it is on."""
+    if f.flag(key, False):
+        s["compile"] = COMPILED
+        origin["compile"] = key
 
 
 def hf_read_precision(load_dtype: str, bf16: bool, fp16: bool, ds: dict[str, Any] | None) -> tuple[str, str]:

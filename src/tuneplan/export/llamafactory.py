@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneplan.choices.compilation import COMPILED
 from tuneplan.export.common import (
     Built,
     Fields,
@@ -26,12 +25,14 @@ from tuneplan.export.common import (
     fill_in,
     fused_loss,
     hf_adapt_parallel,
+    hf_compile,
     hf_fsdp,
     hf_read_precision,
     loss_setting,
     model_id,
     optimizer_from_hf,
     precision_named,
+    read_compile,
     read_embeddings,
     read_parallel,
     read_targets,
@@ -121,8 +122,7 @@ def build(spec: ModelSpec, job: Job) -> Built:
     if t.optim.hf_optim_args:
         body["optim_args"] = t.optim.hf_optim_args
     body.update(_precision_flags(job))
-    if t.compilation.compiled:
-        body["torch_compile"] = True  # passed through to transformers' TrainingArguments
+    body.update(hf_compile(job))
     if t.checkpointing == "none":
         body["disable_gradient_checkpointing"] = True
     elif t.checkpointing == "offload":
@@ -215,9 +215,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     off_gc = f.flag("disable_gradient_checkpointing", False)
     s["checkpointing"] = "none" if off_gc else ("offload" if f.flag("use_unsloth_gc", False) else "full")
     origin["checkpointing"] = "disable_gradient_checkpointing, use_unsloth_gc"
-    if f.flag("torch_compile", False):
-        s["compile"] = COMPILED
-        origin["compile"] = "torch_compile"
+    read_compile(f, s, origin)
     s["attention"] = attention_for_impl(f.choice("flash_attn", FLASH_ATTN, DEFAULTS["flash_attn"]))
     origin["attention"] = "flash_attn"
     if f.flag("use_unsloth"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuneplan.choices.compilation import COMPILED
 from tuneplan.choices.optimizers import OPTIMIZERS
 from tuneplan.errors import TuneplanError
 from tuneplan.export.common import (
@@ -27,6 +26,7 @@ from tuneplan.export.common import (
     fill_in,
     loss_setting,
     precision_named,
+    read_compile,
     refuse,
     sdpa_attention,
 )
@@ -316,9 +316,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
             notes.append("fsdp_reshard_after_forward: false keeps parameters gathered between forward and backward "
                          "(estimated as --sharding zero2)")
         missing["num_gpus"] = "torchtune configs do not hold the GPU count (tune run --nproc_per_node does)"
-    if f.flag("compile", False):
-        s["compile"] = COMPILED
-        origin["compile"] = "compile"
+    read_compile(f, s, origin, "compile")
     return Read(model, s, origin, tuple(f.read), tuple(f.defaults), tuple(notes), missing)
 
 

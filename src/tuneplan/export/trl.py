@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneplan.choices.compilation import COMPILED
 from tuneplan.errors import TuneplanError
 from tuneplan.export.common import (
     Built,
@@ -25,12 +24,14 @@ from tuneplan.export.common import (
     fill_in,
     fused_loss,
     hf_adapt_parallel,
+    hf_compile,
     hf_fsdp,
     hf_precision,
     hf_read_precision,
     loss_setting,
     model_id,
     optimizer_from_hf,
+    read_compile,
     read_embeddings,
     read_parallel,
     read_targets,
@@ -95,8 +96,7 @@ def build(spec: ModelSpec, job: Job) -> Built:
         body["optim_args"] = t.optim.hf_optim_args
     body.update(gradient_checkpointing=t.checkpointing != "none",
                 activation_offloading=t.checkpointing == "offload")
-    if t.compilation.compiled:
-        body["torch_compile"] = True
+    body.update(hf_compile(job))
     if p.num_gpus > 1:
         body["num_processes"] = p.num_gpus  # not an SFTConfig field: TRL passes it to accelerate launch
     if uses_deepspeed(job):
@@ -168,9 +168,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     offload = f.flag("activation_offloading", False)
     s["checkpointing"] = "offload" if offload else ("full" if gc else "none")
     origin["checkpointing"] = "gradient_checkpointing, activation_offloading"
-    if f.flag("torch_compile", False):
-        s["compile"] = COMPILED
-        origin["compile"] = "torch_compile"
+    read_compile(f, s, origin)
     if offload and not gc:
         notes.append("activation_offloading without gradient_checkpointing: estimated as --checkpointing offload")
     n = f.count("num_processes")

@@ -6,17 +6,15 @@ re-run `python benchmarks/guides_2026.py` and commit the doc (like the README ta
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from scripts_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("guides_2026", ROOT / "benchmarks" / "guides_2026.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/guides_2026.py")
 
 
 def test_guides_doc_is_current():

@@ -9,7 +9,6 @@ and the OOM rule on hand-made rows. No torch.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from scripts_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT.parent / "shared" / "calibration"
@@ -24,15 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "measured_runs.json"
 TOLERANCE = 0.005  # 0.5 percentage point on the median |error|
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("measured_runs", ROOT / "benchmarks" / "measured_runs.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["measured_runs"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load_bench()
+bench = load_script("benchmarks/measured_runs.py")
 needs_data = pytest.mark.skipif(not (CALIBRATION / "memory.csv").exists(), reason=f"{CALIBRATION} absent")
 
 

@@ -8,26 +8,17 @@ Skipped where mlx or mlx-lm is not importable. ~40 s on 2 CPU cores.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("mlx_check", ROOT / "benchmarks" / "mlx_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mlx_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _bench()
+bench = load_script("benchmarks/mlx_check.py")
 
 
 def test_job_set_covers_the_methods_and_two_lengths():

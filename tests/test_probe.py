@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -190,10 +190,7 @@ def test_records_are_read_by_measured_runs(capsys, cfg, tmp_path):
     lines = [json.loads(x) for x in rec.read_text().splitlines()]
     assert len(lines) == 2 and all(x["model_hf_id"] == str(cfg.resolve()) for x in lines)
     assert lines[0]["job"] == outs[0]["job"] and lines[0]["versions"]["torch"]
-    spec = importlib.util.spec_from_file_location("measured_runs_probe", ROOT / "benchmarks" / "measured_runs.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["measured_runs_probe"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/measured_runs.py", "measured_runs_probe")
     cal = tmp_path / "calibration"
     cal.mkdir()
     (cal / "memory.csv").write_text("id,model_hf_id,measured_gib\n")

@@ -1,11 +1,10 @@
 """The time model's fitted constants equal what benchmarks/fit_time_constants.py fits from
 their named measured rows, so no one can edit a constant away from its data."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
 from tuneplan import calibration as cal
 
@@ -16,11 +15,7 @@ pytestmark = pytest.mark.skipif(not (CALIBRATION / "throughput.csv").exists(), r
 
 @pytest.fixture(scope="module")
 def fit():
-    spec = importlib.util.spec_from_file_location("fit_time_constants", ROOT / "benchmarks" / "fit_time_constants.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fit_time_constants"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/fit_time_constants.py")
 
 
 def test_hf_efficiency_and_kernel_cost_are_the_fit(fit):

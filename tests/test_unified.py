@@ -3,11 +3,11 @@ counted as the same memory, and the GB10 pair over ConnectX-7."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
 from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
@@ -68,9 +68,7 @@ def test_build_script_reproduces_devices_json():
     shared = ROOT.parent / "shared" / "catalog" / "hardware.csv"
     if not shared.exists():
         pytest.skip("shared catalog not present")
-    spec = importlib.util.spec_from_file_location("bdc", ROOT / "scripts" / "build_device_catalog.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/build_device_catalog.py", "bdc")
     built = mod.build(mod.read_rows(shared, mod.EXTRA_CSV))
     committed = json.loads((ROOT / "src" / "tuneplan" / "data" / "devices.json").read_text())["devices"]
     assert built == committed, "devices.json is stale: run python scripts/build_device_catalog.py"

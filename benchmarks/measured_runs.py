@@ -215,9 +215,18 @@ BNB_STACK = "bnb-pre-0.43.2"
 OLD_TRANSFORMERS = {
     "lh": "Liger-Kernel HF examples, 2024-08 (transformers 4.44)",
     "lf": "LLaMA-Factory comparison, Dec 2023 (transformers 4.36)",
-    "uc": "unsloth README context table, Jan 2025 (transformers <= 4.48)",
+    "uc": "unsloth README context table, 2025-01-14 (transformers 4.46-4.48)",
 }
 OLD_TRANSFORMERS_STACK = "transformers-4.4x"
+# transformers 4.46-4.48 (Oct 2024 - Jan 2025): the loss upcasts while the caller still holds
+# the compute-dtype logits (tuneplan.choices.versions logits_alive_in_loss)
+TRANSFORMERS_446 = {"uc"}
+TRANSFORMERS_446_STACK = "transformers-4.46"
+# QLoRA through the HF Trainer before TRL PR #4704 (2025-12): the baseline of Unsloth's context
+# table is taken to be TRL's SFTTrainer (the trainer of Unsloth's notebooks, which the
+# comparison swaps the model loader under), which ran prepare_model_for_kbit_training and, with
+# --bf16, peft_module_casting_to_bf16 (tuneplan.choices.kbit_prep trl-bf16)
+TRL_KBIT_PREP = {"uc": "trl-bf16"}
 BOTH_OLD_STACK = "2023"
 
 
@@ -512,8 +521,17 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
     # library versions: transformers' fp32 logits copy in the HF loss before Jan 2025
     if r.id[:2] in OLD_TRANSFORMERS and profile in ("hf", "llamafactory", "axolotl") \
             and s.get("cross_entropy", "plain") == "plain":
-        s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
-        r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
+        if r.id[:2] in TRANSFORMERS_446:
+            s["stack"] = TRANSFORMERS_446_STACK
+            r.caveats.append(f"transformers 4.46-4.48 ({OLD_TRANSFORMERS[r.id[:2]]}): the caller's bf16 logits "
+                             "live through the loss's fp32 copy, shifted copy and log-probs")
+        else:
+            s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
+            r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
+    if method == "qlora" and profile == "hf" and r.id[:2] in TRL_KBIT_PREP:
+        s["kbit_prep"] = TRL_KBIT_PREP[r.id[:2]]
+        r.caveats.append("HF baseline taken as TRL SFTTrainer of the time: prepare_model_for_kbit_training + "
+                         "peft_module_casting_to_bf16 (fp32 norms, bf16 adapters; --kbit-prep trl-bf16)")
     if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
         s["compile"] = "inductor"
         r.caveats.append("torch.compile on: saved activations per tuneplan.choices.compilation; its kernel "
@@ -551,6 +569,7 @@ DEVICE_MAP = [  # (pattern in the CSV device text, catalog id, note)
     (r"^a100 sxm4 80gb", "a100-80gb-sxm", ""),
     (r"^a100 80gb", "a100-80gb-sxm", ""),
     (r"^a100 40gb", "a100-40gb-sxm", ""),
+    (r"^a100-sxm4-40gb", "a100-40gb-sxm", ""),
     (r"^a100", "a100-80gb-sxm", "A100 variant not stated; 80GB SXM assumed"),
     (r"^h100 80gb sxm", "h100-sxm", ""),
     (r"^rtx pro 6000 blackwell", "rtx-pro-6000-blackwell", ""),
@@ -791,6 +810,22 @@ def score_memory(r: Row) -> None:
     r.error = r.predicted / r.measured_gib - 1
     if r.bound:
         r.verdict = "right (predicted OOM)" if r.predicted > r.measured_gib else "WRONG (predicted fit)"
+        r.extra["fit_verdict"] = _fit_verdict(r, est.peak_bytes)
+        if r.extra["fit_verdict"]:
+            r.verdict += f"; tuneplan's verdict on the device: {r.extra['fit_verdict']}"
+
+
+def _fit_verdict(r: Row, peak_bytes: int) -> str:
+    """What `tuneplan estimate --gpu` would tell the user for this row's device: fits (>= 10%
+    headroom), tight or no (tuneplan.fit.verdict_of against the device's usable memory)."""
+    from tuneplan.fit import verdict_of
+    from tuneplan.hardware import resolve_device
+
+    dev_id, _ = map_device(r.source.get("device", ""))
+    if dev_id is None:
+        return ""
+    usable = resolve_device(dev_id).usable_bytes
+    return f"{verdict_of(peak_bytes, usable)} ({(usable - peak_bytes) / usable:+.0%} headroom of {usable / GiB:.1f} GiB usable)"
 
 
 def score_time(r: Row) -> None:
@@ -939,7 +974,10 @@ def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) ->
             **breakdowns(point, "memory"),
             "oom": {"n": len(bounds), "right": sum(r.verdict.startswith("right") for r in bounds),
                     "predicted_fit_wrong": sum(r.verdict.startswith("WRONG") for r in bounds),
-                    "wrong_ids": [r.id for r in bounds if r.verdict.startswith("WRONG")]},
+                    "wrong_ids": [r.id for r in bounds if r.verdict.startswith("WRONG")],
+                    # what the user is told: an OOM row that tuneplan calls "fits" (>= 10% headroom)
+                    "verdict_fits": [r.id for r in bounds if r.extra.get("fit_verdict", "").startswith("fits")],
+                    "verdict_tight": [r.id for r in bounds if r.extra.get("fit_verdict", "").startswith("tight")]},
             "counter_rules": COUNTER_RULE,
         },
         "time": {
@@ -1032,7 +1070,10 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
         "",
         f"OOM rows (lower bounds): {mem['oom']['n']} scored, {mem['oom']['right']} right, "
         f"**{mem['oom']['predicted_fit_wrong']} predicted to fit** "
-        f"({', '.join(mem['oom']['wrong_ids']) or 'none'}).",
+        f"({', '.join(mem['oom']['wrong_ids']) or 'none'}). What `tuneplan estimate --gpu` tells the user for "
+        f"these runs: 'fits' (10% headroom or more) for {len(mem['oom']['verdict_fits'])} "
+        f"({', '.join(mem['oom']['verdict_fits']) or 'none'}), 'tight' for {len(mem['oom']['verdict_tight'])} "
+        f"({', '.join(mem['oom']['verdict_tight']) or 'none'}), 'does not fit' for the rest.",
         "",
         "## Memory",
         "",

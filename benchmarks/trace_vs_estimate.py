@@ -130,6 +130,20 @@ def describe(case: Case) -> str:
     return f"{method['kind']} {m}".strip(), t
 
 
+# QLoRA after a k-bit preparation (tuneplan.choices.kbit_prep): PEFT's fp32 upcast and TRL's
+# bf16 recast, tied (Llama 3.2 1B) and untied (Llama 3.1 8B) embeddings, qk-norm (Qwen3);
+# modelled from the libraries' source and traced once after (none was fitted to these)
+KBIT_ROUND: list[Case] = [
+    _c("llama-3.2-1b", {"kind": "qlora"}, kbit_prep="peft", seq_len=1024),
+    _c("llama-3.2-1b", {"kind": "qlora"}, kbit_prep="peft", checkpointing="full", seq_len=1024),
+    _c("llama-3.2-1b", {"kind": "qlora"}, kbit_prep="trl-bf16", seq_len=1024),
+    _c("llama-3.2-1b", {"kind": "qlora"}, kbit_prep="trl-bf16", checkpointing="full", seq_len=1024),
+    _c("llama-3.1-8b", {"kind": "qlora"}, kbit_prep="peft", checkpointing="full"),
+    _c("llama-3.1-8b", {"kind": "qlora"}, kbit_prep="trl-bf16", checkpointing="full"),
+    _c("qwen3-1.7b", {"kind": "qlora", "rank": 32}, kbit_prep="peft", micro_batch=2),
+]
+
+
 def run_traces(cases: list[Case], cache: dict) -> dict:
     from tuneplan.trace.run import run_trace
 
@@ -187,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             ("Variants: other architectures and settings (second fitting round)", VARIANTS),
             ("Held-out: traced once after fitting, not used to change the estimator", HELD_OUT),
             ("MoE (fused experts, transformers 5) and Gemma 2 soft-capping (third fitting round)", MOE_ROUND),
-            ("MoE / soft-capping held-out: traced once after the third round", MOE_HELD_OUT))
+            ("MoE / soft-capping held-out: traced once after the third round", MOE_HELD_OUT),
+            ("QLoRA after a k-bit preparation (PEFT fp32 upcast, TRL bf16 recast): traced once after "
+             "modelling from source", KBIT_ROUND))
     for _, cases in sets:
         cache = run_traces(cases, cache)
         raw.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")

@@ -19,6 +19,7 @@ from tuneplan.choices.attention import ATTENTION, Attention, attention
 from tuneplan.choices.compilation import COMPILATION, Compilation, compilation
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY, CrossEntropy, cross_entropy
 from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
+from tuneplan.choices.kbit_prep import KBIT_PREPS, KbitPrep, kbit_prep
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision, precision
 from tuneplan.choices.quantisation import QUANT_FORMATS, QuantFormat
@@ -41,6 +42,7 @@ TASK_NAMES = tuple(TASKS)
 STACK_NAMES = tuple(STACKS)
 RUNTIME_NAMES = tuple(RUNTIMES)
 COMPILE_NAMES = tuple(COMPILATION)
+KBIT_PREP_NAMES = tuple(KBIT_PREPS)
 
 # Short names for LoRA target sets; anything else is a comma list of module names.
 TARGET_PRESETS = {
@@ -178,6 +180,8 @@ class Training:
         stack: library versions (tuneplan.choices.versions), today's by default.
         compile: none | inductor (torch.compile): what the forward saves for backward
             (tuneplan.choices.compilation).
+        kbit_prep: how the script prepares a bitsandbytes-quantised model
+            (tuneplan.choices.kbit_prep: none | peft | trl-bf16); QLoRA only.
     """
 
     micro_batch: int = 1
@@ -193,6 +197,7 @@ class Training:
     stack: str = "current"
     runtime: str | None = None
     compile: str = "none"
+    kbit_prep: str = "none"
 
     def __post_init__(self) -> None:
         _positive("micro-batch", self.micro_batch, MAX_COUNT)
@@ -207,6 +212,7 @@ class Training:
             cross_entropy(self.cross_entropy)
         stack(self.stack)
         compilation(self.compile)
+        kbit_prep(self.kbit_prep)
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise TuneplanError("optimizer in backward steps on every micro-batch; it cannot accumulate "
                                 "gradients (use --grad-accum 1)")
@@ -256,6 +262,17 @@ class Training:
         return STACKS[self.stack]
 
     @property
+    def prep(self) -> KbitPrep:
+        """The k-bit preparation record (none unless the job is a bitsandbytes QLoRA)."""
+        return KBIT_PREPS[self.kbit_prep]
+
+    @property
+    def fp32_residual(self) -> bool:
+        """The residual stream, the norm outputs and the checkpoints are fp32: fp32 weights under
+        autocast (amp), or a k-bit preparation that upcasts norms or embeddings."""
+        return self.dtypes.fp32_residual or self.prep.fp32_residual
+
+    @property
     def param_bytes(self) -> int:
         """Bytes per element of trainable/base parameters (and their gradients)."""
         return self.dtypes.param_bytes
@@ -273,7 +290,10 @@ class Training:
 
     @property
     def adapter_bytes(self) -> int:
-        """Bytes per adapter parameter: fp32 under PEFT's autocast_adapter_dtype, else the param dtype."""
+        """Bytes per adapter parameter: fp32 under PEFT's autocast_adapter_dtype, else the param
+        dtype, unless the k-bit preparation recasts the adapters (TRL's bf16 cast)."""
+        if self.prep.adapter_bytes is not None:
+            return self.prep.adapter_bytes
         return 4 if self.profile.adapter_fp32 else self.param_bytes
 
 
@@ -457,6 +477,11 @@ def _check_stack(job: Job) -> None:
     if rt.name not in dict((r, v) for v, r in prof.runtimes):
         names = ", ".join(dict.fromkeys(r for _, r in prof.runtimes))
         raise TuneplanError(f"--framework {prof.name} does not run on runtime {rt.name}; choose one of: {names}")
+    lib = t.prep.library
+    if lib is not None and (m.kind != "qlora" or m.fmt.library != lib):
+        quants = ", ".join(q.name for q in QUANT_FORMATS.values() if q.library == lib)
+        raise TuneplanError(f"--kbit-prep {t.kbit_prep} prepares a {lib}-quantised model; it needs "
+                            f"--method qlora with --quant {quants} (or drop it)")
     if m.kind == "qlora":
         fmt = m.fmt
         if fmt.library not in prof.quant_libraries:

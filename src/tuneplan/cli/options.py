@@ -23,6 +23,7 @@ from tuneplan.job import (
     COMPILE_NAMES,
     CROSS_ENTROPY_NAMES,
     FRAMEWORK_NAMES,
+    KBIT_PREP_NAMES,
     METHODS,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
@@ -82,7 +83,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": (*METHODS[:3], "qlora-8bit", *METHODS[3:]), "quant": QUANT_TYPES, "targets": tuple(TARGET_PRESETS),
     "precision": PRECISION_NAMES, "optimizer": OPTIMIZER_NAMES, "checkpointing": CHECKPOINTING,
     "attention": ATTENTION_NAMES, "framework": FRAMEWORK_NAMES, "cross-entropy": CROSS_ENTROPY_NAMES,
-    "compile": COMPILE_NAMES, "runtime": RUNTIME_NAMES, "sharding": SHARDING, "task": TASK_NAMES,
+    "compile": COMPILE_NAMES, "kbit-prep": KBIT_PREP_NAMES, "runtime": RUNTIME_NAMES, "sharding": SHARDING, "task": TASK_NAMES,
     "stack": STACK_NAMES,
 }
 
@@ -138,6 +139,10 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="step each parameter during backward and free its gradient (torchtune optimizer_in_bwd)")
     t.add_argument("--compile", dest="compile", type=name, nargs="?", const="inductor", default=None,
                    help=f"torch.compile: {' | '.join(COMPILE_NAMES)} (--compile alone: inductor; default none)")
+    t.add_argument("--kbit-prep", dest="kbit_prep", type=name, default=None,
+                   help=f"QLoRA with bitsandbytes: how the script prepares the quantised model: "
+                        f"{' | '.join(KBIT_PREP_NAMES)} (default none; peft = peft.prepare_model_for_kbit_training, "
+                        "which upcasts embeddings, lm_head and norms to fp32; trl-bf16 = TRL SFTTrainer before 2025-12)")
     t.add_argument("--runtime", dest="runtime", type=name, default=None,
                    help=f"execution backend: {' | '.join(RUNTIME_NAMES)} (default: the framework's on the --gpu "
                         "device's vendor; hf cuda, mlx mlx-metal)")

@@ -132,6 +132,11 @@ def build(name: str, spec: ModelSpec, job: Job) -> tuple[Built, list[str]]:
         cannot.append(f"--stack {job.training.stack} ({job.training.versions.label}): the file is written for "
                       f"{today.label} (estimated with --stack {today.name})")
         job = job.with_settings(stack=today.name)
+    prep = Training().prep
+    if job.training.prep != prep:
+        cannot.append(f"--kbit-prep {job.training.kbit_prep} ({job.training.prep.label}): the file loads the "
+                      f"quantised model as today's stack does, without it (estimated with --kbit-prep {prep.name})")
+        job = job.with_settings(kbit_prep=prep.name)
     run = as_run(t, job)
     if run.training.framework != job.training.framework:
         notes.append(f"{t.name} runs the {run.training.profile.label} profile, not "

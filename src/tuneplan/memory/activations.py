@@ -125,7 +125,7 @@ def _norm_bytes(spec: ModelSpec, t: Training, full: bool) -> int:
     h = spec.hidden_size
     if not t.compilation.norm_saves:  # torch.compile recomputes the upcast and the normalised value
         return 0
-    if t.dtypes.fp32_residual or spec.model_type.startswith("gemma"):
+    if t.fp32_residual or spec.model_type.startswith("gemma"):
         return 4 * h + (4 * h if full else 0)
     return 4 * h + (t.compute_bytes * h if full else 0)
 
@@ -155,18 +155,23 @@ def _attention_saves(spec: ModelSpec, kernel: Attention, t: Training, sv: _Saver
     # halves, so q is head-major, the SDPA output follows q's layout (CPU kernel and
     # flash's empty_like(q) alike) and transpose(1, 2).contiguous() copies it (trace:
     # Phi-3.5-mini full fine-tuning).
-    if kernel.quadratic or spec.is_mla or spec.fused or sv.per_adapter_copy:
+    # (PEFT's 4-bit LoRA layer does not cast under autocast: o_proj's compute-dtype input is
+    # shared, peft tuners/lora/bnb.py Linear4bit.forward)
+    if kernel.quadratic or spec.is_mla or spec.fused or (sv.per_adapter_copy and sv.method.kind != "qlora"):
         saved += sv.input_bytes(o_proj, spec.attn_out_dim)
     elif t.compilation.attention_output_copy:  # compiled: a contiguous copy beside the kernel's output
         saved += c * spec.attn_out_dim
     return saved + sv.adapter_extras(attn)
 
 
-def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...], act_output_saved: bool = True) -> tuple[float, int]:
+def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...], act_output_saved: bool = True,
+               inter_bytes: int | None = None) -> tuple[float, int]:
     """(bytes/token, widest intermediate) of a routed-expert MLP with optional shared experts.
 
-    act_output_saved False: torch.compile recomputes act(gate) (tuneplan.choices.compilation)."""
-    c, h = sv.c, spec.hidden_size
+    act_output_saved False: torch.compile recomputes act(gate) (tuneplan.choices.compilation).
+    inter_bytes: bytes per element of gate/up/act outputs (default the compute dtype)."""
+    h = spec.hidden_size
+    c = inter_bytes or sv.c
     k, e = spec.experts_per_token, spec.num_experts
     im = spec.moe_intermediate_size
     experts = [lin for lin in lins if lin.group == "expert"]
@@ -189,13 +194,14 @@ def _moe_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...], act_output
 
 
 def _dense_mlp_saves(spec: ModelSpec, sv: _Saver, lins: tuple[Linear, ...],
-                     act_output_saved: bool = True) -> tuple[float, int]:
+                     act_output_saved: bool = True, inter_bytes: int | None = None) -> tuple[float, int]:
     """(bytes/token, intermediate width) of a gated MLP: gate, act(gate), up and, if
-    down_proj trains, their product. Compiled, act(gate) is recomputed from gate."""
+    down_proj trains, their product. Compiled, act(gate) is recomputed from gate.
+    inter_bytes: bytes per element of gate/up/act outputs (default the compute dtype)."""
     mlp = [lin for lin in lins if lin.group == "mlp"]
     inter = spec.intermediate_size
     saved = sv.input_bytes([lin for lin in mlp if lin.name != "down_proj"], spec.hidden_size)
-    saved += (3 if act_output_saved else 2) * sv.c * inter  # gate out (act input), act out, up out
+    saved += (3 if act_output_saved else 2) * (inter_bytes or sv.c) * inter  # gate out (act input), act out, up out
     saved += sv.input_bytes([lin for lin in mlp if lin.name == "down_proj"], inter)
     saved += sv.adapter_extras(mlp)
     return saved, inter
@@ -215,19 +221,22 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     norm = _norm_bytes(spec, t, full)
     per_adapter_copy = (m.is_adapter and t.autocast and t.profile.adapter_input_copies
                         and t.compilation.adapter_input_copies
-                        and (m.kind != "qlora" or t.dtypes.fp32_residual))
+                        and (m.kind != "qlora" or t.fp32_residual))
     old_bnb = m.kind == "qlora" and m.quant != "int8" and t.versions.bnb_4bit_saves_input
     sv = _Saver(m, t.compute_bytes, per_adapter_copy, old_bnb, t.profile.quantises_fused_experts)
     saved = spec.norms_per_layer * norm  # Gemma 2/3 add post-attention and post-MLP norms
     saved += _attention_saves(spec, kernel, t, sv, lins, norm)
+    # a bitsandbytes linear returns its input's dtype (nn/modules.py Linear4bit.forward:
+    # `out.to(inp_dtype)`), so after a k-bit preparation's fp32 norms gate/up/act are fp32
+    inter_bytes = 4 if t.prep.fp32_residual else sv.c
     if spec.moe_layers and spec.moe_layers[layer]:
-        mlp, mlp_width = _moe_saves(spec, sv, lins, t.compilation.activation_output_saved)
+        mlp, mlp_width = _moe_saves(spec, sv, lins, t.compilation.activation_output_saved, inter_bytes)
     else:
-        mlp, mlp_width = _dense_mlp_saves(spec, sv, lins, t.compilation.activation_output_saved)
+        mlp, mlp_width = _dense_mlp_saves(spec, sv, lins, t.compilation.activation_output_saved, inter_bytes)
     saved += mlp
     # backward working set of one layer: grads of the widest intermediates (gate/up) and
     # of the hidden state flowing through the residual stream
-    transient = sv.c * (2 * mlp_width + 2 * spec.hidden_size)
+    transient = inter_bytes * 2 * mlp_width + (4 if t.fp32_residual else sv.c) * 2 * spec.hidden_size
     return LayerActs(int(saved), int(transient))
 
 
@@ -279,6 +288,8 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
     fwd = (c + 8) * tokens * v if c == 2 else 8 * tokens * v
     if t.versions.fp32_logits_copy:  # fp32 logits + shifted contiguous copy + log-probs
         fwd = 12 * tokens * v
+        if t.versions.logits_alive_in_loss:  # and the caller's compute-dtype logits (4.46-4.48)
+            fwd += c * tokens * v
     kept = 4 * tokens * v
     if spec.final_softcap:  # Gemma 2: logits / cap -> tanh -> * cap; tanh keeps its output
         fwd += c * tokens * v

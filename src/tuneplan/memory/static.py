@@ -84,7 +84,7 @@ def fsdp_fp32_params(job: Job) -> bool:
 def static_memory(spec: ModelSpec, job: Job) -> Static:
     """Weights, constants, adapters, gradients, optimizer states and master weights (bytes)."""
     t = job.training
-    return _static(spec, job.method, t.precision, t.optimizer, t.framework, fsdp_fp32_params(job))
+    return _static(spec, job.method, t.precision, t.optimizer, t.framework, fsdp_fp32_params(job), t.kbit_prep)
 
 
 def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
@@ -98,14 +98,20 @@ def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
     for layer, n in layer_groups(spec):
         for lin in layer_linears(spec, layer):
             if lin.group == "expert" and not t.profile.quantises_fused_experts:
-                weights += 2 * lin.params * n  # fused 3-D experts stay bf16
+                # fused 3-D experts stay 16-bit (fp32 after a k-bit preparation's upcast)
+                weights += (4 if t.prep.fp32_unquantised else 2) * lin.params * n
                 continue
             store, consts = quantised_bytes(lin.d_in * lin.d_out, m)
             if m.quant == "int8":
                 consts = 4 * lin.d_out
             weights += (store + (2 * lin.d_out if lin.bias else 0)) * lin.count * n
             quant_consts += consts * lin.count * n
-    weights += 2 * (pc.total - pc.linear_in_layers)  # embeddings, norms, lm_head: bf16
+    # embeddings, norms, lm_head: 16-bit, or fp32 where the k-bit preparation upcasts them
+    # (tuneplan.choices.kbit_prep)
+    prep = t.prep
+    emb = spec.vocab_size * spec.hidden_size * (1 if spec.tie_embeddings else 2)
+    weights += (4 if prep.fp32_embeddings else 2) * emb
+    weights += (4 if prep.fp32_norms else 2) * (pc.total - pc.linear_in_layers - emb)
     return weights, quant_consts
 
 
@@ -141,8 +147,8 @@ def _affine_weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
 
 @lru_cache(maxsize=16384)
 def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str,
-            fp32_trained: bool = False) -> Static:
-    t = Training(precision=precision, optimizer=optimizer, framework=framework)
+            fp32_trained: bool = False, kbit_prep: str = "none") -> Static:
+    t = Training(precision=precision, optimizer=optimizer, framework=framework, kbit_prep=kbit_prep)
     quantised_experts = t.profile.quantises_fused_experts
     largest = max((lin.d_in * lin.d_out for layer, _ in layer_groups(spec) for lin in layer_linears(spec, layer)
                    if lin.group != "expert" or quantised_experts), default=0)

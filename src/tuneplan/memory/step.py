@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tuneplan.job import Job
+from tuneplan.job import Job, Training
 from tuneplan.memory import components as K
 from tuneplan.memory.activations import attention_kernel, logits_bytes, stack_activations
 from tuneplan.memory.mlx import mlx_activations, mlx_logits_bytes
@@ -197,6 +197,10 @@ def _autocast_copies(spec: ModelSpec, job: Job) -> int:
         copies = 2 * param_counts(spec).linear_in_layers // (world if stage == 3 else 1)
         # and lm_head's bf16 cast is saved by its matmul (trace: Llama-3.2-1B LoRA, amp)
         copies += 2 * spec.vocab_size * spec.hidden_size // (world if stage == 3 else 1)
+    elif t.prep.fp32_embeddings and t.autocast:
+        # an fp32 lm_head under autocast: its compute-dtype cast is saved by its matmul for
+        # the input gradient (the frozen weight is not cached; it dies with the backward)
+        copies += t.compute_bytes * spec.vocab_size * spec.hidden_size // (world if stage == 3 else 1)
     if t.checkpointing == "none" and m.is_adapter and t.autocast and t.adapter_bytes != t.compute_bytes:
         # the cached compute-dtype casts of the fp32 adapters are saved by their matmuls
         # until backward (with checkpointing they die with the forward): measured by trace
@@ -231,11 +235,13 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         saved = acts_full * tokens
         recompute = 0
     else:
-        per_ckpt = 0 if ckpt == "offload" else c * h
+        # each layer's input: the residual stream, fp32 when it is (tuneplan.job.Training.fp32_residual)
+        residual = 4 if t.fp32_residual else c
+        per_ckpt = 0 if ckpt == "offload" else residual * h
         saved = per_ckpt * stored_layers * tokens
         recompute = worst_layer.saved * tokens
         if ckpt == "offload":
-            cpu += c * h * stored_layers * tokens
+            cpu += residual * h * stored_layers * tokens
     transient = worst_layer.transient * tokens
     if m.kind == "qlora":  # dequantised copy of the largest matrix during its matmul
         transient += c * st.largest_matrix
@@ -453,6 +459,15 @@ def _overhead_sentence(job: Job) -> str:
                                           if job.training.profile.mlx_graph else "."))
 
 
+def _kbit_prep_note(t: Training) -> str:
+    """What stays 16-bit beside a bitsandbytes model, per the k-bit preparation."""
+    prep = t.prep
+    if not prep.fp32_residual:
+        return ("embeddings, norms and lm_head stay in bf16 (no k-bit preparation; a script that calls "
+                "peft.prepare_model_for_kbit_training upcasts them to fp32: --kbit-prep peft).")
+    return f"{prep.label}; so norm outputs, MLP intermediates, the residual stream and the checkpoints are fp32."
+
+
 def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
     """Plain sentences for what the estimate assumes."""
     m, t, p = job.method, job.training, job.parallel
@@ -477,7 +492,7 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
         out.append(f"{m.fmt.label}: every linear, the embedding and lm_head whose input width divides by "
                    f"{m.quant_blocksize} are quantised (mlx-lm convert); norms stay in the model dtype."
                    if m.fmt.quantises_embeddings else
-                   "Embeddings, norms and lm_head stay in bf16; every decoder nn.Linear is quantised.")
+                   "Every decoder nn.Linear is quantised; " + _kbit_prep_note(t))
         if spec.is_moe:
             out.append("Routed experts " + ("are quantised (Unsloth's patch)." if t.profile.quantises_fused_experts else
                        "stay bf16: transformers 5 fuses them into 3-D parameters, which bitsandbytes skips."))

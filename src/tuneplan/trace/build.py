@@ -196,6 +196,7 @@ def apply_method(model: nn.Module, method: Method, training: Training,
 
     if method.kind == "qlora":
         (quantiser or quantise)(model, method, prec.autocast_dtype or prec.param_dtype)
+        _kbit_upcast(model, training)
     cfg = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=method.lora_dropout,
                      target_modules=_target_names(model, method), use_dora=method.kind == "dora",
                      bias="none", task_type="CAUSAL_LM")
@@ -203,8 +204,43 @@ def apply_method(model: nn.Module, method: Method, training: Training,
         _, quant_cls = _lora_4bit_class()
         cfg._register_custom_module({Linear4bitStandIn: quant_cls, Linear8bitStandIn: quant_cls})
     peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=training.profile.adapter_fp32)
+    if method.kind == "qlora":
+        _kbit_recast(peft_model, training, prec.param_dtype)
     _train_embeddings(peft_model, method)
     return peft_model
+
+
+def _kbit_upcast(model: nn.Module, training: Training) -> None:
+    """peft.prepare_model_for_kbit_training's cast (peft/utils/other.py): every fp16/bf16
+    parameter that bitsandbytes did not quantise becomes fp32 (tuneplan.choices.kbit_prep)."""
+    if not training.prep.fp32_unquantised:
+        return
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.to(torch.float32)
+
+
+def _kbit_recast(model: nn.Module, training: Training, param_dtype: torch.dtype) -> None:
+    """What a preparation casts back after the adapters exist: TRL's peft_module_casting_to_bf16
+    (trl/trainer/utils.py) puts adapters in bf16, norms in fp32 and embed_tokens/lm_head back
+    in the model dtype; the record's fields say which applies."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    prep = training.prep
+    if not prep.fp32_unquantised:
+        return
+    inner = model.get_base_model()
+    if not prep.fp32_embeddings:
+        inner.get_input_embeddings().to(param_dtype)
+        out = inner.get_output_embeddings()
+        if out is not None:
+            out.to(param_dtype)
+    if prep.adapter_bytes is not None:
+        dtype = {2: param_dtype, 4: torch.float32}[prep.adapter_bytes]
+        for mod in model.modules():
+            if isinstance(mod, BaseTunerLayer):
+                for name in mod.adapter_layer_names:
+                    getattr(mod, name).to(dtype)
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:

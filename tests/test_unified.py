@@ -125,7 +125,7 @@ def test_searches_and_planner_count_offload_on_unified():
     assert cheapest(spec, off, [mac]) == []
     assert plan(spec, off, Dataset(1_000_000), [mac]).setups == ()
     cell = fit_matrix([spec], ["full"], [mac], off)[0]
-    assert cell.verdict == NO and cell.peak_bytes == pool_bytes(spec, off, unified=True)
+    assert cell.verdict == NO and cell.peak_bytes == pool_bytes(spec, off.on_vendor(mac.vendor), unified=True)
     # on a discrete GPU the same offload does move bytes out of device memory
     h100 = resolve_device("h100")
     assert fit_verdict(spec, off, h100).offloaded_bytes == 0
@@ -163,3 +163,24 @@ def test_gb10_pair_over_connectx7(dev):
         fit_verdict(spec, lora.with_settings(num_gpus=4, sharding="fsdp"), d)
     mac = resolve_device("m5-max")
     assert mac.max_count == 1
+
+
+# ---------------------------------------------------------------- the runtime each device runs
+
+@pytest.mark.parametrize("device_id", ["mac-studio-m4-max-128gb", "h100-sxm"])
+def test_estimate_matrix_plan_and_search_agree_on_the_device_runtime(device_id):
+    """HF on a Mac runs on MPS (no CUDA context, no caching-allocator overhead): `estimate
+    --gpu`, the matrix, the planner and the fewest-GPU search give the same peak."""
+    spec, dev = resolve_model("llama-3.1-8b"), resolve_device(device_id)
+    job = Job.from_settings(method="lora", seq_len=2048)
+    on_device = job.on_vendor(dev.vendor)
+    expected = pool_bytes(spec, on_device, dev.unified)
+    if dev.vendor == "apple":
+        assert on_device.training.rt.name == "mps" and expected < pool_bytes(spec, job, dev.unified)
+    cell = fit_matrix([spec], ["lora"], [dev], job, search_batch=False)[0]
+    assert cell.peak_bytes == expected
+    n, found = min_gpus(spec, job, dev)
+    assert n == 1 and found.training.runtime == on_device.training.runtime
+    setups = plan(spec, job, None, [dev], tune=False).setups
+    assert setups and all(s.job.training.runtime == on_device.training.runtime for s in setups)
+    assert setups[0].peak_bytes == pool_bytes(spec, setups[0].job.on_vendor(dev.vendor), dev.unified)

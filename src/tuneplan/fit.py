@@ -53,7 +53,7 @@ def verdict_of(peak: int, usable: int) -> str:
 
 def fits(spec: ModelSpec, job: Job, device: Device) -> bool:
     """True when the peak is within usable memory (tight counts as fitting)."""
-    return pool_bytes(spec, job, device.unified) <= device.usable_bytes
+    return pool_bytes(spec, job.on_vendor(device.vendor), device.unified) <= device.usable_bytes
 
 
 @dataclass(frozen=True)

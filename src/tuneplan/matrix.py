@@ -65,13 +65,11 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
     for spec in specs:
         for kind in methods:
             j = replace(job, method=replace(job.method, kind=kind))
-            memos: dict[bool, dict[int, int]] = {False: {}, True: {}}
+            # peak bytes by micro-batch, one memo per (runtime the framework runs on the device's
+            # vendor, unified pool): devices that share both share every figure
+            memos: dict[tuple[str | None, bool], dict[int, int]] = {}
             try:
-                memos[False][b0] = pool_bytes(spec, j)
-                if offloads(j) and any(d.unified for d in devices):
-                    memos[True][b0] = pool_bytes(spec, j, unified=True)
-                else:
-                    memos[True] = memos[False]  # nothing offloaded: the same figures
+                pool_bytes(spec, j)  # a method that does not apply to the model: n/a everywhere
             except TuneplanError as e:
                 cells.extend(Cell(spec.name, kind, d.id, NA, None, d.usable_bytes, 0, str(e)) for d in devices)
                 continue
@@ -81,8 +79,16 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
                     cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0,
                                       f"{n} GPUs: one machine holds {d.max_count} x {d.id}"))
                     continue
-                memo = memos[d.unified]
-                mb = (max_micro_batch(spec, j, usable, cap=batch_cap, memo=memo, unified=d.unified)
+                jd = j.on_vendor(d.vendor)
+                unified = d.unified and offloads(jd)  # nothing offloaded: the same figures either way
+                memo = memos.setdefault((jd.training.runtime, unified), {})
+                try:
+                    if b0 not in memo:
+                        memo[b0] = pool_bytes(spec, jd, unified=unified)
+                except TuneplanError as e:  # the stack refuses this runtime (e.g. a format it cannot run)
+                    cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0, str(e)))
+                    continue
+                mb = (max_micro_batch(spec, jd, usable, cap=batch_cap, memo=memo, unified=unified)
                       if search_batch else 0)
                 cells.append(Cell(spec.name, kind, d.id, verdict_of(memo[b0], usable), memo[b0], usable, mb))
     return cells

@@ -111,6 +111,7 @@ def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = 
     """
     limit = max_count or device.max_count
     usable = device.usable_bytes
+    job = job.on_vendor(device.vendor)  # the runtime the framework runs there (no CUDA context on MLX)
     p = job.parallel
     stages = [p.sharding] + [s for s in ("zero1", "zero2", "fsdp") if s != p.sharding]
     if p.offload_params:

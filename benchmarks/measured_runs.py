@@ -440,8 +440,9 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
     if "not specified" in prec:
         r.caveats.append("16-bit dtype not stated; bf16 assumed (fp16 has the same bytes)")
     if "no amp" in prec and profile == "hf":
-        r.caveats.append("custom loop without autocast: PEFT casts adapter inputs to fp32 (4-byte copies); "
-                         "the hf profile assumes autocast (compute-dtype copies)")
+        s["precision"] = "bf16-true"
+        r.caveats.append("custom loop without autocast (--precision bf16-true): PEFT casts each adapter's input "
+                         "to fp32 and keeps that copy")
     if method in ("lora", "qlora", "dora"):
         rank = _int(src.get("lora_rank", ""))
         if rank is None:

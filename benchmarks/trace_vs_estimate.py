@@ -144,6 +144,17 @@ KBIT_ROUND: list[Case] = [
 ]
 
 
+# bf16 weights without autocast (--precision bf16-true: a custom loop, as PEFT's own
+# method_comparison runs): PEFT keeps an fp32 copy of each adapter's input
+NO_AUTOCAST_ROUND: list[Case] = [
+    _c("llama-3.2-1b", {"kind": "lora"}, precision="bf16-true", seq_len=1024),
+    _c("llama-3.2-1b", {"kind": "lora"}, precision="bf16-true", checkpointing="full", seq_len=1024),
+    _c("llama-3.2-1b", {"kind": "qlora"}, precision="bf16-true", seq_len=1024),
+    _c("llama-3.2-3b", {"kind": "lora", "rank": 32, "targets": ("q_proj", "v_proj")}, precision="bf16-true",
+       micro_batch=2, seq_len=768),
+]
+
+
 def run_traces(cases: list[Case], cache: dict) -> dict:
     from tuneplan.trace.run import run_trace
 
@@ -203,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             ("MoE (fused experts, transformers 5) and Gemma 2 soft-capping (third fitting round)", MOE_ROUND),
             ("MoE / soft-capping held-out: traced once after the third round", MOE_HELD_OUT),
             ("QLoRA after a k-bit preparation (PEFT fp32 upcast, TRL bf16 recast): traced once after "
-             "modelling from source", KBIT_ROUND))
+             "modelling from source", KBIT_ROUND),
+            ("bf16 weights without autocast (a custom loop): traced once after modelling from source",
+             NO_AUTOCAST_ROUND))
     for _, cases in sets:
         cache = run_traces(cases, cache)
         raw.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")

@@ -40,6 +40,9 @@ class Precision:
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("bf16", 2, 2, "profile", torch_param_dtype="bfloat16", torch_autocast_dtype="bfloat16"),
     Precision("fp16", 2, 2, "profile", torch_param_dtype="float16", torch_autocast_dtype="float16"),
+    # bf16 weights and no autocast whatever the framework (litgpt's "bf16-true", a custom loop
+    # on a bf16 model): PEFT then casts each adapter's input to the fp32 adapter dtype and keeps it
+    Precision("bf16-true", 2, 2, "never", torch_param_dtype="bfloat16"),
     Precision("fp32", 4, 4, "never", torch_param_dtype="float32"),
     Precision("amp", 4, 2, "always", fp32_residual=True, torch_param_dtype="float32",
               torch_autocast_dtype="bfloat16"),

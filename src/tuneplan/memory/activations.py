@@ -79,6 +79,9 @@ class _Saver:
     per_adapter_copy: bool
     quantised_saves_input: bool = False  # bitsandbytes < 0.43.2 MatMul4Bit (tuneplan.choices.versions)
     experts_quantised: bool = False
+    copy_bytes: int = 0  # bytes per element of a per-adapter copy (default: the compute dtype)
+    lora_out_bytes: int = 0  # bytes per element of lora_A's output (default: the compute dtype)
+    casts_compute_input: bool = True  # a compute-dtype input (o_proj's) is copied too
 
     def saves_input(self, lin: Linear) -> bool:
         m = self.method
@@ -92,7 +95,7 @@ class _Saver:
         if not needed:
             return 0.0
         if self.per_adapter_copy:
-            return tokens_factor * self.c * width * len(needed)
+            return tokens_factor * (self.copy_bytes or self.c) * width * len(needed)
         return tokens_factor * self.c * width
 
     def adapter_extras(self, group: list[Linear], tokens_factor: float = 1.0) -> float:
@@ -104,7 +107,7 @@ class _Saver:
         for lin in group:
             if not is_target(lin, m):
                 continue
-            extra += self.c * m.rank  # lora_A output, saved by lora_B
+            extra += (self.lora_out_bytes or self.c) * m.rank  # lora_A output, saved by lora_B
             if m.lora_dropout > 0:
                 extra += lin.d_in  # dropout mask (bool)
             if m.kind == "dora":
@@ -157,7 +160,7 @@ def _attention_saves(spec: ModelSpec, kernel: Attention, t: Training, sv: _Saver
     # Phi-3.5-mini full fine-tuning).
     # (PEFT's 4-bit LoRA layer does not cast under autocast: o_proj's compute-dtype input is
     # shared, peft tuners/lora/bnb.py Linear4bit.forward)
-    if kernel.quadratic or spec.is_mla or spec.fused or (sv.per_adapter_copy and sv.method.kind != "qlora"):
+    if kernel.quadratic or spec.is_mla or spec.fused or (sv.per_adapter_copy and sv.casts_compute_input):
         saved += sv.input_bytes(o_proj, spec.attn_out_dim)
     elif t.compilation.attention_output_copy:  # compiled: a contiguous copy beside the kernel's output
         saved += c * spec.attn_out_dim
@@ -219,11 +222,21 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     full = m.kind in ("full", "freeze")
     lins = layer_linears(spec, layer)
     norm = _norm_bytes(spec, t, full)
-    per_adapter_copy = (m.is_adapter and t.autocast and t.profile.adapter_input_copies
-                        and t.compilation.adapter_input_copies
-                        and (m.kind != "qlora" or t.fp32_residual))
+    copies = m.is_adapter and t.profile.adapter_input_copies and t.compilation.adapter_input_copies
+    if t.autocast:
+        # autocast casts PEFT's fp32 copy back and saves that compute-dtype copy; PEFT's 4-bit
+        # LoRA layer does not cast under autocast (an fp32 residual stream still makes copies)
+        per_adapter_copy = copies and (m.kind != "qlora" or t.fp32_residual)
+        copy_bytes = lora_out = t.compute_bytes
+    else:
+        # no autocast (a custom loop on a bf16 model): peft lora Linear.forward and the 4-bit
+        # layer alike cast x to the adapter dtype (_cast_input_dtype) and lora_A saves that copy;
+        # lora_A's output is in the adapter dtype too
+        per_adapter_copy = copies and t.adapter_bytes != t.compute_bytes
+        copy_bytes = lora_out = t.adapter_bytes
     old_bnb = m.kind == "qlora" and m.quant != "int8" and t.versions.bnb_4bit_saves_input
-    sv = _Saver(m, t.compute_bytes, per_adapter_copy, old_bnb, t.profile.quantises_fused_experts)
+    sv = _Saver(m, t.compute_bytes, per_adapter_copy, old_bnb, t.profile.quantises_fused_experts,
+                copy_bytes, lora_out, casts_compute_input=m.kind != "qlora" or not t.autocast)
     saved = spec.norms_per_layer * norm  # Gemma 2/3 add post-attention and post-MLP norms
     saved += _attention_saves(spec, kernel, t, sv, lins, norm)
     # a bitsandbytes linear returns its input's dtype (nn/modules.py Linear4bit.forward:

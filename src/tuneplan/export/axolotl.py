@@ -32,6 +32,7 @@ from tuneplan.export.common import (
     optimizer_from_hf,
     precision_named,
     read_compile,
+    read_counts,
     read_embeddings,
     read_parallel,
     read_targets,
@@ -204,10 +205,8 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
                                         f"false, got {dq!r}")
                 s["double_quant"] = dq
                 origin.update(quant="bnb_config_kwargs", double_quant="bnb_config_kwargs")
-    s["seq_len"] = f.count("sequence_len", DEFAULTS["sequence_len"])
-    s["micro_batch"] = f.count("micro_batch_size", DEFAULTS["micro_batch_size"])
-    s["grad_accum"] = f.count("gradient_accumulation_steps", DEFAULTS["gradient_accumulation_steps"])
-    origin.update(seq_len="sequence_len", micro_batch="micro_batch_size", grad_accum="gradient_accumulation_steps")
+    read_counts(f, s, origin, DEFAULTS, seq_len="sequence_len", micro_batch="micro_batch_size",
+                grad_accum="gradient_accumulation_steps")
     s["optimizer"] = optimizer_from_hf(f.text("optimizer", DEFAULTS["optimizer"]), _optim_args(f))
     origin["optimizer"] = "optimizer"
     gc = f.choice("gradient_checkpointing", {True: "full", False: "none", "offload": "offload"}, False)

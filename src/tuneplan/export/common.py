@@ -311,6 +311,15 @@ def hf_compile(job: Job) -> dict[str, Any]:
     return {"torch_compile": True} if job.training.compilation.compiled else {}
 
 
+def read_counts(f: Fields, s: dict[str, Any], origin: dict[str, str], defaults: dict[str, int],
+                **keys: str) -> None:
+    """Count settings from the stack's own keys (setting=key, e.g. micro_batch=
+    "per_device_train_batch_size"), each with the stack's default, and where each came from."""
+    for setting, key in keys.items():
+        s[setting] = f.count(key, defaults[key])
+        origin[setting] = key
+
+
 def read_compile(f: Fields, s: dict[str, Any], origin: dict[str, str], key: str = "torch_compile") -> None:
     """A stack's boolean compile field (`key`) as the compile setting, when it is on."""
     if f.flag(key, False):

@@ -33,6 +33,7 @@ from tuneplan.export.common import (
     optimizer_from_hf,
     precision_named,
     read_compile,
+    read_counts,
     read_embeddings,
     read_parallel,
     read_targets,
@@ -205,11 +206,8 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     else:
         s["method"] = "full"
         origin["method"] = "finetuning_type"
-    s["seq_len"] = f.count("cutoff_len", DEFAULTS["cutoff_len"])
-    s["micro_batch"] = f.count("per_device_train_batch_size", DEFAULTS["per_device_train_batch_size"])
-    s["grad_accum"] = f.count("gradient_accumulation_steps", DEFAULTS["gradient_accumulation_steps"])
-    origin.update(seq_len="cutoff_len", micro_batch="per_device_train_batch_size",
-                  grad_accum="gradient_accumulation_steps")
+    read_counts(f, s, origin, DEFAULTS, seq_len="cutoff_len", micro_batch="per_device_train_batch_size",
+                grad_accum="gradient_accumulation_steps")
     s["optimizer"] = optimizer_from_hf(f.text("optim", DEFAULTS["optim"]), f.text("optim_args"))
     origin["optimizer"] = "optim"
     off_gc = f.flag("disable_gradient_checkpointing", False)

@@ -27,6 +27,7 @@ from tuneplan.export.common import (
     loss_setting,
     precision_named,
     read_compile,
+    read_counts,
     refuse,
     sdpa_attention,
 )
@@ -279,9 +280,8 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
         s["seq_len"] = seq
         origin["seq_len"] = "tokenizer.max_seq_len"
     f.raw("dataset")
-    s["micro_batch"] = f.count("batch_size", 1)
-    s["grad_accum"] = f.count("gradient_accumulation_steps", 1)
-    origin.update(micro_batch="batch_size", grad_accum="gradient_accumulation_steps")
+    read_counts(f, s, origin, {"batch_size": 1, "gradient_accumulation_steps": 1}, micro_batch="batch_size",
+                grad_accum="gradient_accumulation_steps")
     s["optimizer"] = _optimizer(f.get("optimizer", dict, None, "a mapping with _component_"))
     origin["optimizer"] = "optimizer"
     if f.flag("optimizer_in_bwd", False):

@@ -32,6 +32,7 @@ from tuneplan.export.common import (
     model_id,
     optimizer_from_hf,
     read_compile,
+    read_counts,
     read_embeddings,
     read_parallel,
     read_targets,
@@ -153,11 +154,8 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     else:
         s["method"] = "full"
         origin["method"] = "use_peft: false"
-    s["seq_len"] = f.count("max_length", DEFAULTS["max_length"])
-    s["micro_batch"] = f.count("per_device_train_batch_size", DEFAULTS["per_device_train_batch_size"])
-    s["grad_accum"] = f.count("gradient_accumulation_steps", DEFAULTS["gradient_accumulation_steps"])
-    origin.update(seq_len="max_length", micro_batch="per_device_train_batch_size",
-                  grad_accum="gradient_accumulation_steps")
+    read_counts(f, s, origin, DEFAULTS, seq_len="max_length", micro_batch="per_device_train_batch_size",
+                grad_accum="gradient_accumulation_steps")
     impl = f.text("attn_implementation")
     if impl is not None:
         s["attention"] = attention_for_impl(impl)

@@ -425,3 +425,19 @@ def test_fix_that_keeps_the_method():
     v = fit_verdict(resolve_model("llama-3.1-70b"), job("lora"), resolve_device("h100"))
     assert v.verdict == NO and "qlora" in v.change.description.lower()
     assert v.keep_method_change and "x h100-sxm" in v.keep_method_change.description
+
+
+def test_largest_fitting_from_any_start():
+    """The planner's search (start 1) and probe's (start at the estimate) find the same answer."""
+    from tuneplan.search import largest_fitting
+
+    for threshold in range(0, 40):
+        for start in (1, 3, 16, 39, 100):
+            calls = []
+
+            def fits(x, t=threshold):
+                calls.append(x)
+                return x <= t
+
+            assert largest_fitting(fits, 32, start) == min(threshold, 32)
+            assert all(1 <= x <= 32 for x in calls)

@@ -24,17 +24,25 @@ MAX_BATCH = 4096
 MAX_SEQ = 1 << 22  # 4M tokens
 
 
-def _largest(fits: Callable[[int], bool], hi_cap: int) -> int:
+def largest_fitting(fits: Callable[[int], bool], hi_cap: int, start: int = 1) -> int:
     """Largest x in [1, hi_cap] with fits(x), assuming fits is monotone (True then False); 0 if none.
 
-    Galloping then bisection: O(log x) calls.
+    From `start` (clamped to [1, hi_cap]): gallop up by doubling while it fits, or halve down
+    until it does, then bisect: O(log x) calls. The planner starts at 1; `tuneplan probe`
+    starts at the estimate's answer, so a good estimate costs few real runs.
     """
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while hi <= hi_cap and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, hi_cap + 1)
+    start = min(max(1, start), hi_cap)
+    if fits(start):
+        lo, hi = start, start * 2
+        while hi <= hi_cap and fits(hi):
+            lo, hi = hi, hi * 2
+        hi = min(hi, hi_cap + 1)
+    else:
+        hi, lo = start, start // 2
+        while lo >= 1 and not fits(lo):
+            hi, lo = lo, lo // 2
+        if lo < 1:
+            return 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if fits(mid):
@@ -84,7 +92,7 @@ def max_micro_batch(spec: ModelSpec, job: Job, usable_bytes: int, cap: int = MAX
             memo[b] = pool_bytes(spec, replace(job, training=replace(t, micro_batch=b)), unified)
         return memo[b] <= usable_bytes
 
-    return _largest(fits, cap)
+    return largest_fitting(fits, cap)
 
 
 def max_seq_len(spec: ModelSpec, job: Job, usable_bytes: int, multiple: int = 1, cap: int = MAX_SEQ,
@@ -99,7 +107,7 @@ def max_seq_len(spec: ModelSpec, job: Job, usable_bytes: int, multiple: int = 1,
         pk = _safe_peak(spec, replace(job, training=replace(t, seq_len=k * multiple)), unified)
         return pk is not None and pk <= usable_bytes
 
-    return _largest(fits, cap // multiple) * multiple
+    return largest_fitting(fits, cap // multiple) * multiple
 
 
 def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = None) -> tuple[int, Job] | None:

@@ -29,6 +29,7 @@ from tuneplan.hardware import Device, resolve_device
 from tuneplan.job import Job
 from tuneplan.memory import MemoryEstimate, estimate_memory
 from tuneplan.models import ModelSpec, param_counts, resolve_config
+from tuneplan.search import largest_fitting
 from tuneplan.units import GiB, fmt_gib
 
 INSTALL_HINT = ("tuneplan: error: probe needs torch, transformers and peft (bitsandbytes for QLoRA and 8-bit "
@@ -294,29 +295,8 @@ def _search(session: Any, dev: Any, spec: ModelSpec, job: Job, args: argparse.Na
         tried[x] = {"value": x * unit, **run.to_dict()}
         return run.status == "ok"
 
-    def largest(fits, start: int) -> int:
-        start = min(max(1, start), cap_units)
-        if fits(start):
-            lo, hi = start, start * 2
-            while hi <= cap_units and fits(hi):
-                lo, hi = hi, hi * 2
-            hi = min(hi, cap_units + 1)
-        else:
-            hi, lo = start, start // 2
-            while lo >= 1 and not fits(lo):
-                hi, lo = lo, lo // 2
-            if lo < 1:
-                return 0
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
-    pred = largest(pred_fits, 1)
-    real = largest(real_fits, pred or 1)
+    pred = largest_fitting(pred_fits, cap_units)
+    real = largest_fitting(real_fits, cap_units, pred or 1)
     return {"what": "micro_batch" if what == "batch" else "seq_len", "unit": unit, "budget_bytes": budget,
             "predicted": pred * unit, "measured": real * unit,
             "tried": [tried[k] for k in sorted(tried)],

@@ -435,7 +435,7 @@ def test_largest_fitting_from_any_start():
         for start in (1, 3, 16, 39, 100):
             calls = []
 
-            def fits(x, t=threshold):
+            def fits(x, t=threshold, calls=calls):
                 calls.append(x)
                 return x <= t
 

@@ -273,6 +273,11 @@ class Training:
         return self.dtypes.fp32_residual or self.prep.fp32_residual
 
     @property
+    def residual_bytes(self) -> int:
+        """Bytes per element of the residual stream (each layer's input and its gradient)."""
+        return 4 if self.fp32_residual else self.compute_bytes
+
+    @property
     def param_bytes(self) -> int:
         """Bytes per element of trainable/base parameters (and their gradients)."""
         return self.dtypes.param_bytes

@@ -249,7 +249,7 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     saved += mlp
     # backward working set of one layer: grads of the widest intermediates (gate/up) and
     # of the hidden state flowing through the residual stream
-    transient = inter_bytes * 2 * mlp_width + (4 if t.fp32_residual else sv.c) * 2 * spec.hidden_size
+    transient = inter_bytes * 2 * mlp_width + t.residual_bytes * 2 * spec.hidden_size
     return LayerActs(int(saved), int(transient))
 
 

@@ -236,12 +236,11 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         recompute = 0
     else:
         # each layer's input: the residual stream, fp32 when it is (tuneplan.job.Training.fp32_residual)
-        residual = 4 if t.fp32_residual else c
-        per_ckpt = 0 if ckpt == "offload" else residual * h
+        per_ckpt = 0 if ckpt == "offload" else t.residual_bytes * h
         saved = per_ckpt * stored_layers * tokens
         recompute = worst_layer.saved * tokens
         if ckpt == "offload":
-            cpu += residual * h * stored_layers * tokens
+            cpu += t.residual_bytes * h * stored_layers * tokens
     transient = worst_layer.transient * tokens
     if m.kind == "qlora":  # dequantised copy of the largest matrix during its matmul
         transient += c * st.largest_matrix

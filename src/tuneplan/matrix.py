@@ -68,8 +68,9 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
             # peak bytes by micro-batch, one memo per (runtime the framework runs on the device's
             # vendor, unified pool): devices that share both share every figure
             memos: dict[tuple[str | None, bool], dict[int, int]] = {}
-            try:
-                pool_bytes(spec, j)  # a method that does not apply to the model: n/a everywhere
+            try:  # the job as given (the framework's default runtime, no unified pool); a method
+                # that does not apply to the model is n/a everywhere
+                memos[(j.training.runtime, False)] = {b0: pool_bytes(spec, j)}
             except TuneplanError as e:
                 cells.extend(Cell(spec.name, kind, d.id, NA, None, d.usable_bytes, 0, str(e)) for d in devices)
                 continue

@@ -5,7 +5,8 @@ tests/test_time_calibration.py re-runs this fit and fails if calibration.py drif
 
 - SECONDS_PER_KERNEL and FRAMEWORK_EFFICIENCY["hf"]: least squares of the micro-step time
   of the Qwen README LoRA rows QW-01..04 (Qwen-7B, A100-80GB, HF + PEFT, r=64, batch 1,
-  256..8192 tokens, checkpointing) as FLOPs / (peak x eff) + kernels x seconds.
+  256..8192 tokens, checkpointing) as FLOPs / (peak x eff) + kernels x seconds + the
+  pointwise kernels' traffic / bandwidth (counted by tuneplan.traffic, not fitted).
 - BNB_DEQUANT_BANDWIDTH_SHARE: the extra micro-step time of the Q-LoRA rows QW-05/06/07/10
   over their LoRA twins QW-01/03/04/09, as serial dequantisation bytes / (bandwidth x share).
 - FRAMEWORK_EFFICIENCY["mlx"]: the median implied efficiency of the mlx-examples Apple rows
@@ -29,7 +30,7 @@ from tuneplan import calibration as cal
 from tuneplan.hardware import resolve_device
 from tuneplan.job import Job
 from tuneplan.models import param_counts, resolve_model
-from tuneplan.timing import kernel_count, step_time, token_flops
+from tuneplan.timing import kernel_count, pointwise_traffic, step_time, token_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT.parent / "shared" / "calibration"
@@ -61,21 +62,26 @@ def _micro_seconds(row: dict[str, str]) -> float:
 
 def fit_hf_and_kernel(rows: dict[str, dict[str, str]]) -> tuple[float, float, list[tuple[str, float]]]:
     """(efficiency, seconds per kernel, residuals) from QW-01..04."""
-    peak = resolve_device(A100).bf16_tflops * 1e12
-    xs, ks, ys = [], [], []
+    dev = resolve_device(A100)
+    peak = dev.bf16_tflops * 1e12
+    bw = dev.bandwidth_gbps * 1e9 * cal.BANDWIDTH_EFFICIENCY
+    xs, ks, ys, pws = [], [], [], []
     for rid in LORA_ROWS:
         spec, job = _qwen_job(rows[rid])
         t = job.training
         xs.append(token_flops(spec, job.method, t.checkpointing, t.seq_len).executed * t.seq_len / peak)
         ks.append(kernel_count(spec, job))
-        ys.append(_micro_seconds(rows[rid]))
+        # the pointwise kernels' time is counted, not fitted: the fit explains the rest
+        pws.append(pointwise_traffic(spec, job) * t.seq_len / bw)
+        ys.append(_micro_seconds(rows[rid]) - pws[-1])
     # least squares for y = a*x + b*k (a = 1/eff, b = seconds per kernel), 2x2 normal equations
     sxx, skk, sxk = sum(x * x for x in xs), sum(k * k for k in ks), sum(x * k for x, k in zip(xs, ks, strict=True))
     sxy, sky = sum(x * y for x, y in zip(xs, ys, strict=True)), sum(k * y for k, y in zip(ks, ys, strict=True))
     det = sxx * skk - sxk * sxk
     a = (sxy * skk - sky * sxk) / det
     b = (sky * sxx - sxy * sxk) / det
-    res = [(rid, (a * x + b * k) / y - 1) for rid, x, k, y in zip(LORA_ROWS, xs, ks, ys, strict=True)]
+    res = [(rid, (a * x + b * k + pw) / (y + pw) - 1)
+           for rid, x, k, y, pw in zip(LORA_ROWS, xs, ks, ys, pws, strict=True)]
     return 1 / a, b, res
 
 

@@ -134,28 +134,30 @@ TIGHT_HEADROOM = 0.10
 # lmms-engine FSDP2 + Liger 0.50-0.55 MFU on A800; "typically 30-70%" (heji-study-blog, 2026).
 FRAMEWORK_EFFICIENCY = {
     # FITTED with SECONDS_PER_KERNEL on QW-01..04 (see below): HF Trainer + PEFT, eager
-    # PyTorch, flash-attention 2, A100-80GB; residuals -1.1%, +1.8%, -0.8%, +0.0%.
-    "hf": 0.521,
+    # PyTorch, flash-attention 2, A100-80GB; residuals -6.8%, +1.9%, +0.8%, -0.1%. The
+    # GEMMs' share only: the pointwise kernels' traffic is counted (tuneplan.traffic).
+    "hf": 0.683,
     # LLaMA-Factory, Axolotl and litgpt run the same eager PyTorch GEMMs (LLaMA-Factory and
     # Axolotl through the HF Trainer itself): no runs of their own in the calibration set, so
     # they take the HF figure (stated, not fitted).
-    "llamafactory": 0.521,
-    "axolotl": 0.521,
-    "litgpt": 0.521,
+    "llamafactory": 0.683,
+    "axolotl": 0.683,
+    "litgpt": 0.683,
     # FITTED: median of the efficiencies implied by torchtune's README A100 rows, compiled
     # and compute-bound (throughput.csv TT-07, TT-08, TT-11..18; torchtune README: "torch
-    # compile enabled"); per row 0.606-0.687. An uncompiled torchtune run is ~20% slower
-    # (TT-10 vs TT-11, compile off/on): not modelled.
-    "torchtune": 0.662,
-    # Stated (no Unsloth time rows): its GEMMs are cuBLAS like HF's; its QLoRA gain comes
-    # from its fused dequantisation (FrameworkProfile.dequant_bandwidth_share).
-    "unsloth": 0.55,
+    # compile enabled"); per row 0.624-0.725. Compile's gain is the fused pointwise traffic
+    # (tuneplan.traffic); TT-10 (compile off) is held out to check it.
+    "torchtune": 0.708,
+    # Stated (no Unsloth time rows): its GEMMs are cuBLAS like HF's, so HF's figure; its
+    # gains come from fused pointwise kernels (FrameworkProfile.fused_pointwise) and fused
+    # dequantisation (FrameworkProfile.dequant_bandwidth_share).
+    "unsloth": 0.683,
     # mlx-lm (compiled MLX step, no per-kernel cost): FITTED by benchmarks/
     # fit_time_constants.py fit_mlx, the median implied efficiency of the mlx-examples README
-    # rows MX-01 (Llama-7B, M2 Ultra, 475 tok/s: 0.430) and MX-02 (Mistral-7B, M1 Max, 250
-    # tok/s: 0.482), over the Apple FP32 TFLOPS the catalog lists. Held out: MX-03 (A100,
+    # rows MX-01 (Llama-7B, M2 Ultra, 475 tok/s: 0.435) and MX-02 (Mistral-7B, M1 Max, 250
+    # tok/s: 0.485), over the Apple FP32 TFLOPS the catalog lists. Held out: MX-03 (A100,
     # MLX CUDA backend), MX-05/06 (M4 Pro), MX-07 (M4 Max); MX-04 judged wrong (its notes).
-    "mlx": 0.456,
+    "mlx": 0.460,
 }
 
 # Fixed cost per micro-step: kernel launches and eager host dispatch, per kernel. Kernels
@@ -174,10 +176,10 @@ BACKWARD_KERNELS_PER_FORWARD_KERNEL = 2
 # SECONDS_PER_KERNEL and FRAMEWORK_EFFICIENCY["hf"] are FITTED together by least squares on
 # the four Qwen README LoRA rows (throughput.csv QW-01..04: Qwen-7B, A100-80GB, HF + PEFT,
 # r=64, batch 1 x 256/1024/2048/8192 tokens, checkpointing; micro-step = s_per_step / 8):
-# time = FLOPs / (312 TFLOPS x eff) + kernels x SECONDS_PER_KERNEL. Fit (benchmarks/
-# fit_time_constants.py): eff 0.521, fixed 0.0807 s per micro-step over 10,368 kernels.
-# Residuals: -1.1%, +1.8%, -0.8%, +0.0%. Checked, not fitted: QW-09 (Qwen-14B).
-SECONDS_PER_KERNEL = 7.79e-6
+# time = FLOPs / (312 TFLOPS x eff) + kernels x SECONDS_PER_KERNEL + pointwise traffic /
+# bandwidth (counted, tuneplan.traffic). Fit (benchmarks/fit_time_constants.py): eff 0.683,
+# 6.64 us per kernel. Residuals: -6.8%, +1.9%, +0.8%, -0.1%. Checked, not fitted: QW-09.
+SECONDS_PER_KERNEL = 6.64e-6
 
 # bitsandbytes 4-bit dequantisation (Linear4bit -> dequantize_4bit, then a bf16 GEMM) runs
 # far below the memory bandwidth at training shapes. FITTED on the Qwen README Q-LoRA rows

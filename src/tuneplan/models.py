@@ -98,6 +98,10 @@ class ModelSpec:
     qk_norm: bool = False
     norms_per_layer: int = 2
     fused: bool = False
+    # the model's own code calls fused RMSNorm and rotary kernels (Qwen-7B v1 remote code,
+    # modeling_qwen.py: flash_attn's rms_norm and apply_rotary_emb_func when config
+    # use_flash_attn is set and flash-attn is installed): read by the time model's traffic count
+    fused_norm_rotary: bool = False
     attn_sinks: bool = False
     sliding_window: int | None = None
     attn_softcap: float | None = None  # Gemma 2: tanh soft-capping of attention scores
@@ -465,6 +469,8 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         attn_softcap=_opt_float(cfg, "attn_logit_softcapping", 50.0 if mtype == "gemma2" else None),
         final_softcap=_opt_float(cfg, "final_logit_softcapping", 30.0 if mtype == "gemma2" else None),
         max_position_stated=stated_pos,
+        # Qwen v1 config: "auto" (on when flash-attn is installed) or true
+        fused_norm_rotary=cfg.get("use_flash_attn") in (True, "auto"),
     )
     return _with_moe_and_mla(spec, cfg, mtype, layers)
 

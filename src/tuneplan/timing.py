@@ -10,10 +10,11 @@ FLOPs per token, counted from the model's matrices (tuneplan.models.layer_linear
   freeze runs no backward below its first trained layer;
 - recomputation: with gradient checkpointing one more forward of every decoder layer that
   keeps activations. Total for a dense model: 6N full, ~4N LoRA, +2N with checkpointing.
-Time per micro-batch is the largest of compute (FLOPs / (peak x efficiency)), memory
-traffic (weight reads + activation traffic at the achieved bandwidth: the roofline rule of
-Williams et al. 2009, on every device), overlapped transfers (checkpoint/param offload,
-ZeRO-3 gathers), plus the serial bitsandbytes dequantisation. Every constant is in tuneplan.calibration with its source.
+Time per micro-batch is the largest of the GEMMs' compute (FLOPs / (peak x efficiency)),
+their weight reads at the achieved bandwidth (the roofline rule of Williams et al. 2009, on
+every device) and overlapped transfers (checkpoint/param offload, ZeRO-3 gathers), plus the
+pointwise kernels' memory traffic (tuneplan.traffic: they run between the GEMMs, so their
+time adds) and the serial bitsandbytes dequantisation. Every constant is in tuneplan.calibration with its source.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
 from tuneplan.memory import first_trained_layer, is_target, static_memory, trainable
-from tuneplan.memory.activations import logits_bytes, stack_activations
-from tuneplan.memory.mlx import mlx_activations, mlx_logits_bytes
+from tuneplan.memory.activations import logits_bytes
+from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.models import ModelSpec, layer_linears, param_counts
+from tuneplan.traffic import pointwise_bytes
 
 
 @dataclass(frozen=True)
@@ -138,24 +140,21 @@ def _kernel_count(spec: ModelSpec, m: Method, recompute: bool) -> int:
     return total
 
 
-def activation_traffic(spec: ModelSpec, job: Job) -> float:
-    """DRAM bytes per token moved by activations in one micro-step (not weights).
+def pointwise_traffic(spec: ModelSpec, job: Job) -> float:
+    """DRAM bytes per token moved by one micro-step's pointwise kernels (not GEMMs, not weights).
 
-    Every byte a layer saves for backward is written in the forward and read in the backward
-    (and written again when recomputed); the logits and the cross-entropy's [tokens, vocab]
-    arrays are written and read once each. The saved bytes are the memory model's
-    (tuneplan.memory: the transformers/PEFT saves, or MLX's for an mlx-lm step). A lower
-    bound: elementwise kernels that re-read their inputs (norms, rotary, SwiGLU) move more.
+    The decoder layers' casts, norms, rotary, activations, residual adds and adapter scalings
+    (tuneplan.traffic, eager or fused), plus the logits and the cross-entropy's [tokens, vocab]
+    arrays written and read once each (their bytes are the memory model's: transformers/PEFT,
+    or MLX's for an mlx-lm step).
     """
     t = job.training
     one = replace(t, micro_batch=1)
     if t.profile.mlx_graph:
-        saved = mlx_activations(spec, Job(job.method, one))[0]
         logits = mlx_logits_bytes(spec, Job(job.method, one)) / t.seq_len
     else:
-        saved = stack_activations(spec, job.method, one)[0]
         logits = logits_bytes(spec, one)[2] / t.seq_len
-    return saved * (3 if t.checkpointing != "none" else 2) + 2 * logits
+    return pointwise_bytes(spec, job) + 2 * logits
 
 
 @dataclass(frozen=True)
@@ -246,13 +245,13 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     else:
         dequant = 0.0
         weight_bytes = pb * pc.total * passes
-    weights = _gb(weight_bytes, bw)
-    acts = _gb(activation_traffic(spec, job) * tokens, bw)
     # roofline (Williams, Waterman & Patterson, "Roofline: an insightful visual performance
-    # model", CACM 52(4), 2009): a step takes the longer of its FLOPs at the achieved FLOP/s
-    # and its DRAM bytes at the achieved bandwidth; weights and activations share the bandwidth
-    memory = ("weight reads" if weights >= acts else "activation traffic", weights + acts)
-    terms = [("compute", compute), ("weight reads", weights), ("activation traffic", acts)]
+    # model", CACM 52(4), 2009) for the GEMMs: the longer of their FLOPs at the achieved
+    # FLOP/s and their weight reads at the achieved bandwidth
+    weights = _gb(weight_bytes, bw)
+    # the pointwise kernels run between the GEMMs on the same stream: their time adds
+    pointwise = _gb(pointwise_traffic(spec, job) * tokens, bw)
+    terms = [("compute", compute), ("weight reads", weights), ("pointwise kernels", pointwise)]
     ckpt_layers = spec.num_layers - first_trained_layer(spec, m)
     if t.checkpointing == "offload" or (recompute and t.profile.offloads_checkpoints):
         # layer inputs go to host RAM and come back for the backward (async, overlapped)
@@ -263,9 +262,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     if p.shard_stage == 3 and n > 1:
         gathered = (pb if m.kind != "qlora" else 1) * pc.total * passes + st.gradients
         terms.append(("ZeRO-3 gathers", _gb(gathered * (n - 1) / n, device.peer_gbps(n))))
-    overlapped = max([t_ for t_ in terms if t_[0] not in ("weight reads", "activation traffic")] + [memory],
-                     key=lambda x: x[1])
-    micro = overlapped[1] + dequant
+    overlapped = max([t_ for t_ in terms if t_[0] != "pointwise kernels"], key=lambda x: x[1])
+    micro = overlapped[1] + pointwise + dequant
     if dequant:
         terms.append(("QLoRA dequantisation", dequant))
 
@@ -294,7 +292,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         terms.append(("optimizer offload (per step)", opt_offload))
     per_step = {"compute": t.grad_accum * compute}
     per_step[overlapped[0]] = max(per_step.get(overlapped[0], 0.0), t.grad_accum * overlapped[1])
-    candidates = {**per_step, "QLoRA dequantisation": t.grad_accum * dequant, "communication": exposed_comm,
+    candidates = {**per_step, "pointwise kernels": t.grad_accum * pointwise,
+                  "QLoRA dequantisation": t.grad_accum * dequant, "communication": exposed_comm,
                   "optimizer": optimizer + opt_offload}
     bound = max(candidates, key=lambda k: candidates[k])
     tokens_step = tokens * t.grad_accum * n
@@ -302,7 +301,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     assumptions = (
         f"{device.bf16_tflops:g} TFLOPS {device.tflops_basis} at {eff:.0%} efficiency "
         f"({t.framework} profile; recomputation counted as work).",
-        f"Memory-bound terms at {cal.BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbps:g} GB/s.",
+        f"Memory-bound terms at {cal.BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbps:g} GB/s; pointwise kernels "
+        f"({'fused' if t.compilation.compiled or t.profile.fused_pointwise else 'eager'}) add to the GEMM time.",
         "Causal attention over the full sequence (sliding windows ignored); packed sequences, no padding.",
     )
     if p.offload_optimizer:

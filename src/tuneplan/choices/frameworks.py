@@ -82,6 +82,9 @@ class FrameworkProfile:
         eager_kernels: the step launches kernels one by one from eager PyTorch, each with a
             fixed cost (tuneplan.timing.kernel_count x calibration.SECONDS_PER_KERNEL);
             False for a step compiled as one graph (mlx-lm mx.compile's its step).
+        fused_pointwise: the stack runs norms, rotary, activation and adapter scaling as fused
+            kernels (Unsloth's Triton kernels, mlx-lm's mx.compile'd step) even without
+            torch.compile: the time model counts their fused memory traffic (tuneplan.traffic).
     """
 
     name: str
@@ -112,6 +115,7 @@ class FrameworkProfile:
     checkpointing_modes: tuple[str, ...] = ()
     cross_entropies: tuple[str, ...] = ()
     eager_kernels: bool = True
+    fused_pointwise: bool = False
 
     def runtime_for(self, vendor: str | None) -> str:
         """The runtime this stack runs on for a device vendor (None: the default runtime)."""
@@ -133,7 +137,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "unsloth", "Unsloth", adapter_fp32=True, autocast_half=True, adapter_input_copies=False,
         default_cross_entropy="fused", quantises_fused_experts=True, offloads_checkpoints=True,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"], fsdp_fp32_params=True,
-        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY,
+        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY, fused_pointwise=True,
         device_notes=(
             ("Apple", "Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon."),
             ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
@@ -188,7 +192,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         quant_libraries=("mlx",), mlx_graph=True,
         device_notes=(
             ("NVIDIA", "MLX's CUDA backend (mlx-cuda) is recent; its speed is not validated (an A100 mlx-lm run, "
-                       "throughput.csv MX-03, is over-predicted by ~40%)."),
+                       "throughput.csv MX-03, is over-predicted by ~33%)."),
             ("AMD", "MLX has no ROCm backend; mlx-lm does not run on AMD GPUs."),
         ),
         # mlx_lm/lora.py CONFIG_DEFAULTS: lora_parameters rank 8, num_layers 16,
@@ -200,7 +204,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         # the model dtype (no autocast, no master weights); grad_checkpoint on or off;
         # one loss (nn.losses.cross_entropy)
         precisions=("bf16", "fp16", "fp32"), checkpointing_modes=("none", "full"), cross_entropies=("plain",),
-        eager_kernels=False),
+        eager_kernels=False, fused_pointwise=True),
 )}
 
 

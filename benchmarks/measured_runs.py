@@ -535,8 +535,8 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
                          "peft_module_casting_to_bf16 (fp32 norms, bf16 adapters; --kbit-prep trl-bf16)")
     if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
         s["compile"] = "inductor"
-        r.caveats.append("torch.compile on: saved activations per tuneplan.choices.compilation; its kernel "
-                         "speed-up is not modelled")
+        r.caveats.append("torch.compile on: saved activations per tuneplan.choices.compilation; time counts "
+                         "its fused pointwise traffic (tuneplan.traffic), not other kernel gains")
     n = _int(src.get("n_gpus", "")) or 1
     s["num_gpus"] = n
     shard = (src.get("sharding") or "").lower()

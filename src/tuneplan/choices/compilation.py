@@ -6,9 +6,9 @@ forward saves: pointwise work (casts, norms, activations) is recomputed in the b
 from a few saved tensors instead of being kept. The rules below were read off the tensors
 a compiled decoder layer really saves (`python benchmarks/compile_saved.py`, torch 2.13
 inductor on CPU, transformers 5 Llama and torchtune 0.6.1 layers, full and LoRA; per-layer
-bytes equal to the byte, benchmarks/results/compile_saved.md). Kernel timing under compile
-is not modelled: the time model's fitted efficiency already comes from compiled and eager
-runs alike (tuneplan.calibration).
+bytes equal to the byte, benchmarks/results/compile_saved.md). For time, compile fuses the
+pointwise kernels between GEMMs (tuneplan.traffic counts their fused traffic); its other
+kernel gains are not modelled.
 """
 
 from __future__ import annotations

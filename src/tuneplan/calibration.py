@@ -160,6 +160,28 @@ FRAMEWORK_EFFICIENCY = {
     "mlx": 0.460,
 }
 
+# Maximum achievable matmul FLOP/s (MAMF: the best bf16 matmul mamf-finder.py finds over a
+# sweep of shapes) as a share of the spec dense peak; measured per accelerator, not fitted
+# here. Source: stas00/ml-engineering compute/accelerator/README.md, "Maximum Achievable
+# Matmul FLOPS comparison table", BF16 (torch 2.5-2.10): A100 SXM 271.2/312, A100 PCIe
+# 252.9/312, H100 SXM 794.5/989 ("H200 is the same"), GH200 828.6/989, B200 1745/2250,
+# B300 1769/2250, MI250X 147.0/191.5 (one GCD), MI325X 784.9/1300, MI300X 668.4/1300.
+# The efficiencies above were fitted on A100 SXM rows, so a device's GEMM rate is its spec
+# peak x efficiency x MATMUL_SHARE[device] / MATMUL_SHARE[the A100 SXM]; a device without a
+# measurement takes the A100 SXM's share (no correction).
+MATMUL_SHARE = {
+    "a100-80gb-sxm": 0.869, "a100-40gb-sxm": 0.869, "a100-80gb-pcie": 0.811, "a100-40gb-pcie": 0.811,
+    "h100-sxm": 0.803, "h200-sxm": 0.803, "gh200": 0.838, "b200": 0.776, "b300": 0.786,
+    "mi250x": 0.767, "mi325x": 0.604, "mi300x": 0.514,
+}
+MATMUL_SHARE_REFERENCE = MATMUL_SHARE["a100-80gb-sxm"]
+
+
+def matmul_scale(device_id: str) -> float:
+    """A device's achievable-matmul share relative to the A100 SXM the efficiencies were fitted on."""
+    return MATMUL_SHARE.get(device_id, MATMUL_SHARE_REFERENCE) / MATMUL_SHARE_REFERENCE
+
+
 # Fixed cost per micro-step: kernel launches and eager host dispatch, per kernel. Kernels
 # are counted per layer (tuneplan.timing.kernel_count), not fitted:
 #   - transformers' Llama-style decoder layer forward: 2 RMSNorms x 8 (to fp32, pow, mean,

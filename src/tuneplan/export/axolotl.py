@@ -27,6 +27,7 @@ from tuneplan.export.common import (
     hf_compile,
     hf_precision,
     hf_read_precision,
+    hf_trainer_swaps,
     loss_setting,
     model_id,
     optimizer_from_hf,
@@ -52,12 +53,8 @@ DEFAULTS = {"sequence_len": 2048, "micro_batch_size": 1, "gradient_accumulation_
 
 def adapt(spec: ModelSpec, job: Job) -> Substitutions:
     sub = Substitutions(job)
-    m, t = job.method, job.training
-    if m.is_adapter and m.quant_blocksize != 64:
-        sub.swap(f"quantisation block size {m.quant_blocksize}: bitsandbytes through transformers uses 64",
-                 quant_blocksize=64)
-    if t.optimizer_in_backward:
-        sub.swap("--optimizer-in-backward: the HF Trainer steps after backward", optimizer_in_backward=False)
+    t = job.training
+    hf_trainer_swaps(sub)
     loss = t.loss
     if loss.chunk_tokens:
         sub.swap(f"--cross-entropy {loss.name}: Axolotl has plain, chunked (chunked_cross_entropy) and fused "

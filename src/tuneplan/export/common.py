@@ -203,6 +203,18 @@ def uses_deepspeed(job: Job) -> bool:
     return p.sharding.startswith("zero") or job.training.dtypes.fp32_master
 
 
+def hf_trainer_swaps(sub: Substitutions) -> None:
+    """Substitutions every stack on the HF Trainer (TRL, Axolotl, LLaMA-Factory) makes first:
+    bitsandbytes loaded through transformers quantises in blocks of 64, and the Trainer steps
+    the optimizer after backward, never inside it."""
+    m, t = sub.job.method, sub.job.training
+    if m.is_adapter and m.quant_blocksize != 64:
+        sub.swap(f"quantisation block size {m.quant_blocksize}: bitsandbytes through transformers uses 64",
+                 quant_blocksize=64)
+    if t.optimizer_in_backward:
+        sub.swap("--optimizer-in-backward: the HF Trainer steps after backward", optimizer_in_backward=False)
+
+
 def hf_adapt_parallel(sub: Substitutions, deepspeed: bool = False) -> None:
     """Substitutions every HF-based stack (TRL, Axolotl, LLaMA-Factory) makes for parallel
     layout and precision: FSDP offload is all-or-nothing, optimizer offload needs ZeRO,

@@ -28,6 +28,7 @@ from tuneplan.export.common import (
     hf_compile,
     hf_fsdp,
     hf_read_precision,
+    hf_trainer_swaps,
     loss_setting,
     model_id,
     optimizer_from_hf,
@@ -57,11 +58,7 @@ PURPOSES = {"sft": "sft", "pt": "sft"}  # pre-training runs the same causal-LM s
 def adapt(spec: ModelSpec, job: Job) -> Substitutions:
     sub = Substitutions(job)
     m, t = job.method, job.training
-    if m.is_adapter and m.quant_blocksize != 64:
-        sub.swap(f"quantisation block size {m.quant_blocksize}: bitsandbytes through transformers uses 64",
-                 quant_blocksize=64)
-    if t.optimizer_in_backward:
-        sub.swap("--optimizer-in-backward: the HF Trainer steps after backward", optimizer_in_backward=False)
+    hf_trainer_swaps(sub)
     if t.loss.chunks or t.loss.chunk_tokens:
         sub.swap(f"--cross-entropy {t.loss.name}: LLaMA-Factory has the plain loss and Liger's fused one "
                  "(estimated as plain)", cross_entropy=loss_setting(sub.job, default_loss()))

@@ -28,6 +28,7 @@ from tuneplan.export.common import (
     hf_fsdp,
     hf_precision,
     hf_read_precision,
+    hf_trainer_swaps,
     loss_setting,
     model_id,
     optimizer_from_hf,
@@ -53,15 +54,11 @@ DEFAULTS = {"dtype": "float32", "max_length": 1024, "per_device_train_batch_size
 
 def adapt(spec: ModelSpec, job: Job) -> Substitutions:
     sub = Substitutions(job)
-    m, t = job.method, job.training
+    m = job.method
     if m.kind == "freeze":
         sub.swap("--method freeze: TRL has no layer freezing; this file fine-tunes every layer (estimated as "
                  "--method full)", method="full")
-    if m.is_adapter and m.quant_blocksize != 64:
-        sub.swap(f"quantisation block size {m.quant_blocksize}: bitsandbytes through transformers uses 64",
-                 quant_blocksize=64)
-    if t.optimizer_in_backward:
-        sub.swap("--optimizer-in-backward: the HF Trainer steps after backward", optimizer_in_backward=False)
+    hf_trainer_swaps(sub)
     loss = sub.job.training.loss
     if not loss.fused:
         sub.swap(f"--cross-entropy {loss.name}: TRL's SFTTrainer always uses its fused LM head (the logits never "

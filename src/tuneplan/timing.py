@@ -230,7 +230,8 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     # executed FLOPs at the profile's efficiency, plus a fixed cost per kernel (launch and
     # host dispatch) that small micro-steps cannot hide
     # GEMMs at the device's achievable matmul rate (tuneplan.calibration.MATMUL_SHARE)
-    compute = (tf.executed * tokens + tf.per_step) / (peak * cal.matmul_scale(device.id) * eff)
+    matmul = cal.matmul_scale(device.id)
+    compute = (tf.executed * tokens + tf.per_step) / (peak * matmul * eff)
     if t.profile.eager_kernels:
         compute += kernel_count(spec, job) * cal.SECONDS_PER_KERNEL
     if m.kind == "qlora" and not m.fmt.dequant_copy:
@@ -302,8 +303,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     assumptions = (
         f"{device.bf16_tflops:g} TFLOPS {device.tflops_basis} at {eff:.0%} efficiency "
         f"({t.framework} profile; recomputation counted as work)"
-        + (f", x {cal.matmul_scale(device.id):.2f} for this device's measured matmul rate against the A100's."
-           if cal.matmul_scale(device.id) != 1 else "."),
+        + (f", x {matmul:.2f} for this device's measured matmul rate against the A100's." if matmul != 1 else "."),
         f"Memory-bound terms at {cal.BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbps:g} GB/s; pointwise kernels "
         f"({'fused' if t.compilation.compiled or t.profile.fused_pointwise else 'eager'}) add to the GEMM time.",
         "Causal attention over the full sequence (sliding windows ignored); packed sequences, no padding.",

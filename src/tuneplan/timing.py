@@ -32,7 +32,7 @@ from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.models import ModelSpec, layer_linears, param_counts
-from tuneplan.traffic import pointwise_bytes
+from tuneplan.traffic import fused, pointwise_bytes
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         f"({t.framework} profile; recomputation counted as work)"
         + (f", x {matmul:.2f} for this device's measured matmul rate against the A100's." if matmul != 1 else "."),
         f"Memory-bound terms at {cal.BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbps:g} GB/s; pointwise kernels "
-        f"({'fused' if t.compilation.compiled or t.profile.fused_pointwise else 'eager'}) add to the GEMM time.",
+        f"({'fused' if fused(t) else 'eager'}) add to the GEMM time.",
         "Causal attention over the full sequence (sliding windows ignored); packed sequences, no padding.",
     )
     if p.offload_optimizer:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tuneplan.job import Job
+from tuneplan.job import Job, Training
 from tuneplan.memory import is_target
 from tuneplan.memory.trained import first_trained_layer
 from tuneplan.models import ModelSpec, layer_linears
@@ -43,6 +43,12 @@ FP32 = 4
 # (silu_backward reads the gradient and the input): ~1.5 over a decoder layer
 # (tools/autograd/derivatives.yaml: mul, add, pow, mean, silu, _to_copy).
 BACKWARD_PER_FORWARD = 1.5
+
+
+def fused(training: Training) -> bool:
+    """The step runs its pointwise chains as fused kernels: under torch.compile, or in a stack
+    whose own kernels fuse them (FrameworkProfile.fused_pointwise)."""
+    return training.compilation.compiled or training.profile.fused_pointwise
 
 
 def _mlp_width(spec: ModelSpec, layer: int) -> int:
@@ -70,9 +76,8 @@ def layer_forward_bytes(spec: ModelSpec, job: Job, layer: int) -> float:
     q = spec.num_heads * spec.head_dim
     kv = spec.num_kv_heads * spec.head_dim
     i = _mlp_width(spec, layer)
-    fused = t.compilation.compiled or t.profile.fused_pointwise
     adapted = [lin for lin in layer_linears(spec, layer) if m.is_adapter and is_target(lin, m)]
-    if fused:
+    if fused(t):
         total = spec.norms_per_layer * 4 * c * h + 2 * c * (q + kv) + 3 * c * i
         total += sum(3 * c * lin.d_out * lin.active for lin in adapted)
         if spec.qk_norm:

@@ -226,3 +226,16 @@ def test_table_output(capsys, cfg):
 def test_catalog_device_from_the_driver_name(name, gib, want):
     d = match_catalog(name, int(gib * 2**30) if gib else None)
     assert (d.id if d else None) == want
+
+
+def test_probe_never_falls_back_to_the_cpu_silently(monkeypatch, capsys, cfg):
+    """Without --device and without a GPU the probe refuses in one line instead of running a
+    long CPU step nobody asked for (the README's `# on a CUDA GPU` command on a laptop)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["probe", str(cfg), "--seq-len", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cpu" in err and err.count("\n") == 1

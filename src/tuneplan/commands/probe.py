@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=count, default=2,
                    help="warm-up optimizer steps before them (default 2; at least 1, so optimizer states exist)")
     g.add_argument("--device", choices=DEVICE_KINDS, type=str.lower, default=None,
-                   help="where to run (default: CUDA if torch sees a GPU, else MPS, else CPU)")
+                   help="where to run (default: CUDA if torch sees a GPU, else MPS; the CPU only when asked for)")
     g.add_argument("--gpu", default=None,
                    help="catalog device for the time prediction (default: matched from the device's name)")
     g.add_argument("--memory-limit", type=number, default=None, metavar="GIB",
@@ -326,8 +326,6 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.probe.system import default_record_path, match_catalog, versions
 
     kind = pick_kind(args.device)
-    if kind == "cpu" and args.device is None and limit is None and not args.search:
-        check_cpu_ram(est, spec, job, args.force)
     if args.search and kind == "cpu" and limit is None:
         raise TuneplanError("--search on the CPU needs --memory-limit GIB: the budget of the device it stands for "
                             "(the probe never runs the machine out of RAM)")

@@ -56,10 +56,14 @@ COUNTERS = {
 
 
 def pick_kind(asked: str | None) -> str:
-    """The device kind to run on: the one asked for (checked), else CUDA, then MPS, then CPU.
+    """The device kind to run on: the one asked for (checked), else CUDA, then MPS.
+
+    The CPU is never picked silently: a real step of a billion-parameter model runs for
+    minutes there, so it must be asked for with --device cpu.
 
     Raises:
-        TuneplanError: the asked device is not available to this torch.
+        TuneplanError: the asked device is not available to this torch, or none was asked
+            for and torch sees no GPU.
     """
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps and mps.is_available())
@@ -72,7 +76,10 @@ def pick_kind(asked: str | None) -> str:
         return asked
     if torch.cuda.is_available():
         return "cuda"
-    return "mps" if has_mps else "cpu"
+    if has_mps:
+        return "mps"
+    raise TuneplanError("torch sees no GPU (no CUDA or MPS device); pass --device cpu to run the step on the CPU "
+                        "(slow: minutes for a billion-parameter model)")
 
 
 def _nvml_used(index: int) -> int | None:

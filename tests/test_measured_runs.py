@@ -162,6 +162,17 @@ def test_oom_rule():
     assert above.verdict.startswith("WRONG")  # predicted to fit a run that went out of memory
 
 
+def test_optimizer_temporary_follows_the_source():
+    """torch AdamW is taken as foreach (one full-size temporary) unless the row's own source
+    rules the temporary out: torchtune's "Optimization flags" table, whose baseline sits
+    below weights + gradients + AdamW states + that temporary."""
+    plain = bench.interpret_memory(HAND_ROW | {"optimizer": "torch AdamW", "measured_what": "x", "measured_gib": "1"})
+    table = bench.interpret_memory(HAND_ROW | {"optimizer": "torch AdamW", "measured_what": "x", "measured_gib": "1",
+                                               "source": 'pytorch/torchtune README.md "Optimization flags" | x'})
+    assert plain.settings["optimizer"] == "adamw-foreach"
+    assert table.settings["optimizer"] == "adamw" and any("25.5 GiB" in c for c in table.caveats)
+
+
 def test_unexpressible_rows_say_why():
     r = bench.interpret_memory(HAND_ROW | {"model_hf_id": "tiiuae/falcon-40b", "measured_what": "x", "measured_gib": "1"})
     assert "Falcon" in r.skip

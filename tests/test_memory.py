@@ -304,6 +304,30 @@ def test_accelerate_fsdp_holds_fp32_shards_of_trained_parameters():
     assert lora.weights == 2 * p  # frozen base stays 16-bit
 
 
+def test_accelerate_fsdp_keeps_the_root_unit_gathered_through_forward_and_backward(monkeypatch):
+    """HF/accelerate FSDP wraps only the decoder layers: embeddings + final norm + lm_head are
+    the root unit, never resharded after forward (FSDP _post_forward_reshard), so their bf16
+    copy adds to the forward and backward moments but not to the optimizer step. torchtune
+    shards tok_embeddings and output on their own, and ZeRO-3 and DDP have no root unit."""
+    from dataclasses import replace
+
+    from tuneplan.choices import frameworks
+    from tuneplan.memory.step import _fsdp_root_bytes
+
+    n = 4
+    root = 2 * (2 * 128256 * 4096 + 4096)  # Llama-3.1-8B untied embeddings + lm_head + norm, bf16
+    assert _fsdp_root_bytes(LLAMA8, job("full", num_gpus=n, sharding="fsdp")) == root
+    for other in (dict(framework="torchtune"), dict(sharding="zero3"), dict(sharding="ddp")):
+        assert _fsdp_root_bytes(LLAMA8, job("full", num_gpus=n, **({"sharding": "fsdp"} | other))) == 0
+    with_root = {m: dict(estimate_memory(LLAMA8, job(m, num_gpus=n, sharding="fsdp")).phase_bytes)
+                 for m in ("full", "lora")}
+    monkeypatch.setitem(frameworks.FRAMEWORKS, "hf", replace(frameworks.FRAMEWORKS["hf"], fsdp_root_unit=False))
+    for m, phases in with_root.items():
+        without = dict(estimate_memory(LLAMA8, job(m, num_gpus=n, sharding="fsdp")).phase_bytes)
+        extra = {k: phases[k] - without[k] for k in phases}
+        assert extra == {"forward": root, "backward": root, "optimizer": 0}, (m, extra)
+
+
 def test_litgpt_profile_keeps_bf16_adapters_and_chunked_logits():
     est = estimate_memory(LLAMA8, job("lora", framework="litgpt", seq_len=1024, checkpointing="none"))
     hf = estimate_memory(LLAMA8, job("lora", seq_len=1024, checkpointing="none"))

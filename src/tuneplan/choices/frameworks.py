@@ -48,6 +48,13 @@ class FrameworkProfile:
             is loaded in 16bit ... we still want to upcast the flat_param"; HF Trainer, TRL,
             Axolotl and LLaMA-Factory launch FSDP through accelerate). torchtune and litgpt
             shard the model in its own dtype.
+        fsdp_root_unit: under FSDP the stack wraps only the decoder layers, so the
+            embeddings, the final norm and lm_head form the root unit, whose gathered
+            16-bit parameters FSDP keeps from the start of forward to the end of backward
+            (torch/distributed/fsdp/_runtime_utils.py _post_forward_reshard, torch 2.x:
+            `free_unsharded_flat_param = not state._is_root and ...`; accelerate's
+            TRANSFORMER_BASED_WRAP wraps the model's _no_split_modules). torchtune shards
+            tok_embeddings and output as units of their own (custom_sharded_layers).
         dequant_bandwidth_share: share of the memory bandwidth the stack's 4-bit
             dequantisation reaches (bitsandbytes: fitted, tuneplan.calibration; torchao's NF4
             under torch.compile and Unsloth's fused kernels: the streaming share, stated).
@@ -99,6 +106,7 @@ class FrameworkProfile:
     flop_efficiency: float
     device_notes: tuple[tuple[str, str], ...] = ()
     fsdp_fp32_params: bool = False
+    fsdp_root_unit: bool = False
     fused_qkv: bool = False
     dequant_bandwidth_share: float = cal.BNB_DEQUANT_BANDWIDTH_SHARE
     calibration_framework: str = ""
@@ -130,7 +138,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "hf", "HF Transformers Trainer / TRL + PEFT", adapter_fp32=True, autocast_half=True,
         adapter_input_copies=True, default_cross_entropy="plain", quantises_fused_experts=False,
         offloads_checkpoints=False, trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
-        fsdp_fp32_params=True, calibration_framework="hf-trainer-peft"),
+        fsdp_fp32_params=True, fsdp_root_unit=True, calibration_framework="hf-trainer-peft"),
     FrameworkProfile(
         # Unsloth patches PEFT's LoRA forward (no per-adapter input copies) and computes the
         # loss with its fused cross-entropy kernel.
@@ -150,7 +158,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "trl", "TRL SFTTrainer (1.x, fused LM head) + PEFT", adapter_fp32=True, autocast_half=True,
         adapter_input_copies=True, default_cross_entropy="fused", quantises_fused_experts=False,
         offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
-        fsdp_fp32_params=True, calibration_framework="trl"),
+        fsdp_fp32_params=True, fsdp_root_unit=True, calibration_framework="trl"),
     FrameworkProfile(
         # torchtune recipes: model in bf16 without autocast, LoRA in the model dtype,
         # CEWithChunkedOutputLoss. Its own attention repeats GQA k/v before SDPA, which the
@@ -162,11 +170,13 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
-        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["axolotl"], fsdp_fp32_params=True),
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["axolotl"], fsdp_fp32_params=True,
+        fsdp_root_unit=True),
     FrameworkProfile(
         "llamafactory", "LLaMA-Factory", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
-        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["llamafactory"], fsdp_fp32_params=True),
+        trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["llamafactory"], fsdp_fp32_params=True,
+        fsdp_root_unit=True),
     FrameworkProfile(
         # litgpt (Lightning Fabric) with precision "bf16-true": the whole model, LoRA
         # included, in bf16 with no autocast (litgpt/lora.py LoRALinear creates lora_A/B in

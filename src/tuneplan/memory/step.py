@@ -208,6 +208,21 @@ def _autocast_copies(spec: ModelSpec, job: Job) -> int:
     return copies
 
 
+def _fsdp_root_bytes(spec: ModelSpec, job: Job) -> int:
+    """Bytes of the FSDP root unit's gathered parameters, alive through forward and backward.
+
+    Only for stacks whose FSDP wrap leaves the embeddings, final norm and lm_head in the root
+    unit (FrameworkProfile.fsdp_root_unit): FSDP does not reshard the root after forward, so
+    its unsharded compute-dtype copy lives until the root's post-backward hook, after the
+    embedding's backward. The root's own shard is already counted in the weights.
+    """
+    p, t = job.parallel, job.training
+    if p.sharding != "fsdp" or p.num_gpus < 2 or not t.profile.fsdp_root_unit:
+        return 0
+    pc = param_counts(spec)
+    return t.compute_bytes * (pc.embed + pc.lm_head + spec.hidden_size)
+
+
 def _moments(spec: ModelSpec, job: Job) -> _Moments:
     """Per-GPU bytes of each component at each moment of a steady-state step."""
     m, t, p = job.method, job.training, job.parallel
@@ -286,6 +301,8 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         grads = max(layer_grads, emb_grad)
         opt_temp = 0
 
+    root = _fsdp_root_bytes(spec, job)  # gathered from the embedding's forward to its backward
+
     # --- phases: each candidate moment is a list of (component key, bytes)
     base = ((K.WEIGHTS, g.weights), (K.QUANT_CONSTANTS, g.quant), (K.ADAPTERS, g.adapters),
             (K.PARAM_GATHER, g.gather), (K.OPTIMIZER, g.optimizer), (K.MASTER_WEIGHTS, g.master),
@@ -294,18 +311,20 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
     one_layer = (recompute if ckpt != "none" else worst_layer.saved * tokens)
     candidates = (
         # end of forward: everything saved, loss being computed
-        ("forward", ((K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept), (K.LOGITS, lg_fwd))),
+        ("forward", ((K.PARAM_GATHER, root), (K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept),
+                     (K.LOGITS, lg_fwd))),
         # start of backward: cross-entropy gradients next to the kept log-probs
-        ("backward", ((K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept), (K.LOGITS, lg_bwd))),
+        ("backward", ((K.PARAM_GATHER, root), (K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept),
+                      (K.LOGITS, lg_bwd))),
         # top of the decoder stack: head gradients + the top layer's, every saved tensor
         # (or checkpoint) still alive, the top layer recomputed, its backward working set
-        ("backward_top", ((K.GRADIENTS, max(accum_grads, head_grads + layer_grads)),
+        ("backward_top", ((K.PARAM_GATHER, root), (K.GRADIENTS, max(accum_grads, head_grads + layer_grads)),
                           (K.ACTIVATIONS, saved + autocast_copies + (recompute if ckpt != "none" else 0)),
                           (K.WORKING, transient))),
         # bottom of the stack: all gradients, only the first layer's activations left
-        ("backward_end", ((K.GRADIENTS, layer0_grads), (K.ACTIVATIONS, one_layer), (K.WORKING, transient))),
+        ("backward_end", ((K.PARAM_GATHER, root), (K.GRADIENTS, layer0_grads), (K.ACTIVATIONS, one_layer), (K.WORKING, transient))),
         # embedding backward: every gradient, the embedding's being made
-        ("backward_embed", ((K.GRADIENTS, grads), (K.WORKING, embed_extra))),
+        ("backward_embed", ((K.PARAM_GATHER, root), (K.GRADIENTS, grads), (K.WORKING, embed_extra))),
         ("optimizer", ((K.GRADIENTS, 0 if t.optimizer_in_backward else grads), (K.OPTIMIZER_TEMP, opt_temp))),
     )
     return _Moments(base, candidates, cpu, autocast_copies)
@@ -379,7 +398,9 @@ def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
         K.QUANT_CONSTANTS: (f"scale + bias per {m.quant_blocksize}, model dtype" if m.fmt.constants == "affine" else
                             f"absmax per {m.quant_blocksize}" + (", double quant" if m.double_quant else "")),
         K.ADAPTERS: f"rank {m.rank}, {tr.adapter:,} params, {t.adapter_bytes * 8}-bit",
-        K.PARAM_GATHER: "FSDP/ZeRO-3: current + prefetched layer",
+        K.PARAM_GATHER: "FSDP/ZeRO-3: current + prefetched layer"
+        + (" + the root unit (embeddings, lm_head), gathered from forward to the end of backward"
+           if _fsdp_root_bytes(spec, job) else ""),
         K.GRADIENTS: f"{tr.total:,} trainable params" + _shard_note(2, stage, world, False),
         K.OPTIMIZER: t.optimizer + _shard_note(1, stage, world, p.offload_optimizer),
         K.MASTER_WEIGHTS: "fp32 copy of trainable params" + _shard_note(1, stage, world, p.offload_optimizer),

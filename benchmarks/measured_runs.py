@@ -481,10 +481,10 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
             s["double_quant"] = True
             r.caveats.append("bitsandbytes double quantisation not stated; on assumed")
     opt, cav = parse_optimizer(src.get("optimizer", ""))
-    source = src.get("source") or ""
-    if opt == "adamw-foreach" and any(k in source for k in NO_FULL_SIZE_TEMP):
+    no_temp = next((why for key, why in NO_FULL_SIZE_TEMP.items() if key in (src.get("source") or "")), None)
+    if opt == "adamw-foreach" and no_temp:
         opt = "adamw"
-        cav.append(next(v for k, v in NO_FULL_SIZE_TEMP.items() if k in source))
+        cav.append(no_temp)
     s["optimizer"] = opt
     r.caveats += cav
     if "optimizer_in_bwd" in (src.get("optimizer") or ""):

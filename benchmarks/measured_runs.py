@@ -587,6 +587,7 @@ DEVICE_MAP = [  # (pattern in the CSV device text, catalog id, note)
     (r"^a100-sxm4-40gb", "a100-40gb-sxm", ""),
     (r"^a100", "a100-80gb-sxm", "A100 variant not stated; 80GB SXM assumed"),
     (r"^h100 80gb sxm", "h100-sxm", ""),
+    (r"^nvidia h100 80gb hbm3", "h100-sxm", ""),  # torch.cuda.get_device_name of the SXM part (probe records)
     (r"^rtx pro 6000 blackwell", "rtx-pro-6000-blackwell", ""),
 ]
 
@@ -656,7 +657,8 @@ def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
     r.extra["spec"] = mem.extra["spec"]
     r.model_how = mem.model_how
     r.caveats = [c for c in mem.caveats if "peak" not in c and "cap on padded" not in c and "counter" not in c]
-    r.caveats.append(f"settings from memory.csv row {linked['id']} (same published table row)")
+    r.caveats.append("settings from the probe record's own columns" if linked is src
+                     else f"settings from memory.csv row {linked['id']} (same published table row)")
     ga = _int(src.get("grad_accum", ""))
     if ga:
         r.settings["grad_accum"] = ga
@@ -974,6 +976,8 @@ def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) ->
         if not r.skip:
             score_memory(r)
     linked = link_time_rows(mem_src, tput_src)
+    if records:  # a probe record holds its job's settings in its memory fields: its own twin
+        linked.update({d["id"]: d for d in t if d.get("measured_gib")})
     time_rows = [interpret_time(s, linked.get(s["id"])) for s in tput_src]
     time_rows += memory_only_time_rows(mem_src, linked)
     for r in time_rows:

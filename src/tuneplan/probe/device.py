@@ -189,7 +189,7 @@ class Device:
             torch.mps.synchronize()
 
     def release(self) -> None:
-        """Give cached memory back after the model is gone."""
+        """Give cached memory back (after the model is gone, or before a shape is measured)."""
         gc.collect()
         if self.kind == "cuda":
             torch.cuda.empty_cache()

@@ -290,6 +290,10 @@ class Session:
                 counters.phase(name)
 
         oom: BaseException | None = None
+        # Start each shape from an empty cache: the build's freed blocks (QLoRA: the 16-bit
+        # layers it quantised; a search: the last shape's blocks) are not something a real run
+        # that loads its weights tensor by tensor would hold, and they would inflate reserved.
+        self.dev.release()
         patch = self._device_autocast_test()
         patch.__enter__()
         try:

@@ -145,9 +145,9 @@ FRAMEWORK_EFFICIENCY = {
     "litgpt": 0.683,
     # FITTED: median of the efficiencies implied by torchtune's README A100 rows, compiled
     # and compute-bound (throughput.csv TT-07, TT-08, TT-11..18; torchtune README: "torch
-    # compile enabled"); per row 0.624-0.725. Compile's gain is the fused pointwise traffic
+    # compile enabled"); per row 0.624-0.737. Compile's gain is the fused pointwise traffic
     # (tuneplan.traffic); TT-10 (compile off) is held out to check it.
-    "torchtune": 0.708,
+    "torchtune": 0.715,
     # Stated (no Unsloth time rows): its GEMMs are cuBLAS like HF's, so HF's figure; its
     # gains come from fused pointwise kernels (FrameworkProfile.fused_pointwise) and fused
     # dequantisation (FrameworkProfile.dequant_bandwidth_share).
@@ -218,6 +218,36 @@ BNB_DEQUANT_BANDWIDTH_SHARE = 0.115
 # optimizer updates, weight reads). STREAM-like copies reach ~80-90% of peak on GPUs
 # (e.g. Strix Halo: ~212-215 of 256 GB/s measured, hardware.csv; whylucian/softab docs).
 BANDWIDTH_EFFICIENCY = 0.8
+
+# Optimizer update: seconds per trained parameter that each optimizer's real kernels take on
+# an H100 80GB HBM3. MEASURED, not fitted to any row: benchmarks/optimizer_update.py (torch
+# 2.11.0, bitsandbytes 0.50.2), one step() over the bf16 parameters and gradients of a Llama
+# model's shapes, median of 5 timed steps (benchmarks/results/optimizer_update.md). The
+# largest model measured for each (per-tensor launch cost matters least there):
+#   - adamw (torch fused): 6.83 ps on Llama-3.2-3B: 61% of the H100's bandwidth for the
+#     traffic tuneplan.timing counts, close to streaming;
+#   - adamw-foreach: 17.4 ps on 3B: _multi_tensor_adamw makes ~7 passes over the states
+#     (lerp, mul, addcmul, sqrt, div, add, addcdiv; torch/optim/adamw.py);
+#   - adamw-8bit: 31.5 ps on Llama-3.1-8B (0.25 s a step for 8B; 9.5% of the bandwidth):
+#     bitsandbytes' kOptimizerStatic8bit2StateBlockwise dequantises and requantises both
+#     states through the dynamic code book for each element (csrc/kernels.cu), bound by that
+#     work, not by memory. The same kernel ran 219.5 ms of an 8B full fine-tune step under
+#     the profiler (probe grid, H100);
+#   - paged-adamw-8bit: the same kernel on managed memory (41.5 ps vs 40.9 ps unpaged on
+#     Llama-3.2-1B), so adamw-8bit's 8B figure;
+#   - paged-adamw (bnb 32-bit) 32.7 ps, lion (bnb 32-bit) 14.7 ps, sgd-momentum (torch
+#     foreach) 7.0 ps, adafactor (transformers, per-tensor Python) 46.4 ps: Llama-3.2-1B
+#     only; lion-8bit 20.5 ps on 3B;
+#   - sgd (no state): not measured; streaming only.
+# tuneplan.timing takes the longer of this and the counted traffic at BANDWIDTH_EFFICIENCY
+# (a roofline): on a slower-memory GPU the traffic bounds a streaming update; the per-
+# parameter work is assumed to take no less time on another GPU than on the H100 (one device
+# measured; the time assumptions say so).
+OPTIMIZER_UPDATE_S_PER_PARAM = {
+    "adamw": 6.83e-12, "adamw-foreach": 17.36e-12, "adamw-8bit": 31.47e-12, "paged-adamw-8bit": 31.47e-12,
+    "paged-adamw": 32.67e-12, "lion": 14.71e-12, "lion-8bit": 20.46e-12, "sgd-momentum": 7.04e-12,
+    "adafactor": 46.40e-12,
+}
 
 # bitsandbytes 4-bit (QLoRA) matmul: Linear4bit dequantises the packed weight to a bf16
 # buffer (functional.dequantize_4bit), then runs a bf16 GEMM on it: read 0.5 B + write 2 B

@@ -271,9 +271,14 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
 
     # once per optimizer step
     shard = n if p.shard_stage >= 1 else 1
-    trained_w = pb * trainable(spec, m).base + t.adapter_bytes * trainable(spec, m).adapter
+    tr = trainable(spec, m)
+    trained_w = pb * tr.base + t.adapter_bytes * tr.adapter
     opt_bytes = 2 * (trained_w + st.optimizer + st.master) + st.gradients
-    optimizer = _gb(opt_bytes / shard, bw) if not p.offload_optimizer else 0.0
+    # roofline of the update: its traffic at the streaming bandwidth, or the per-parameter
+    # work its kernels measured on an H100 (tuneplan.calibration.OPTIMIZER_UPDATE_S_PER_PARAM:
+    # bitsandbytes' 8-bit update is bound by requantising, 0.25 s for 8B), whichever is longer
+    update_work = (tr.base + tr.adapter) * t.optim.update_s_per_param
+    optimizer = max(_gb(opt_bytes, bw), update_work) / shard if not p.offload_optimizer else 0.0
     opt_offload = 0.0
     if p.offload_optimizer:
         # gradients down and updated weights up over PCIe, then the optimizer step itself on
@@ -307,6 +312,10 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         f"Memory-bound terms at {cal.BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbps:g} GB/s; pointwise kernels "
         f"({'fused' if fused(t) else 'eager'}) add to the GEMM time.",
         "Causal attention over the full sequence (sliding windows ignored); packed sequences, no padding.",
+        f"Optimizer update ({t.optim.name}): the longer of its traffic at the bandwidth above and "
+        + (f"{t.optim.update_s_per_param * 1e12:.1f} ps per trained parameter, its kernels' time on an H100 "
+           "(benchmarks/results/optimizer_update.md), assumed no shorter on other GPUs."
+           if t.optim.update_s_per_param else "no per-parameter figure (not measured)."),
     )
     if p.offload_optimizer:
         assumptions += (f"Optimizer offload: PCIe transfers and the CPU optimizer step (host DRAM at "

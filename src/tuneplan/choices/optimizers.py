@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneplan import calibration as cal
 from tuneplan.choices import lookup
 
 
@@ -34,7 +35,9 @@ class Optimizer:
         bnb_class: the bitsandbytes optimizer class `tuneplan probe` runs (what
             transformers' Trainer instantiates for `hf_name`: bitsandbytes.optim.AdamW with
             optim_bits=8 is AdamW8bit, is_paged=True the Paged* classes).
-        note: one line for the breakdown and assumptions.
+        update_s_per_param: seconds per trained parameter its update kernels take, measured
+            on an H100 (tuneplan.calibration.OPTIMIZER_UPDATE_S_PER_PARAM); 0: not measured,
+            the update is timed as streaming traffic only.
     """
 
     name: str
@@ -50,6 +53,7 @@ class Optimizer:
     hf_aliases: tuple[str, ...] = ()
     hf_optim_args: str = ""
     bnb_class: str | None = None
+    update_s_per_param: float = 0.0
 
     @property
     def component(self) -> str | None:
@@ -61,24 +65,31 @@ class Optimizer:
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
     # transformers 5 default optim is adamw_torch_fused: torch.optim.AdamW(fused=True), no temporaries
     Optimizer("adamw", 2, eight_bit_alternative="adamw-8bit", hf_name="adamw_torch_fused",
-              torch_class="torch.optim.AdamW", torch_kwargs=(("fused", True),)),
+              torch_class="torch.optim.AdamW", torch_kwargs=(("fused", True),),
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["adamw"]),
     Optimizer("adamw-foreach", 2, full_size_temp=True, eight_bit_alternative="adamw-8bit", hf_name="adamw_torch",
-              torch_class="torch.optim.AdamW", torch_kwargs=(("foreach", True),)),
+              torch_class="torch.optim.AdamW", torch_kwargs=(("foreach", True),),
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["adamw-foreach"]),
     Optimizer("adamw-8bit", 2, eight_bit=True, hf_name="adamw_bnb_8bit", bnb_class="bitsandbytes.optim.AdamW8bit",
-              hf_aliases=("adamw_8bit",)),
+              hf_aliases=("adamw_8bit",), update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["adamw-8bit"]),
     Optimizer("paged-adamw", 2, paged=True, eight_bit_alternative="adamw-8bit", hf_name="paged_adamw_32bit",
-              bnb_class="bitsandbytes.optim.PagedAdamW32bit"),
+              bnb_class="bitsandbytes.optim.PagedAdamW32bit", update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["paged-adamw"]),
     Optimizer("paged-adamw-8bit", 2, eight_bit=True, paged=True, hf_name="paged_adamw_8bit",
-              bnb_class="bitsandbytes.optim.PagedAdamW8bit"),
+              bnb_class="bitsandbytes.optim.PagedAdamW8bit",
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["paged-adamw-8bit"]),
     Optimizer("adafactor", 2, factored=True, hf_name="adafactor",
               torch_class="transformers.optimization.Adafactor",
-              torch_kwargs=(("relative_step", False), ("scale_parameter", False), ("warmup_init", False))),
+              torch_kwargs=(("relative_step", False), ("scale_parameter", False), ("warmup_init", False)),
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["adafactor"]),
     Optimizer("sgd", 0, hf_name="sgd", torch_class="torch.optim.SGD",
               torch_kwargs=(("momentum", 0.0), ("foreach", True))),
     Optimizer("sgd-momentum", 1, hf_name="sgd", hf_optim_args="momentum=0.9", torch_class="torch.optim.SGD",
-              torch_kwargs=(("momentum", 0.9), ("foreach", True))),
-    Optimizer("lion", 1, hf_name="lion_32bit", bnb_class="bitsandbytes.optim.Lion32bit"),
-    Optimizer("lion-8bit", 1, eight_bit=True, hf_name="lion_8bit", bnb_class="bitsandbytes.optim.Lion8bit"),
+              torch_kwargs=(("momentum", 0.9), ("foreach", True)),
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["sgd-momentum"]),
+    Optimizer("lion", 1, hf_name="lion_32bit", bnb_class="bitsandbytes.optim.Lion32bit",
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["lion"]),
+    Optimizer("lion-8bit", 1, eight_bit=True, hf_name="lion_8bit", bnb_class="bitsandbytes.optim.Lion8bit",
+              update_s_per_param=cal.OPTIMIZER_UPDATE_S_PER_PARAM["lion-8bit"]),
 )}
 
 

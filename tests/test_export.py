@@ -289,7 +289,7 @@ def test_what_a_stack_cannot_express_is_named_in_the_header_and_on_stderr(tmp_pa
 
 def test_header_has_peak_device_verdict_and_a_command_that_reproduces_it(tmp_path, capsys):
     out = tmp_path / "axolotl.yaml"
-    assert main(["export", "llama-3.1-8b", "--method", "qlora", "--seq-len", "4096", "--batch", "2",
+    assert main(["export", "llama-3.1-8b", "--method", "qlora", "--seq-len", "4096", "--batch", "1",
                  "--to", "axolotl", "--gpu", "rtx-4090", "-o", str(out)]) == 0
     capsys.readouterr()
     head = [line[2:] for line in out.read_text().splitlines() if line.startswith("# ")]

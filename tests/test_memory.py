@@ -363,3 +363,21 @@ def test_trl_profile_never_materialises_the_logits():
     hf = estimate_memory(LLAMA8, job("lora", seq_len=8192))
     assert trl.job.training.loss.fused and trl.component("logits") < hf.component("logits") / 10
     assert trl.component("adapters") == hf.component("adapters")
+
+
+def test_allocator_overhead_is_at_least_one_fp32_logits_block():
+    """Plain cross-entropy upcasts the whole logits to fp32 in one block; the caching allocator's
+    overhead is at least that block (its segment is split by later allocations). A fused loss
+    never makes it: the flat 5% share."""
+    import tuneplan
+    from tuneplan import calibration as cal
+    from tuneplan.models import resolve_model
+
+    spec = resolve_model("llama-3.1-8b")
+    plain = tuneplan.estimate(spec, method="lora", seq_len=8192, cross_entropy="plain")
+    block = 8192 * spec.vocab_size * 4
+    over = plain.component("allocator")
+    assert over == max(block, int(plain.peak_allocated_bytes * cal.ALLOCATOR_OVERHEAD))
+    assert over == block and "logits block" in next(c.note for c in plain.components if c.key == "allocator")
+    fused = tuneplan.estimate(spec, method="lora", seq_len=8192, cross_entropy="fused")
+    assert fused.component("allocator") == int(fused.peak_allocated_bytes * cal.ALLOCATOR_OVERHEAD)

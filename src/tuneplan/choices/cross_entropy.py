@@ -23,6 +23,10 @@ class CrossEntropy:
             backward (litgpt lm_head_chunk_size=128 + utils.chunked_cross_entropy).
         note: what the breakdown line says.
         source: where the behaviour is read from.
+        fp32_logits_block: the loss upcasts the whole logits to fp32 in one tensor
+            (micro-batch x sequence x vocabulary x 4 bytes), the step's largest transient
+            block; the caching allocator's overhead is at least that block
+            (tuneplan.calibration.ALLOCATOR_OVERHEAD).
     """
 
     name: str
@@ -31,11 +35,13 @@ class CrossEntropy:
     note: str
     source: str
     chunk_tokens: int | None = None
+    fp32_logits_block: bool = False
 
 
 CROSS_ENTROPY: dict[str, CrossEntropy] = {c.name: c for c in (
     CrossEntropy("plain", fused=False, chunks=None, note="bf16 logits + fp32 cross-entropy",
-                 source="transformers loss/loss_utils.py ForCausalLMLoss (fp32 upcast, log_softmax kept)"),
+                 source="transformers loss/loss_utils.py ForCausalLMLoss (fp32 upcast, log_softmax kept)",
+                 fp32_logits_block=True),
     CrossEntropy("chunked", fused=False, chunks=cal.TORCHTUNE_CE_CHUNKS, note="fused/chunked CE",
                  source="torchtune modules/loss/ce_chunked_output_loss.py (num_output_chunks=8)"),
     CrossEntropy("fused", fused=True, chunks=None, note="fused/chunked CE",

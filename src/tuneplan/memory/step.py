@@ -371,18 +371,28 @@ def _mlx_moments(spec: ModelSpec, job: Job) -> _Moments:
     return _Moments(base, candidates, 0, 0)
 
 
-def _with_overhead(allocated: int, job: Job) -> int:
+def _allocator_bytes(allocated: int, spec: ModelSpec, job: Job) -> int:
+    """The caching allocator's overhead (reserved - allocated, bytes): a share of allocated,
+    and at least one fp32-logits block where the loss makes one (tuneplan.calibration.
+    ALLOCATOR_OVERHEAD: its segment is split by later allocations); none on MLX."""
+    t = job.training
+    over = int(allocated * t.rt.allocator_overhead)
+    if t.rt.allocator_overhead and t.loss.fp32_logits_block:
+        over = max(over, t.micro_batch * t.seq_len * spec.vocab_size * 4)
+    return over
+
+
+def _with_overhead(allocated: int, spec: ModelSpec, job: Job) -> int:
     """Allocated bytes -> what the device must hold: + the runtime's allocator overhead and
     context (CUDA: caching allocator + CUDA context; Metal/MLX: none)."""
-    rt = job.training.rt
-    return allocated + int(allocated * rt.allocator_overhead) + rt.context_bytes
+    return allocated + _allocator_bytes(allocated, spec, job) + job.training.rt.context_bytes
 
 
 def peak_bytes(spec: ModelSpec, job: Job) -> int:
     """Peak per-GPU bytes only (the planner's fast path; same figure as estimate_memory)."""
     mo = _moments(spec, job)
     base = sum(b for _, b in mo.base)
-    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates), job)
+    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates), spec, job)
 
 
 def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
@@ -445,11 +455,13 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     comps = [Component(k, K.LABELS[k], int(b), notes[k]) for k, b in parts.items() if b > 0]
     allocated = sum(x.bytes for x in comps)
     rt = job.training.rt
-    peak = _with_overhead(allocated, job)
+    peak = _with_overhead(allocated, spec, job)
     alloc_over = peak - allocated - rt.context_bytes
     if rt.allocator_overhead:
-        comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], alloc_over,
-                               f"{rt.allocator_overhead:.0%} of allocated (caching allocator)"))
+        share = int(allocated * rt.allocator_overhead)
+        note = (f"{rt.allocator_overhead:.0%} of allocated (caching allocator)" if alloc_over <= share else
+                "one fp32 logits block (caching allocator: the loss's segment is split and not reused)")
+        comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], alloc_over, note))
     if rt.context_bytes:
         comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], rt.context_bytes,
                                "driver, kernels, cuBLAS workspace"))
@@ -473,7 +485,7 @@ def _overhead_sentence(job: Job) -> str:
     rt = job.training.rt
     if rt.context_bytes or rt.allocator_overhead:
         return (f"CUDA context {rt.context_bytes / 2**30:.2f} GiB and {rt.allocator_overhead:.0%} allocator "
-                "overhead are included.")
+                "overhead (at least one fp32 logits block where the loss makes one) are included.")
     return (f"{rt.label}: no CUDA context and no caching-allocator overhead; the peak is the runtime's own "
             "counter of live buffers" + (" (MLX has no 'reserved': its buffer cache is not counted)."
                                           if job.training.profile.mlx_graph else "."))

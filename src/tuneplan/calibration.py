@@ -27,10 +27,11 @@ CUDA_CONTEXT_BYTES = 512 * 1024**2
 # segment that held it is split by later allocations (the allocator's best-fit splits cached
 # blocks larger than the request), so the next step's logits take a segment of their own.
 # Not fitted (no free parameter; the block size is computed). MEASURED on the H100 probe grid
-# (benchmarks/results/probe/summary.md): reserved - allocated over one fp32-logits block is
-# 0.9-1.3 for the LoRA, QLoRA and 1-30B jobs (13 of 17 with plain CE), 2.8-3.5 for the
-# Llama-3.1-8B full fine-tunes at more than 2048 tokens (their 16-bit gradients fragment too;
-# not modelled: those stay under); grid reserved median |error| 5.5% -> 1.7%.
+# (benchmarks/results/probe/summary.md, all 21 jobs plain CE): reserved - allocated over one
+# fp32-logits block is 0.8-1.4 for 16 of the 17 jobs other than the Llama-3.1-8B full
+# fine-tunes past 2,048 tokens (Llama-3.2-1B full at 8,192 tokens: 0.43, where 5% of
+# allocated is larger anyway); those four show 2.8-3.6 (their 16-bit gradients fragment too;
+# not modelled: they stay under). Grid reserved median |error| 5.5% -> 1.7%.
 ALLOCATOR_OVERHEAD = 0.05
 
 # bitsandbytes 8-bit optimizers: block-wise quantisation with one fp32 absmax per 256

@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tuneplan.hardware import resolve_device  # noqa: E402
 from tuneplan.job import Job  # noqa: E402
-from tuneplan.memory.static import static_memory  # noqa: E402
-from tuneplan.memory.trained import trainable  # noqa: E402
 from tuneplan.models import resolve_config  # noqa: E402
+from tuneplan.timing import optimizer_update_bytes  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 # (model, optimizers); the paged ones only on the small model (managed memory, kept well
@@ -62,12 +61,7 @@ def modelled_bytes(model: str, optimizer: str) -> int:
     """The update's traffic as tuneplan.timing counts it (one GPU, full fine-tune, bf16)."""
     from tuneplan.models import resolve_model
 
-    spec = resolve_model(model)
-    job = Job.from_settings(method="full", optimizer=optimizer)
-    st = static_memory(spec, job)
-    tr = trainable(spec, job.method)
-    trained_w = job.training.param_bytes * tr.base
-    return int(2 * (trained_w + st.optimizer + st.master) + st.gradients)
+    return int(optimizer_update_bytes(resolve_model(model), Job.from_settings(method="full", optimizer=optimizer)))
 
 
 def time_one(model: str, optimizer: str, steps: int, warmup: int) -> dict[str, Any]:

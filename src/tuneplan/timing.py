@@ -27,7 +27,7 @@ from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
-from tuneplan.memory import first_trained_layer, is_target, static_memory, trainable
+from tuneplan.memory import Static, first_trained_layer, is_target, static_memory, trainable
 from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.trained import layer_groups, trained_layer_count
@@ -198,6 +198,20 @@ def _gb(nbytes: float, gbps: float) -> float:
     return nbytes / (gbps * 1e9) if gbps > 0 else float("inf")
 
 
+def optimizer_update_bytes(spec: ModelSpec, job: Job, st: Static | None = None) -> float:
+    """Bytes one unsharded optimizer update streams: the trained weights, the states and the
+    master copy read and written once, the gradients read once.
+
+    Args:
+        st: the job's static memory, when the caller has it already.
+    """
+    t = job.training
+    st = st if st is not None else static_memory(spec, job)
+    tr = trainable(spec, job.method)
+    trained_w = t.param_bytes * tr.base + t.adapter_bytes * tr.adapter
+    return 2 * (trained_w + st.optimizer + st.master) + st.gradients
+
+
 def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None,
               efficiency: float | None = None) -> StepTime:
     """Predict the optimizer-step time of `job` on `job.parallel.num_gpus` x `device`.
@@ -273,7 +287,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     shard = n if p.shard_stage >= 1 else 1
     tr = trainable(spec, m)
     trained_w = pb * tr.base + t.adapter_bytes * tr.adapter
-    opt_bytes = 2 * (trained_w + st.optimizer + st.master) + st.gradients
+    opt_bytes = optimizer_update_bytes(spec, job, st)
     # roofline of the update: its traffic at the streaming bandwidth, or the per-parameter
     # work its kernels measured on an H100 (tuneplan.calibration.OPTIMIZER_UPDATE_S_PER_PARAM:
     # bitsandbytes' 8-bit update is bound by requantising, 0.25 s for 8B), whichever is longer
@@ -286,8 +300,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         # processes of one machine share (torch AdamW on CPU tensors, DeepSpeed CPUAdam)
         link = _gb((st.gradients + trained_w) / shard, device.host_link_gbps)
         per_machine = min(n, device.max_count)
-        cpu_bytes = (2 * (trained_w + st.optimizer + st.master) + st.gradients) / shard
-        opt_offload = link + cpu_bytes / (cal.HOST_DRAM_GBPS / per_machine * 1e9)
+        opt_offload = link + opt_bytes / shard / (cal.HOST_DRAM_GBPS / per_machine * 1e9)
     comm = 0.0
     if n > 1 and p.shard_stage < 3:
         comm = _gb(2 * (n - 1) / n * st.gradients, device.peer_gbps(n))

@@ -7,8 +7,6 @@ tests/test_time_calibration.py re-runs this fit and fails if calibration.py drif
   of the Qwen README LoRA rows QW-01..04 (Qwen-7B, A100-80GB, HF + PEFT, r=64, batch 1,
   256..8192 tokens, checkpointing) as FLOPs / (peak x eff) + kernels x seconds + the
   pointwise kernels' traffic / bandwidth (counted by tuneplan.traffic, not fitted).
-- BNB_DEQUANT_BANDWIDTH_SHARE: the extra micro-step time of the Q-LoRA rows QW-05/06/07/10
-  over their LoRA twins QW-01/03/04/09, as serial dequantisation bytes / (bandwidth x share).
 - FRAMEWORK_EFFICIENCY["mlx"]: the median implied efficiency of the mlx-examples Apple rows
   MX-01 (M2 Ultra) and MX-02 (M1 Max), as for torchtune.
 - FRAMEWORK_EFFICIENCY["torchtune"]: the median, over torchtune's README A100 rows that are
@@ -29,7 +27,7 @@ from pathlib import Path
 from tuneplan import calibration as cal
 from tuneplan.hardware import resolve_device
 from tuneplan.job import Job
-from tuneplan.models import param_counts, resolve_model
+from tuneplan.models import resolve_model
 from tuneplan.timing import kernel_count, pointwise_traffic, step_time, token_flops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +35,6 @@ CALIBRATION = ROOT.parent / "shared" / "calibration"
 QWEN = {"7b": ROOT / "benchmarks" / "calibration_models" / "qwen-7b-v1.json",
         "14b": ROOT / "benchmarks" / "calibration_models" / "qwen-14b-v1.json"}
 LORA_ROWS = ("QW-01", "QW-02", "QW-03", "QW-04")
-QLORA_PAIRS = (("QW-05", "QW-01"), ("QW-06", "QW-03"), ("QW-07", "QW-04"), ("QW-10", "QW-09"))
 # mlx-lm on Apple silicon: the two mlx-examples README rows (M2 Ultra, M1 Max; confidence med).
 # Held out: MX-05/06 (mlx-tune, M4 Pro), MX-07 (mlx_lm, M4 Max), MX-03 (MLX's CUDA backend, A100).
 MLX_FIT_ROWS = ("MX-01", "MX-02")
@@ -83,21 +80,6 @@ def fit_hf_and_kernel(rows: dict[str, dict[str, str]]) -> tuple[float, float, li
     res = [(rid, (a * x + b * k + pw) / (y + pw) - 1)
            for rid, x, k, y, pw in zip(LORA_ROWS, xs, ks, ys, pws, strict=True)]
     return 1 / a, b, res
-
-
-def fit_dequant_share(rows: dict[str, dict[str, str]]) -> tuple[float, list[tuple[str, float]]]:
-    """Bandwidth share of bitsandbytes dequantisation from the Q-LoRA minus LoRA micro-steps."""
-    bw = resolve_device(A100).bandwidth_gbps * 1e9
-    ds, extras, ids = [], [], []
-    for q, lora in QLORA_PAIRS:
-        spec, job = _qwen_job(rows[q])
-        serial = cal.DEQUANT_BYTES_PER_PARAM["nf4"] - 2
-        passes = 3  # forward, recomputation, backward (checkpointing on)
-        ds.append(param_counts(spec).linear_in_layers * serial * passes / bw)
-        extras.append(_micro_seconds(rows[q]) - _micro_seconds(rows[lora]))
-        ids.append(q)
-    inv = sum(d * e for d, e in zip(ds, extras, strict=True)) / sum(d * d for d in ds)  # extra = d * (1/share)
-    return 1 / inv, [(i, d * inv / e - 1) for i, d, e in zip(ids, ds, extras, strict=True)]
 
 
 def _measured_runs():
@@ -167,9 +149,6 @@ def main() -> int:
     eff, sec, res = fit_hf_and_kernel(rows)
     print(f"FRAMEWORK_EFFICIENCY['hf'] = {eff:.3f}; SECONDS_PER_KERNEL = {sec:.3e}")
     print("  residuals (predicted / measured micro-step - 1): " + ", ".join(f"{i} {r:+.1%}" for i, r in res))
-    share, dres = fit_dequant_share(rows)
-    print(f"BNB_DEQUANT_BANDWIDTH_SHARE = {share:.3f}")
-    print("  residuals of the extra Q-LoRA time: " + ", ".join(f"{i} {r:+.1%}" for i, r in dres))
     tt, implied = fit_torchtune()
     print(f"FRAMEWORK_EFFICIENCY['torchtune'] = {tt:.3f} (median of implied efficiencies)")
     print("  implied per row: " + ", ".join(f"{i} {e:.3f}" for i, e in implied))

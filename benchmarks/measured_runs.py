@@ -100,11 +100,18 @@ EXTRA_CONFIGS = {
 # --bf16, batch 1, gradient accumulation 8, --gradient_checkpointing, flash-attention 2,
 # LoRA r=64 on c_attn, c_proj, w1, w2 (every linear), inputs padded to model_max_length
 # (padding="max_length": every micro-batch holds seq_len tokens), HF default AdamW (torch,
-# foreach); Q-LoRA: bitsandbytes NF4 with double quantisation, a 2023 bitsandbytes.
+# foreach). Q-LoRA rows are not bitsandbytes: finetune.py loads the base with
+# GPTQConfig(bits=4, disable_exllama=True) and the README says to use the Int4 (GPTQ) chat
+# models, fp16 only (QWEN_GPTQ), a quantisation tuneplan does not model.
 QWEN_README_SETTINGS = {
     "micro_batch": 1, "grad_accum": 8, "checkpointing": "full", "attention": "flash", "framework": "hf",
     "rank": 64, "targets": "all-linear", "precision": "bf16", "optimizer": "adamw-foreach",
 }
+
+
+QWEN_GPTQ = ("GPTQ-Int4 base through auto-gptq, not bitsandbytes (Qwen finetune.py: quantization_config="
+             "GPTQConfig(bits=4, disable_exllama=True) for --q_lora; README: 'load our provided quantized model, "
+             "e.g. Qwen-7B-Chat-Int4'): not a tuneplan quantisation")
 
 
 def resolve_row_model(hf_id: str) -> tuple[Any | None, str, str]:
@@ -754,6 +761,9 @@ def _interpret_qwen_readme(r: Row, src: dict[str, str]) -> Row:
     if method not in ("lora", "qlora"):
         r.skip = "DeepSpeed ZeRO stage not stated and the row's tokens per step are ambiguous (notes)"
         return r
+    if method == "qlora":
+        r.skip = QWEN_GPTQ
+        return r
     spec, how, why = resolve_row_model(src.get("model_hf_id", ""))
     if spec is None:
         r.skip = why
@@ -763,8 +773,6 @@ def _interpret_qwen_readme(r: Row, src: dict[str, str]) -> Row:
         r.skip = dev_note
         return r
     r.settings = {**QWEN_README_SETTINGS, "method": method, "seq_len": _int(src.get("seq_len", ""))}
-    if method == "qlora":
-        r.settings["stack"] = BNB_STACK
     r.extra["spec"] = spec
     r.model_how = how
     r.caveats = ["settings from Qwen's finetune scripts (QWEN_README_SETTINGS)",
@@ -948,8 +956,7 @@ def _fitted_rows() -> frozenset[str]:
     spec = importlib.util.spec_from_file_location("fit_time_constants", Path(__file__).with_name("fit_time_constants.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    pairs = {q for pair in mod.QLORA_PAIRS for q in pair}
-    return frozenset(mod.LORA_ROWS) | frozenset(pairs) | frozenset(mod.TORCHTUNE_ROWS) | frozenset(mod.MLX_FIT_ROWS)
+    return frozenset(mod.LORA_ROWS) | frozenset(mod.TORCHTUNE_ROWS) | frozenset(mod.MLX_FIT_ROWS)
 
 
 FITTED_ROWS = _fitted_rows()

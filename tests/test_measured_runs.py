@@ -180,6 +180,18 @@ def test_unexpressible_rows_say_why():
     assert "not a tuneplan method" in r.skip
 
 
+def test_qwen_q_lora_rows_are_gptq_not_bitsandbytes():
+    """Qwen's finetune.py loads Q-LoRA bases with GPTQConfig(bits=4, disable_exllama=True):
+    those rows are skipped with that reason, not scored (or fitted) as bitsandbytes NF4."""
+    row = {"id": "QW-05", "framework": "HF transformers + PEFT", "model_hf_id": "Qwen/Qwen-7B", "method": "qlora",
+           "precision": "bf16", "measured": "s_per_step", "derived_tokens_per_s_total": "683", "n_gpus": "1",
+           "sharding": "none", "device": "A100 SXM4 80GB", "seq_len": "256", "value": "3.0"}
+    r = bench.interpret_time(row, None)
+    assert r.skip == bench.QWEN_GPTQ and "GPTQConfig(bits=4, disable_exllama=True)" in r.skip
+    lora = bench.interpret_time(row | {"id": "QW-01", "method": "lora"}, None)
+    assert not lora.skip and lora.settings["method"] == "lora"
+
+
 def test_readme_accuracy_table_is_current():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_accuracy_table.py"), "--check",
                           str(ROOT / "README.md")], capture_output=True, text=True, timeout=60)

@@ -444,3 +444,38 @@ def test_largest_fitting_from_any_start():
 
             assert largest_fitting(fits, 32, start) == min(threshold, 32)
             assert all(1 <= x <= 32 for x in calls)
+
+
+def test_bitsandbytes_dequantisation_streams_at_the_bandwidth():
+    """bitsandbytes dequantises each 4-bit weight in one kernel (read 0.5 B + write 2 B) at the
+    streaming share of the bandwidth, three passes with checkpointing (forward, recomputation,
+    backward): no fitted share (the old one came from GPTQ rows; tuneplan.calibration)."""
+    from tuneplan.memory import quantised_params
+
+    spec = resolve_model("llama-3.1-8b")
+    dev = resolve_device("h100")
+    j = job("qlora", b=1, s=2048)
+    got = dict(step_time(spec, j, dev).terms)["QLoRA dequantisation"]
+    quantised = quantised_params(spec, j.training)
+    assert quantised == param_counts(spec).linear_in_layers  # a dense model: every decoder linear
+    want = quantised * (cal.DEQUANT_BYTES_PER_PARAM["nf4"] - 2) * 3 / (dev.bandwidth_gbps * 1e9 * cal.BANDWIDTH_EFFICIENCY)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert got < 0.03  # ~20 ms for 8B on an H100 (the profiler read ~26 ms a step, stop 11)
+
+
+def test_fused_experts_left_16bit_are_not_dequantised():
+    """transformers 5 keeps MoE experts as fused 3-D parameters that bitsandbytes does not
+    quantise (hf profile), so their weights are neither stored 4-bit nor dequantised; a stack
+    that quantises them (Unsloth) dequantises them too, and the memory model agrees."""
+    from tuneplan.memory import quantised_params, static_memory
+
+    spec = resolve_model("qwen3-30b-a3b")
+    dev = resolve_device("h100")
+    pc = param_counts(spec)
+    hf, uns = job("qlora"), job("qlora", framework="unsloth")
+    assert quantised_params(spec, hf.training) == pc.linear_in_layers - pc.experts
+    assert quantised_params(spec, uns.training) == pc.linear_in_layers
+    d_hf = dict(step_time(spec, hf, dev).terms)["QLoRA dequantisation"]
+    d_uns = dict(step_time(spec, uns, dev).terms)["QLoRA dequantisation"]
+    assert d_hf / d_uns == pytest.approx((pc.linear_in_layers - pc.experts) / pc.linear_in_layers, rel=1e-6)
+    assert static_memory(spec, hf).weights > static_memory(spec, uns).weights + pc.experts  # experts 16-bit

@@ -26,11 +26,6 @@ def test_hf_efficiency_and_kernel_cost_are_the_fit(fit):
     assert all(abs(r) < 0.08 for _, r in residuals)
 
 
-def test_bitsandbytes_dequant_share_is_the_fit(fit):
-    share, _ = fit.fit_dequant_share(fit._rows())
-    assert cal.BNB_DEQUANT_BANDWIDTH_SHARE == pytest.approx(share, abs=0.0005)
-
-
 def test_torchtune_efficiency_is_the_fit(fit):
     eff, implied = fit.fit_torchtune()
     assert len(implied) == len(fit.TORCHTUNE_ROWS)

@@ -136,7 +136,8 @@ TIGHT_HEADROOM = 0.10
 # ---------------------------------------------------------------- time
 # Micro-step time = executed FLOPs / (peak dense bf16 FLOP/s x efficiency) + kernels x
 # SECONDS_PER_KERNEL, or a memory/link-bound term where that is slower, plus the serial
-# QLoRA dequantisation. "Efficiency" is achieved/peak over the FLOPs actually executed
+# QLoRA dequantisation (streamed at BANDWIDTH_EFFICIENCY). "Efficiency" is achieved/peak
+# over the FLOPs actually executed
 # (forward, backward, recomputation): HFU in the PaLM paper's terms (Chowdhery et al. 2022,
 # app. B). The efficiencies and the per-kernel cost are FITTED on named measured rows by
 # benchmarks/fit_time_constants.py (tests/test_time_calibration.py keeps them equal to that
@@ -159,8 +160,7 @@ FRAMEWORK_EFFICIENCY = {
     # (tuneplan.traffic); TT-10 (compile off) is held out to check it.
     "torchtune": 0.715,
     # Stated (no Unsloth time rows): its GEMMs are cuBLAS like HF's, so HF's figure; its
-    # gains come from fused pointwise kernels (FrameworkProfile.fused_pointwise) and fused
-    # dequantisation (FrameworkProfile.dequant_bandwidth_share).
+    # gains come from fused pointwise kernels (FrameworkProfile.fused_pointwise).
     "unsloth": 0.683,
     # mlx-lm (compiled MLX step, no per-kernel cost): FITTED by benchmarks/
     # fit_time_constants.py fit_mlx, the median implied efficiency of the mlx-examples README
@@ -213,20 +213,27 @@ BACKWARD_KERNELS_PER_FORWARD_KERNEL = 2
 # 6.64 us per kernel. Residuals: -6.8%, +1.9%, +0.8%, -0.1%. Checked, not fitted: QW-09.
 SECONDS_PER_KERNEL = 6.64e-6
 
-# bitsandbytes 4-bit dequantisation (Linear4bit -> dequantize_4bit, then a bf16 GEMM) runs
-# far below the memory bandwidth at training shapes. FITTED on the Qwen README Q-LoRA rows
-# (QW-05/06/07, Qwen-7B, and QW-10, Qwen-14B, A100-80GB), each minus its LoRA twin's
-# micro-step (QW-01/03/04/09): the extra time is ~flat in tokens (0.225, 0.225, 0.125 s for
-# 7B; 0.425 s for 14B), i.e. a per-pass cost of the quantised weights. Share of the spec
-# bandwidth for the serial unpack + write (DEQUANT_BYTES_PER_PARAM - 2 bytes per weight and
-# pass, three passes with checkpointing): least squares over the four rows (benchmarks/
-# fit_time_constants.py). Residuals of the extra time: QW-05 -8.2%, QW-06 -8.2%, QW-07 +65%
-# (at 8192 tokens part of it overlaps), QW-10 -5.4%.
-BNB_DEQUANT_BANDWIDTH_SHARE = 0.115
 
 # Achievable share of the spec memory bandwidth for streaming kernels (dequantisation,
 # optimizer updates, weight reads). STREAM-like copies reach ~80-90% of peak on GPUs
 # (e.g. Strix Halo: ~212-215 of 256 GB/s measured, hardware.csv; whylucian/softab docs).
+#
+# 4-bit dequantisation streams at this share on every stack. bitsandbytes' dequantize_4bit
+# is one kernel (csrc/kernels.cu kDequantizeBlockwise: read the packed weight and its absmax,
+# write the 16-bit copy; bitsandbytes/functional.py dequantize_4bit), torchao's NF4 is fused
+# by torch.compile in torchtune, Unsloth fuses its own. Checked, not fitted: LLaMA-Factory's
+# A100 pair (memory.csv lf01/lf04, Dec 2023, bitsandbytes 0.41) ran QLoRA at 2,415 tokens/s
+# against LoRA's 2,392; the H100 probe grid (bitsandbytes 0.50.2, benchmarks/results/probe)
+# ran Llama-3.1-8B QLoRA at -2%..+11% of its LoRA twins' tokens/s at 2k-8k tokens (the one
+# exception, batch 1 x 2k with checkpointing, was host-bound: 0.59-0.66 s a step, the same
+# as batch 2, against 0.39 s for LoRA; not modelled). Until stop 12 a
+# share of 0.115 was fitted here on the Qwen README Q-LoRA rows (throughput.csv QW-05/06/07/
+# 10), which are not bitsandbytes: Qwen's finetune.py loads Q-LoRA bases with
+# GPTQConfig(bits=4, disable_exllama=True) (README: "load our provided quantized model, e.g.
+# Qwen-7B-Chat-Int4"), and auto-gptq's qlinear_cuda_old.QuantLinear.forward dequantises
+# training-size inputs in six eager torch ops over the whole weight (shift to int32, cast,
+# mask, subtract zeros, multiply scales: ~16 bytes of traffic per weight against
+# bitsandbytes' 2.5). tuneplan does not model GPTQ bases; those rows are skipped.
 BANDWIDTH_EFFICIENCY = 0.8
 
 # Optimizer update: seconds per trained parameter that each optimizer's real kernels take on

@@ -27,7 +27,15 @@ from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
-from tuneplan.memory import Static, first_trained_layer, is_target, static_memory, trainable
+from tuneplan.memory import (
+    Static,
+    first_trained_layer,
+    is_target,
+    quantised_params,
+    static_memory,
+    stores_quantised,
+    trainable,
+)
 from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.trained import layer_groups, trained_layer_count
@@ -124,16 +132,17 @@ def kernel_count(spec: ModelSpec, job: Job) -> int:
     quantised linear. Recomputation repeats the forward of the layers that keep a graph;
     backward launches cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL per forward kernel there.
     """
-    return _kernel_count(spec, job.method, job.training.checkpointing != "none")
+    t = job.training
+    return _kernel_count(spec, job.method, t.checkpointing != "none", t.profile.quantises_fused_experts)
 
 
 @lru_cache(maxsize=65536)
-def _kernel_count(spec: ModelSpec, m: Method, recompute: bool) -> int:
+def _kernel_count(spec: ModelSpec, m: Method, recompute: bool, quantises_fused_experts: bool) -> int:
     total = 0
     for layer, n in layer_groups(spec):
         lins = layer_linears(spec, layer)
         adapted = sum(1 for lin in lins if m.is_adapter and is_target(lin, m))
-        quantised = len(lins) if m.kind == "qlora" else 0
+        quantised = sum(1 for lin in lins if stores_quantised(lin, quantises_fused_experts)) if m.kind == "qlora" else 0
         fwd = cal.KERNELS_PER_LAYER_FORWARD + adapted * cal.KERNELS_PER_ADAPTER_FORWARD + quantised
         graph = trained_layer_count(spec, m, layer, n)  # layers of this shape that keep a graph
         total += fwd * n + fwd * graph * (cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL + (1 if recompute else 0))
@@ -253,10 +262,11 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         dequant = 0.0
         weight_bytes = (st.weights + st.quant_constants) * passes
     elif m.kind == "qlora":
-        quantised = pc.linear_in_layers
+        quantised = quantised_params(spec, t)  # fused 3-D experts may stay 16-bit
         rest = pc.total - quantised
         serial = cal.DEQUANT_BYTES_PER_PARAM[m.quant] - 2  # unpack + write the bf16 copy
-        dequant = _gb(quantised * serial * passes, device.bandwidth_gbps * t.profile.dequant_bandwidth_share)
+        # one streaming kernel per use (bitsandbytes kDequantizeBlockwise; tuneplan.calibration)
+        dequant = _gb(quantised * serial * passes, device.bandwidth_gbps * cal.BANDWIDTH_EFFICIENCY)
         weight_bytes = (2 * quantised + pb * rest) * passes  # the GEMMs read the bf16 copy
     else:
         dequant = 0.0

@@ -55,9 +55,6 @@ class FrameworkProfile:
             `free_unsharded_flat_param = not state._is_root and ...`; accelerate's
             TRANSFORMER_BASED_WRAP wraps the model's _no_split_modules). torchtune shards
             tok_embeddings and output as units of their own (custom_sharded_layers).
-        dequant_bandwidth_share: share of the memory bandwidth the stack's 4-bit
-            dequantisation reaches (bitsandbytes: fitted, tuneplan.calibration; torchao's NF4
-            under torch.compile and Unsloth's fused kernels: the streaming share, stated).
         fused_qkv: the stack's own modelling code computes q, k, v with one fused matmul and
             slices views out of it, so SDPA's saved v keeps the whole qkv output alive
             (litgpt model.py CausalSelfAttention: `qkv = self.attn(x)` then split).
@@ -108,7 +105,6 @@ class FrameworkProfile:
     fsdp_fp32_params: bool = False
     fsdp_root_unit: bool = False
     fused_qkv: bool = False
-    dequant_bandwidth_share: float = cal.BNB_DEQUANT_BANDWIDTH_SHARE
     calibration_framework: str = ""
     expands_kv_heads: bool = False
     runtimes: tuple[tuple[str, str], ...] = (("NVIDIA", "cuda"), ("AMD", "rocm"), ("Apple", "mps"))
@@ -145,7 +141,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "unsloth", "Unsloth", adapter_fp32=True, autocast_half=True, adapter_input_copies=False,
         default_cross_entropy="fused", quantises_fused_experts=True, offloads_checkpoints=True,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"], fsdp_fp32_params=True,
-        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY, fused_pointwise=True,
+        fused_pointwise=True,
         device_notes=(
             ("Apple", "Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon."),
             ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
@@ -166,7 +162,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
-        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY, expands_kv_heads=True),
+        expands_kv_heads=True),
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
@@ -197,7 +193,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "mlx", "MLX (mlx-lm)", adapter_fp32=True, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="plain", quantises_fused_experts=True, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["mlx"],
-        dequant_bandwidth_share=cal.BANDWIDTH_EFFICIENCY, calibration_framework="mlx",
+        calibration_framework="mlx",
         runtimes=(("Apple", "mlx-metal"), ("NVIDIA", "mlx-cuda"), ("CPU", "mlx-cpu")),
         quant_libraries=("mlx",), mlx_graph=True,
         device_notes=(

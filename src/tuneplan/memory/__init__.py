@@ -16,12 +16,13 @@ from tuneplan.memory.activations import (
     logits_bytes,
     stack_activations,
 )
-from tuneplan.memory.static import Static, quantised_bytes, static_memory
+from tuneplan.memory.static import Static, quantised_bytes, quantised_params, static_memory, stores_quantised
 from tuneplan.memory.step import Component, MemoryEstimate, assumptions, estimate_memory, peak_bytes
 from tuneplan.memory.trained import Trainable, check_method, first_trained_layer, is_target, trainable
 
 __all__ = [
     "Component", "LayerActs", "MemoryEstimate", "Static", "Trainable", "assumptions", "attention_kernel",
     "check_method", "estimate_memory", "first_trained_layer", "is_target", "layer_activations", "logits_bytes",
-    "peak_bytes", "quantised_bytes", "stack_activations", "static_memory", "trainable",
+    "peak_bytes", "quantised_bytes", "quantised_params", "stack_activations", "static_memory", "stores_quantised",
+    "trainable",
 ]

@@ -10,7 +10,7 @@ from functools import lru_cache
 from tuneplan import calibration as cal
 from tuneplan.job import Job, Method, Training
 from tuneplan.memory.trained import layer_groups, trainable
-from tuneplan.models import ModelSpec, layer_linears, param_counts
+from tuneplan.models import Linear, ModelSpec, layer_linears, param_counts
 
 
 def quantised_bytes(n: int, method: Method) -> tuple[int, int]:
@@ -87,6 +87,20 @@ def static_memory(spec: ModelSpec, job: Job) -> Static:
     return _static(spec, job.method, t.precision, t.optimizer, t.framework, fsdp_fp32_params(job), t.kbit_prep)
 
 
+def stores_quantised(lin: Linear, quantises_fused_experts: bool) -> bool:
+    """Whether QLoRA stores this decoder weight matrix quantised: every one, except
+    transformers 5's fused 3-D MoE experts (nn.Parameter, not nn.Linear, so bitsandbytes
+    leaves them 16-bit) on the stacks that do not quantise them themselves
+    (FrameworkProfile.quantises_fused_experts)."""
+    return lin.group != "expert" or quantises_fused_experts
+
+
+def quantised_params(spec: ModelSpec, t: Training) -> int:
+    """Weights QLoRA stores quantised (and so dequantises at every use), summed over the layers."""
+    return sum(lin.params * n for layer, n in layer_groups(spec) for lin in layer_linears(spec, layer)
+               if stores_quantised(lin, t.profile.quantises_fused_experts))
+
+
 def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
     """(weight bytes, quantisation-constant bytes) of the whole model."""
     pc = param_counts(spec)
@@ -97,7 +111,7 @@ def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
     weights = quant_consts = 0
     for layer, n in layer_groups(spec):
         for lin in layer_linears(spec, layer):
-            if lin.group == "expert" and not t.profile.quantises_fused_experts:
+            if not stores_quantised(lin, t.profile.quantises_fused_experts):
                 # fused 3-D experts stay 16-bit (fp32 after a k-bit preparation's upcast)
                 weights += (4 if t.prep.fp32_unquantised else 2) * lin.params * n
                 continue
@@ -149,9 +163,8 @@ def _affine_weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:
 def _static(spec: ModelSpec, m: Method, precision: str, optimizer: str, framework: str,
             fp32_trained: bool = False, kbit_prep: str = "none") -> Static:
     t = Training(precision=precision, optimizer=optimizer, framework=framework, kbit_prep=kbit_prep)
-    quantised_experts = t.profile.quantises_fused_experts
     largest = max((lin.d_in * lin.d_out for layer, _ in layer_groups(spec) for lin in layer_linears(spec, layer)
-                   if lin.group != "expert" or quantised_experts), default=0)
+                   if stores_quantised(lin, t.profile.quantises_fused_experts)), default=0)
     tr = trainable(spec, m)
     pb = t.param_bytes
     layer_params = max(sum(lin.params for lin in layer_linears(spec, layer)) for layer, _ in layer_groups(spec))

@@ -97,8 +97,14 @@ def stores_quantised(lin: Linear, quantises_fused_experts: bool) -> bool:
 
 def quantised_params(spec: ModelSpec, t: Training) -> int:
     """Weights QLoRA stores quantised (and so dequantises at every use), summed over the layers."""
+    return _quantised_params(spec, t.profile.quantises_fused_experts)
+
+
+@lru_cache(maxsize=16384)
+def _quantised_params(spec: ModelSpec, quantises_fused_experts: bool) -> int:
+    # cached like param_counts: step_time asks for it on every planner call
     return sum(lin.params * n for layer, n in layer_groups(spec) for lin in layer_linears(spec, layer)
-               if stores_quantised(lin, t.profile.quantises_fused_experts))
+               if stores_quantised(lin, quantises_fused_experts))
 
 
 def _weights(spec: ModelSpec, m: Method, t: Training) -> tuple[int, int]:

@@ -13,11 +13,20 @@ is measured per request on the client, from send to the parsed JSON.
     python benchmarks/web_load.py --requests 200 --clients 16
 
 Targets: estimate p99 < 50 ms at 16 concurrent clients; the full matrix < 2 s.
+
+`--burst` measures abuse instead (printed; written only with --out): the server's RSS before, at
+its peak during and after a burst of stalled clients (each declares a 1 MB body, sends 900 KB and
+stalls) plus half-open header connections, and how long the server held them; then estimate
+latency while full-catalog matrices run (mixed load). `--src DIR` serves another tree's
+`src` (e.g. the last commit's, from `git archive HEAD src | tar -x -C DIR`) for a before/after.
+
+    python benchmarks/web_load.py --burst --stalled 1000 --half-open 300
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
 import platform
@@ -44,12 +53,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
-    """`tuneplan serve` in its own process; returns once /api/models answers."""
-    exe = Path(sys.executable).with_name("tuneplan")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tuneplan.cli.main"]
-    proc = subprocess.Popen([*cmd, "serve", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def start_server(port: int, src: Path | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`tuneplan serve` in its own process (of the tree at `src` when given); returns once
+    /api/models answers."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src).resolve() / "src")
+    cmd = [sys.executable, "-c", "import sys; from tuneplan.cli import main; raise SystemExit(main(sys.argv[1:]))"]
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen([*cmd, "serve", "--port", str(port)], stdout=out, stderr=out, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -120,13 +132,236 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+# ---------------------------------------------------------------- abuse: stalled bodies, half-open headers
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (MiB), from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+async def _held(reader: asyncio.StreamReader, t0: float, hold: float) -> tuple[float | None, bytes]:
+    """Seconds from t0 until the server closed the connection (None: still open after `hold`),
+    and the first bytes it answered."""
+    head = b""
+    try:
+        async with asyncio.timeout(max(0.0, t0 + hold - time.monotonic())):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                head = head or data[:200]
+    except TimeoutError:
+        return None, head
+    except OSError:
+        pass
+    return time.monotonic() - t0, head
+
+
+async def _stalled_body(port: int, declared: int, sent: int, hold: float) -> tuple[float | None, bytes]:
+    """Declare `declared` body bytes, send `sent`, stall; how long the server keeps the connection."""
+    t0 = time.monotonic()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0.0, b"(refused)"
+    try:
+        writer.write(b"POST /api/estimate HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (port, declared))
+        piece = b'{"pad": "' + b"x" * (65536 - 9)
+        left = sent
+        try:
+            async with asyncio.timeout(hold):
+                while left > 0:
+                    writer.write(piece[:left])
+                    left -= min(left, len(piece))
+                    await writer.drain()
+        except (TimeoutError, OSError):
+            pass
+        return await _held(reader, t0, hold)
+    finally:
+        writer.transport.abort()
+
+
+async def _half_open(port: int, hold: float) -> tuple[float | None, bytes]:
+    """Send part of a request's headers and stall."""
+    t0 = time.monotonic()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0.0, b"(refused)"
+    try:
+        writer.write(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        await writer.drain()
+        return await _held(reader, t0, hold)
+    except OSError:
+        return time.monotonic() - t0, b""
+    finally:
+        writer.transport.abort()
+
+
+def _status(head: bytes) -> str:
+    parts = head.split(b" ", 2)
+    return parts[1].decode("ascii", "replace") if len(parts) > 1 and head.startswith(b"HTTP/") else (
+        head.decode("ascii", "replace") or "no answer read")
+
+
+async def _burst(port: int, pid: int, stalled: int, half_open: int, declared: int, sent: int,
+                 hold: float, settle: float) -> dict:
+    peak = {"rss": rss_mib(pid), "fds": open_fds(pid)}
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            peak["rss"], peak["fds"] = max(peak["rss"], rss_mib(pid)), max(peak["fds"], open_fds(pid))
+            await asyncio.sleep(0.2)
+
+    async def probe() -> float | None:  # an estimate from a fresh client while the burst is on
+        await asyncio.sleep(min(5.0, hold / 3))
+        t0 = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(timeout=hold) as c:
+                r = await c.get(f"http://127.0.0.1:{port}/api/estimate", params={"model": "llama-3.1-8b"})
+            return time.perf_counter() - t0 if r.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    sampler = asyncio.create_task(sample())
+    t0 = time.monotonic()
+    results = await asyncio.gather(probe(), *(_stalled_body(port, declared, sent, hold) for _ in range(stalled)),
+                                   *(_half_open(port, hold) for _ in range(half_open)))
+    burst_s = time.monotonic() - t0
+    done.set()
+    await sampler
+    await asyncio.sleep(settle)
+    return {"peak": peak, "probe": results[0], "stalled": results[1:1 + stalled], "half_open": results[1 + stalled:],
+            "burst_s": burst_s}
+
+
+def _held_line(label: str, rows: list[tuple[float | None, bytes]], hold: float) -> str:
+    open_ = [r for r in rows if r[0] is None]
+    closed = sorted(r[0] for r in rows if r[0] is not None)
+    answers: dict[str, int] = {}
+    for _, head in rows:
+        answers[_status(head)] = answers.get(_status(head), 0) + 1
+    held = (f"closed by the server after median {statistics.median(closed):.1f} s, max {closed[-1]:.1f} s"
+            if closed else "none closed by the server")
+    return (f"{label}: {len(rows):,} connections; {held}; {len(open_):,} still open when the clients gave up "
+            f"after {hold:.0f} s; answers {dict(sorted(answers.items()))}")
+
+
+def _mixed(base: str, requests: int, clients: int, matrices: int) -> tuple[list[float], dict[str, int]]:
+    """Estimate latencies while `matrices` clients each ask for full-catalog matrices non-stop."""
+    ctx = mp.get_context("spawn")
+    stop, ok, busy = ctx.Event(), ctx.Value("i", 0), ctx.Value("i", 0)
+    heavy = [ctx.Process(target=_matrix_client, args=(base, stop, ok, busy)) for _ in range(matrices)]
+    for p in heavy:
+        p.start()
+    time.sleep(1.0)  # the matrices are running
+    try:
+        lat, _ = load(base, "/api/estimate", jobs(requests, None), clients)
+    finally:
+        stop.set()
+        for p in heavy:  # not waiting for the matrices still queued
+            p.terminate()
+            p.join()
+    return lat, {"200": ok.value, "503": busy.value}
+
+
+def _matrix_client(base: str, stop, ok, busy) -> None:
+    with httpx.Client(base_url=base, timeout=120) as c:
+        while not stop.is_set():
+            r = c.get("/api/matrix", params={"models": "all", "methods": "full,lora,qlora,dora,freeze",
+                                             "devices": "all"})
+            with (ok if r.status_code == 200 else busy).get_lock():
+                (ok if r.status_code == 200 else busy).value += 1
+            if r.status_code == 503:
+                time.sleep(float(r.headers.get("retry-after", "1")))
+
+
+def burst_main(args: argparse.Namespace) -> int:
+    port = free_port()
+    proc = start_server(port, args.src, args.server_log)
+    base = f"http://127.0.0.1:{port}"
+    lines = []
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:  # warm the caches
+            for q in jobs(20, None):
+                c.get("/api/estimate", params=q).raise_for_status()
+        say(f"server: {'src ' + str(args.src) if args.src else 'this tree'}")
+        for label, stalled, half_open in (("stalled bodies", args.stalled, 0), ("half-open headers", 0, args.half_open)):
+            if not stalled + half_open:
+                continue
+            before = rss_mib(proc.pid)
+            r = asyncio.run(_burst(port, proc.pid, stalled, half_open, args.declared, args.sent, args.hold,
+                                   args.settle))
+            what = (f"{stalled:,} clients declaring {args.declared:,} B, sending {args.sent:,} B and stalling"
+                    if stalled else f"{half_open:,} clients sending part of a request's headers and stalling")
+            say(f"burst of {label}: {what} ({r['burst_s']:.0f} s)")
+            say(f"  RSS: before {before:.0f} MiB, peak during {r['peak']['rss']:.0f} MiB, {args.settle:.0f} s after "
+                f"the clients left {rss_mib(proc.pid):.0f} MiB; open fds peak {r['peak']['fds']}, after "
+                f"{open_fds(proc.pid)}")
+            say("  " + _held_line("held", r["stalled"] or r["half_open"], args.hold))
+            say("  an estimate from a fresh client during the burst: "
+                + (f"{r['probe'] * 1e3:.0f} ms" if r["probe"] is not None else "no answer"))
+        if args.matrices:
+            lat, answers = _mixed(base, args.mixed_requests, args.clients, args.matrices)
+            say(f"mixed: {len(lat)} estimates ({args.clients} clients) while {args.matrices} clients ask for "
+                f"full-catalog matrices: p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {pct(lat, 99) * 1e3:.0f} ms, "
+                f"max {max(lat) * 1e3:.0f} ms; matrix answers {answers}")
+        say(f"RSS at the end {rss_mib(proc.pid):.0f} MiB")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if args.out:
+        args.out.write_text("\n".join(["# Web server under abuse (`tuneplan serve`)", "", *[f"- {x}" for x in lines],
+                                       ""]))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=4000, help="estimate requests per run (default 4000)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     ap.add_argument("--matrix-runs", type=int, default=5, help="full-matrix requests (default 5)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help=f"results file (default {OUT.relative_to(ROOT)}; "
+                    "--burst: none)")
+    ap.add_argument("--burst", action="store_true", help="the abuse run instead: stalled bodies, half-open headers, "
+                    "estimates beside full matrices")
+    ap.add_argument("--stalled", type=int, default=1000, help="--burst: stalled-body clients (default 1000)")
+    ap.add_argument("--half-open", type=int, default=300, help="--burst: half-open header connections (default 300)")
+    ap.add_argument("--declared", type=int, default=1_000_000, help="--burst: declared body bytes (default 1 MB)")
+    ap.add_argument("--sent", type=int, default=900_000, help="--burst: body bytes sent before stalling (900 KB)")
+    ap.add_argument("--hold", type=float, default=25.0, help="--burst: seconds a client waits before giving up")
+    ap.add_argument("--settle", type=float, default=5.0, help="--burst: seconds after the burst before RSS is read")
+    ap.add_argument("--matrices", type=int, default=8, help="--burst: clients asking for full-catalog matrices "
+                    "during the mixed run (0: none)")
+    ap.add_argument("--mixed-requests", type=int, default=200, help="--burst: estimates during the mixed run")
+    ap.add_argument("--src", type=Path, default=None, help="serve the tuneplan of DIR/src instead of this tree")
+    ap.add_argument("--server-log", type=Path, default=None, help="write the server's output to this file")
     args = ap.parse_args()
+    if args.burst:
+        return burst_main(args)
+    args.out = args.out or OUT
 
     port = free_port()
     proc = start_server(port)

@@ -10,17 +10,21 @@ never written to disk), never a path; options that read or write files (--from, 
 -o, ...) are refused. Non-finite numbers are the string "Infinity" in both (cli.output.finite).
 
 Every bad input is a 4xx answer `{"error": "<one line>"}` (the CLI's message); anything
-unexpected is logged with its traceback and answered 500 in one line.
+unexpected is logged with its traceback and answered 500 in one line. What the server spends on
+a client (time, connections, memory, worker processes) is bounded: see tuneplan.web.limits.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache, partial
 from importlib import resources
 from typing import Any
@@ -49,7 +53,6 @@ from tuneplan.hardware import devices_in, resolve_device, resolve_devices
 from tuneplan.job import METHODS, Job
 from tuneplan.matrix import fit_matrix, heatmap_grid
 from tuneplan.models import (
-    MAX_CONFIG_BYTES,
     ModelSpec,
     catalog,
     catalog_rows,
@@ -58,15 +61,16 @@ from tuneplan.models import (
     resolve_model,
     spec_from_config,
 )
+from tuneplan.web.limits import ApiError, ClientGone, HeavyPool, Limits, Uploads, one_line
 
 log = logging.getLogger("tuneplan.web")
 
-MAX_BODY_BYTES = MAX_CONFIG_BYTES  # 1 MiB: an uploaded config.json, the same gate as a file's
+MAX_BODY_BYTES = Limits().max_body_bytes  # 1 MiB: an uploaded config.json, the same gate as a file's
 MAX_QUERY_CHARS = 8192  # a query string longer than this is refused (414)
 # models x methods x devices of one matrix request: the whole catalog today (45 models x 5 methods x
 # 71 devices = 15,975 cells, about 1 s) with room to grow; past it a request is refused before any work
 MAX_MATRIX_CELLS = 20_000
-WORKER_THREADS = 4  # plan/matrix/export requests computed at once
+WORKER_THREADS = 4  # estimates computed at once in threads when they may reach the Hub (--hub)
 MAX_NAME_CHARS = 128  # a model name or Hub id
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -93,14 +97,6 @@ COMMAND_OF = {"estimate": estimate_cmd, "fit": estimate_cmd, "plan": plan_cmd, "
               "heatmap": matrix_cmd, "export": export_cmd, "devices": devices_cmd}
 
 
-class ApiError(Exception):
-    """A request the API refuses: HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 class _QueryParser(argparse.ArgumentParser):
     """The command's argparse options; a usage error is an ApiError, not an exit."""
 
@@ -117,25 +113,29 @@ def _parser(endpoint: str) -> tuple[_QueryParser, dict[str, argparse.Action]]:
     return p, options
 
 
-def one_line(text: str, limit: int = 600) -> str:
-    """An error message as one line of at most `limit` characters (control characters dropped)."""
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-
-
-def json_response(obj: Any, status: int = 200) -> Response:
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Strict JSON (UTF-8); non-finite numbers as strings (see `finite`)."""
     try:
         text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError:
         text = json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return Response(text, status_code=status, media_type="application/json")
+    return Response(text, status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(status: int, message: str) -> Response:
-    return json_response({"error": one_line(message)}, status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": one_line(message)}, status, headers)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file to send as an attachment (built in a worker process, sent from the server's)."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+    def response(self) -> Response:
+        return Response(self.body, media_type=self.media_type, headers=self.headers)
 
 
 # ---------------------------------------------------------------- models: names and uploads, never paths
@@ -310,7 +310,7 @@ class Api:
                 "verdicts": [list(r) for r in grid.verdicts], "labels": [list(r) for r in grid.labels],
                 "peak_bytes": peaks, "usable_bytes": usable, "notes": notes}
 
-    def export(self, params: list[tuple[str, str]], body: bytes | None) -> Response:
+    def export(self, params: list[tuple[str, str]], body: bytes | None) -> Download:
         """The file `export --to TARGET` writes, as an attachment."""
         ns, spec, job, device = self.request("export", params, body)
         exp = export_cmd.export_file(ns.to, spec, job, device)
@@ -319,17 +319,18 @@ class Api:
                    "X-Tuneplan-Cannot": json.dumps(list(exp.cannot)),
                    "X-Tuneplan-Notes": json.dumps(list(exp.notes)),
                    "X-Tuneplan-Launch": json.dumps(exp.launch)}
-        return Response(exp.text.encode("utf-8"), media_type=media, headers=headers)
+        return Download(exp.text.encode("utf-8"), media, headers)
 
     def devices(self, params: list[tuple[str, str]]) -> list[dict]:
         """`devices --json` (category= for one category)."""
         ns, _ = self.args("devices", params)
         return [d.to_dict() for d in devices_in(ns.category)]
 
-    def options(self) -> dict:
+    def options(self, limits: Limits | None = None) -> dict:
         """What the page's form needs: every job option (the CLI's name, help and default), the
         choices of each, export targets, device categories and the server's limits."""
         parser, options = _parser("estimate")
+        limits = limits or Limits()
         default = Job().settings()
         fields = {}
         setting_option = {}
@@ -347,33 +348,11 @@ class Api:
                                    for t in TARGETS.values()],
                 "device_categories": sorted({d.category for d in device_table().values()}),
                 "matrix_defaults": {"models": matrix_cmd.DEFAULT_MODELS, "devices": matrix_cmd.DEFAULT_DEVICES},
-                "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_matrix_cells": MAX_MATRIX_CELLS,
-                           "max_query_chars": MAX_QUERY_CHARS}}
+                "limits": {"max_body_bytes": limits.max_body_bytes, "max_matrix_cells": MAX_MATRIX_CELLS,
+                           "max_query_chars": MAX_QUERY_CHARS, "body_timeout_s": limits.body_timeout}}
 
 
 # ---------------------------------------------------------------- HTTP
-
-
-async def read_body(request: Request) -> bytes | None:
-    """The request body (None when empty), refused with 413 past MAX_BODY_BYTES without reading on."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            n = int(length)
-        except ValueError:
-            raise ApiError(400, "Content-Length is not a number") from None
-        if n > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is {n:,} bytes; at most {MAX_BODY_BYTES:,} (a config.json is a "
-                                "few KiB)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES:,} bytes (a config.json is a few "
-                                "KiB)")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    return body or None
 
 
 def _static_files() -> dict[str, bytes]:
@@ -389,12 +368,43 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script
        "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+def host_allowed(host: str, names: frozenset[str]) -> bool:
+    """Whether a Host header names this server: one of `names`, or an IP address (a page that
+    rebinds a DNS name to this machine sends that name, never an address)."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [IPv6]:port
+        end = host.find("]")
+        bare, port = (host[1:end], host[end + 1:]) if end > 0 else ("", "")
+        if port and not (port.startswith(":") and port[1:].isdigit()):
+            return False
+    elif host.count(":") > 1:  # an IPv6 address needs its brackets
+        return False
+    else:
+        bare, _, port = host.partition(":")
+        if _ and not port.isdigit():
+            return False
+    bare = bare[:-1] if bare.endswith(".") else bare  # the root's dot: "localhost."
+    if not bare:
+        return False
+    if bare in names:
+        return True
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        return False
+    return True
+
+
 class Guard:
     """ASGI middleware: refuses a Host header that is not the server's (DNS rebinding) and an
-    over-long query string, in JSON; adds security headers to every response."""
+    over-long query string, in JSON; adds security headers to every response. Holds the
+    server's limits, its upload slots and its worker pool (`limits`, `uploads`, `heavy`)."""
 
-    def __init__(self, app: Any, hosts: frozenset[str] | None):
+    def __init__(self, app: Any, hosts: frozenset[str] | None, limits: Limits | None = None,
+                 uploads: Uploads | None = None, heavy: HeavyPool | None = None):
         self.app, self.hosts = app, hosts
+        self.limits = limits or Limits()
+        self.uploads, self.heavy = uploads, heavy
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -402,11 +412,11 @@ class Guard:
             return
         headers = dict(scope.get("headers") or [])
         if self.hosts is not None:
-            host = headers.get(b"host", b"").decode("latin-1").strip().lower()
-            bare = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-            if bare not in self.hosts:
-                await error_response(400, f"Host {one_line(host, 80)!r} is not this server's; open "
-                                          "http://127.0.0.1:PORT/")(scope, receive, send)
+            host = headers.get(b"host", b"").decode("latin-1")
+            if not host_allowed(host, self.hosts):
+                await error_response(400, f"Host {one_line(host.strip(), 80)!r} is not this server's; open "
+                                          "http://127.0.0.1:PORT/ (a server started with --host can take more "
+                                          "names: --allow-host NAME)")(scope, receive, send)
                 return
         if len(scope.get("query_string", b"")) > MAX_QUERY_CHARS:
             await error_response(414, f"the query string is longer than {MAX_QUERY_CHARS:,} characters")(
@@ -423,35 +433,50 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(hub: bool = False, hosts: tuple[str, ...] | None = LOCAL_HOSTS) -> Any:
+def create_app(hub: bool = False, hosts: tuple[str, ...] | None = LOCAL_HOSTS, limits: Limits | None = None) -> Guard:
     """The ASGI app of `tuneplan serve`.
 
     Args:
         hub: allow Hub look-ups of models not in the catalog (the only network use).
-        hosts: Host header names accepted (None: any, for a server bound to every interface).
+        hosts: Host header names accepted besides IP addresses (None: any name, no check).
+        limits: time, size and concurrency limits (default: `Limits()`, `tuneplan serve`'s).
     """
+    limits = limits or Limits()
     api = Api(hub=hub)
     static = _static_files()
-    # long work (plan, matrix, export; anything that may reach the Hub) runs in worker threads,
-    # a few at a time: more threads only take turns at the GIL and stretch every request's latency
+    uploads = Uploads(limits)
+    # plan, matrix and export run in worker processes, a bounded number waiting (tuneplan.web.limits)
+    heavy = HeavyPool(limits)
+    # estimates that may reach the Hub wait for the network in threads, a few at a time
     workers = anyio.CapacityLimiter(WORKER_THREADS)
 
     def endpoint(work: Callable[..., Any], reads_body: bool = False, quick: bool = False) -> Callable:
         """A handler around `work(params[, body])`: quick work (a millisecond or so, no network)
-        runs on the event loop, first come first served; the rest in a worker thread."""
-        inline = quick and not api.hub
+        runs on the event loop, first come first served; with --hub in a thread; the rest in the
+        worker pool."""
 
         async def handle(request: Request) -> Response:
+            left = "sending the whole body"  # what a client that leaves did not wait for
             try:
                 params = list(request.query_params.multi_items())
-                body = await read_body(request) if reads_body and request.method == "POST" else None
+                body = await uploads.read(request.scope, request.receive) \
+                    if reads_body and request.method == "POST" else None
+                left = "its turn in the worker pool"
                 call = partial(work, params, body) if reads_body else partial(work, params)
-                out = call() if inline else await anyio.to_thread.run_sync(call, limiter=workers)
-                return out if isinstance(out, Response) else json_response(out)
+                if not quick:
+                    out = await heavy.run(call, gone=request.is_disconnected)
+                elif api.hub:
+                    out = await anyio.to_thread.run_sync(call, limiter=workers)
+                else:
+                    out = call()
+                return out.response() if isinstance(out, Download) else json_response(out)
             except ApiError as e:
-                return error_response(e.status, str(e))
+                return error_response(e.status, str(e), e.headers)
             except TuneplanError as e:
                 return error_response(400, str(e))
+            except ClientGone:  # the client's doing, not the server's: one line, no answer to send
+                log.info("%s %s: the client left before %s", request.method, request.url.path, left)
+                return Response(status_code=400)
             except Exception as e:  # never a stack trace to the client: one line, the trace in the log
                 log.exception("%s %s failed", request.method, request.url.path)
                 return error_response(500, f"internal error ({type(e).__name__}); the server log has the details")
@@ -475,22 +500,31 @@ def create_app(hub: bool = False, hosts: tuple[str, ...] | None = LOCAL_HOSTS) -
         what = "no such page or endpoint" if exc.status_code == 404 else one_line(exc.detail)
         return error_response(exc.status_code, f"{request.method} {one_line(request.url.path, 80)}: {what}")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        heavy.start()
+        try:
+            yield
+        finally:
+            heavy.close()
+
     both = ["GET", "POST"]
     routes = [
         Route("/", index),
         Route("/static/{name}", static_file),
-        Route("/api/options", endpoint(lambda params: api.options(), quick=True)),
+        Route("/api/options", endpoint(lambda params: api.options(limits), quick=True)),
         Route("/api/models", endpoint(lambda params: _no_params("models", params) or catalog_rows(), quick=True)),
         Route("/api/devices", endpoint(api.devices, quick=True)),
         Route("/api/estimate", endpoint(api.estimate, True, quick=True), methods=both),
-        Route("/api/fit", endpoint(lambda p, b: api.estimate(p, b, need_gpu=True), True, quick=True), methods=both),
+        Route("/api/fit", endpoint(partial(api.estimate, need_gpu=True), True, quick=True), methods=both),
         Route("/api/plan", endpoint(api.plan, True), methods=both),
         Route("/api/matrix", endpoint(api.matrix, True), methods=both),
         Route("/api/heatmap", endpoint(api.heatmap, True), methods=both),
         Route("/api/export", endpoint(api.export, True), methods=both),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return Guard(app, frozenset(h.lower() for h in hosts) if hosts is not None else None)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    names = frozenset(h.lower() for h in hosts) if hosts is not None else None
+    return Guard(app, names, limits, uploads, heavy)
 
 
 def _no_params(endpoint: str, params: list[tuple[str, str]]) -> None:

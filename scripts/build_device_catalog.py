@@ -253,9 +253,23 @@ def read_rows(shared: Path, extra: Path) -> list[dict]:
     return rows + more
 
 
+def readable(path: Path, what: str) -> Path:
+    """`path` if it can be read; else one line on stderr and exit code 2 (no traceback): the
+    shared catalog lives next to this repository (../shared), which a clone alone lacks."""
+    try:
+        with path.open("rb"):
+            return path
+    except OSError as e:
+        where = " (the shared catalog, next to this repository)" if path == DEFAULT_CSV else ""
+        sys.stderr.write(f"{Path(__file__).name}: error: cannot read {what} {path}{where}: "
+                         f"{e.strerror or type(e).__name__}; give its path: python scripts/{Path(__file__).name} "
+                         "PATH/hardware.csv [PATH/devices_extra.csv]\n")
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str]) -> int:
-    src = Path(argv[1]) if len(argv) > 1 else DEFAULT_CSV
-    extra = Path(argv[2]) if len(argv) > 2 else EXTRA_CSV
+    src = readable(Path(argv[1]) if len(argv) > 1 else DEFAULT_CSV, "hardware.csv")
+    extra = readable(Path(argv[2]) if len(argv) > 2 else EXTRA_CSV, "devices_extra.csv")
     devices = build(read_rows(src, extra))
     ids = [d["id"] for d in devices] + [a for d in devices for a in d["aliases"]]
     dupes = {i for i in ids if ids.count(i) > 1}

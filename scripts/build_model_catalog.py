@@ -158,12 +158,28 @@ def build(csv_path: Path) -> dict:
             "models": models}
 
 
-def main() -> None:
-    csv_path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CSV
+def readable(path: Path) -> Path:
+    """`path` if it can be read; else one line on stderr and exit code 2 (no traceback): the
+    shared catalog lives next to this repository (../shared), which a clone alone lacks."""
+    try:
+        with path.open("rb"):
+            return path
+    except OSError as e:
+        where = " (the shared catalog, next to this repository)" if path == DEFAULT_CSV else ""
+        sys.stderr.write(f"{Path(__file__).name}: error: cannot read models.csv {path}{where}: "
+                         f"{e.strerror or type(e).__name__}; give its path: python scripts/{Path(__file__).name} "
+                         "PATH/models.csv\n")
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    csv_path = readable(Path(argv[1]) if len(argv) > 1 else DEFAULT_CSV)
     data = build(csv_path)
     OUT.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {len(data['models'])} models to {OUT}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -33,22 +33,29 @@ def fmt_params(n: float) -> str:
 
 # ---------------------------------------------------------------- numbers typed by people
 
-# One parser for every count a user types (micro-batch, sequence length, dataset tokens,
+# One parser for every number a user types (micro-batch, sequence length, dataset tokens,
 # GPUs, ...): 4096, 2k, 2.5k, 1e8, 100M, 2B, 1_000 and 1,000 all work the same way everywhere.
-_SUFFIXES = {"": 0, "k": 3, "m": 6, "b": 9, "g": 9, "t": 12}
+# Suffixes are powers of 1000 (SI: --dataset-tokens 100M, --samples 50k), except in a token
+# length (--seq-len), where k = 1024: context lengths are powers of two in every stack, so
+# 8k is 8,192 (parse_token_length). An exponent (1e3) is always decimal.
+_SUFFIXES = {"": 0, "k": 1, "m": 2, "b": 3, "g": 3, "t": 4}  # power of the suffix's base (1000 or 1024)
 _NUMBER = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d{1,6}))?([kmbgt]?)", re.IGNORECASE)
 MAX_TYPED_DIGITS = 18  # 10**18: far beyond any count tuneplan accepts; larger is refused here
 
 
-def parse_number(text: str, whole: bool = False) -> int | float:
+def parse_number(text: str, whole: bool = False, binary: bool = False) -> int | float:
     """A number typed by a person: digits with an optional exponent (1e8) and suffix (k, M,
-    B/G, T: powers of 1000), '_' or ',' thousands separators. NaN, infinity and magnitudes
-    above 10**18 are refused in one line; `whole` also refuses fractions (2.5 of a token).
+    B/G, T: powers of 1000; with `binary` powers of 1024, for token lengths), '_' or ','
+    thousands separators. NaN, infinity and magnitudes above 10**18 are refused in one line;
+    `whole` also refuses fractions (2.5 of a token).
 
     Raises:
         TuneplanError: not a number, not finite, too large, or a fraction when `whole`.
     """
-    what = "a whole number (like 4096, 2k, 1e8, 100M)" if whole else "a number (like 0.5, 600, 2k, 1e-3)"
+    if binary:
+        what = "a whole number of tokens (like 4096, 8k = 8,192, 32k)"
+    else:
+        what = "a whole number (like 4096, 2k, 1e8, 100M)" if whole else "a number (like 0.5, 600, 2k, 1e-3)"
     if not isinstance(text, str):
         raise TuneplanError(f"expected {what}, got {text!r}")
     s = text.strip().replace("_", "")
@@ -60,11 +67,16 @@ def parse_number(text: str, whole: bool = False) -> int | float:
     if not m:
         raise TuneplanError(f"expected {what}, got {_cut(text)}")
     sign, mantissa, exp, suffix = m.groups()
-    scale = int(exp or 0) + _SUFFIXES[suffix.lower()]
+    power = _SUFFIXES[suffix.lower()]
+    scale = int(exp or 0) + 3 * power  # decimal digits the exponent and suffix add (1024 > 1000: checked again)
     value = Decimal(mantissa)
     if value and value.adjusted() + scale >= MAX_TYPED_DIGITS:
         raise TuneplanError(f"{_cut(text)} is too large (limit 10^{MAX_TYPED_DIGITS})")
-    value = value.scaleb(scale, Context(prec=60)) * (-1 if sign == "-" else 1)
+    ctx = Context(prec=60)
+    value = ctx.multiply(value.scaleb(int(exp or 0), ctx), (1024 if binary else 1000) ** power)
+    value = -value if sign == "-" else value
+    if abs(value) >= 10**MAX_TYPED_DIGITS:
+        raise TuneplanError(f"{_cut(text)} is too large (limit 10^{MAX_TYPED_DIGITS})")
     if value == value.to_integral_value():
         return int(value)
     if whole:
@@ -75,6 +87,12 @@ def parse_number(text: str, whole: bool = False) -> int | float:
 def parse_count(text: str) -> int:
     """parse_number for whole numbers: '2k' -> 2000, '1e8' -> 100_000_000, '2.5B' -> 2_500_000_000."""
     return int(parse_number(text, whole=True))
+
+
+def parse_token_length(text: str) -> int:
+    """A token length (sequence length): whole, with k = 1024 as every stack's context lengths
+    are: '8k' -> 8192, '2.5k' -> 2560, '128k' -> 131072; '1e3' and '4096' as typed."""
+    return int(parse_number(text, whole=True, binary=True))
 
 
 def _cut(text: str) -> str:

@@ -13,12 +13,30 @@ and never compare names.
 
 from __future__ import annotations
 
+import difflib
+
 from tuneplan.errors import TuneplanError
 
 
-def lookup(table: dict, kind: str, name: str):
-    """The record `name` from `table`, or a one-line error listing the choices."""
+def lookup(table: dict, kind: str, name: str, aliases: dict[str, str] | None = None):
+    """The record `name` from `table`, or a one-line error listing the choices, with the
+    closest name when one is close ("did you mean adamw-8bit?").
+
+    Args:
+        aliases: other spellings -> the table's name (transformers' optimizer names); the
+            record is looked up by its own name only (a caller canonicalises first), so an
+            alias given here is answered with the name to use.
+    """
     try:
         return table[name]
     except (KeyError, TypeError):
-        raise TuneplanError(f"unknown {kind} {name!r}; choose one of: {', '.join(table)}") from None
+        pass
+    aliases = aliases or {}
+    if isinstance(name, str) and name in aliases:
+        raise TuneplanError(f"{kind} {name!r} is {aliases[name]} here: give {aliases[name]}")
+    choices = f"choose one of: {', '.join(table)}"
+    close = difflib.get_close_matches(name, [*table, *aliases], n=1) if isinstance(name, str) else []
+    if close:
+        hint = close[0] if close[0] in table else f"{close[0]} (= {aliases[close[0]]})"
+        choices = f"did you mean {hint}? {choices}"
+    raise TuneplanError(f"unknown {kind} {name!r}; {choices}") from None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tuneplan import calibration as cal
 from tuneplan.choices import lookup
+from tuneplan.errors import TuneplanError
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,43 @@ OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
 )}
 
 
+# transformers' TrainingArguments.optim names (training_args.py OptimizerNames, transformers
+# 5.25) accepted as --optimizer: each row's hf_name and hf_aliases are its aliases, so an alias
+# is the row whose memory behaviour is what the Trainer builds for that name
+# (trainer_optimizer.py): "adamw_torch" is torch.optim.AdamW with no foreach/fused argument,
+# which on CUDA defaults to foreach (torch/optim/optimizer.py _default_to_fused_or_foreach),
+# whose _multi_tensor_adam makes the full-size torch._foreach_sqrt(exp_avg_sqs) temporary
+# (torch/optim/adam.py): adamw-foreach; "adamw_torch_fused" adds fused=True (one kernel, no
+# temporary): adamw; the bitsandbytes names pick optim_bits from "8bit" and is_paged from
+# "paged" (_get_bitsandbytes_optimizer): adamw-8bit, paged-adamw, paged-adamw-8bit, lion,
+# lion-8bit. A name whose row needs optim_args is not an alias ("sgd" alone is momentum 0:
+# the sgd row, not sgd-momentum).
+OPTIMIZER_ALIASES: dict[str, str] = {
+    alias: o.name for o in OPTIMIZERS.values() if not o.hf_optim_args
+    for alias in (o.hf_name, *o.hf_aliases) if alias and alias not in OPTIMIZERS}
+
+# The other transformers 5.25 OptimizerNames: optimizers with no row here (another state
+# layout: torchao's 4/8-bit AdamW, paged Lion, AdEMAMix, RMSprop, GaLore, ...), refused by
+# name instead of matched to a row whose memory differs.
+HF_NOT_MODELLED: tuple[str, ...] = (
+    "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit",
+    "ademamix", "adagrad", "ademamix_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit",
+    "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw",
+    "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw",
+    "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)
+
+
+def canonical_optimizer(name: str) -> str:
+    """An --optimizer spelling as the row's name: transformers' names become tuneplan's
+    (adamw_torch -> adamw-foreach); any other text is returned as given."""
+    return OPTIMIZER_ALIASES.get(name, name)
+
+
 def optimizer(name: str) -> Optimizer:
-    """The Optimizer record for an --optimizer name."""
-    return lookup(OPTIMIZERS, "optimizer", name)
+    """The Optimizer record for an --optimizer name (a row's own name: see canonical_optimizer)."""
+    if isinstance(name, str) and name in HF_NOT_MODELLED:
+        raise TuneplanError(f"optimizer {name!r} (transformers' TrainingArguments.optim) is not modelled: no "
+                            f"row here has its memory behaviour; choose one of: {', '.join(OPTIMIZERS)}")
+    return lookup(OPTIMIZERS, "optimizer", name, OPTIMIZER_ALIASES)

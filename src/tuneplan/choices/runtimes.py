@@ -24,12 +24,14 @@ class Runtime:
         label: its name for people.
         context_bytes: memory the process holds outside the tensor allocator (CUDA context,
             cuBLAS workspace); 0 where there is none to count (Metal, MLX).
+        context_label: what that memory is called on this runtime ("CUDA context").
         allocator_overhead: reserved minus allocated as a share of allocated (the caching
             allocator); 0 where the runtime's peak counter already is what the device holds.
         counters: (tuneplan counter, the runtime's own name for it); a counter missing here
             has no meaning on the runtime (MLX has no "reserved": its buffer cache is
             memory freed and kept for reuse, mx.get_cache_memory(), not counted in
-            mx.get_peak_memory()).
+            mx.get_peak_memory()). Tables label their figures with these names, so an
+            MLX or MPS estimate names MLX's and Metal's counters, never torch.cuda's.
         quant_libraries: quantisation libraries whose kernels run here (QuantFormat.library).
         bnb_optimizers: bitsandbytes' 8-bit and paged optimizers run here (CUDA kernels and
             cudaMallocManaged; bitsandbytes 0.50.2 backends/mps/ops.py registers no optimizer op).
@@ -56,21 +58,26 @@ class Runtime:
     unified: bool = False
     memory_limit: str = ""
     note: str = ""
+    context_label: str = ""
 
 
 _TORCH_CUDA_COUNTERS = (("allocated", "torch.cuda.max_memory_allocated()"),
                         ("reserved", "torch.cuda.max_memory_reserved()"),
                         ("device", "nvidia-smi / torch.cuda.mem_get_info()"))
+# torch's ROCm build keeps the torch.cuda API (HIP underneath); the device total is amd-smi's
+_TORCH_ROCM_COUNTERS = (*_TORCH_CUDA_COUNTERS[:2], ("device", "amd-smi / torch.cuda.mem_get_info()"))
+# MLX has no "reserved" counter; "device_used" is the JSON key of the device total (MLX's
+# buffer cache, mx.get_cache_memory(), is memory freed and kept for reuse: not counted)
 _MLX_COUNTERS = (("allocated", "mx.get_peak_memory (mlx-lm 'Peak mem')"),
-                 ("device", "device_used (+ the runtime's context; MLX's buffer cache not counted)"))
+                 ("device", "device_used (MLX's buffer cache, mx.get_cache_memory(), not counted)"))
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
-    Runtime("cuda", "PyTorch on CUDA", context_bytes=cal.CUDA_CONTEXT_BYTES,
+    Runtime("cuda", "PyTorch on CUDA", context_bytes=cal.CUDA_CONTEXT_BYTES, context_label="CUDA context",
             allocator_overhead=cal.ALLOCATOR_OVERHEAD, counters=_TORCH_CUDA_COUNTERS,
             quant_libraries=("bitsandbytes",),
             memory_limit="the device's usable memory (tuneplan.hardware)"),
-    Runtime("rocm", "PyTorch on ROCm (HIP)", context_bytes=cal.CUDA_CONTEXT_BYTES,
-            allocator_overhead=cal.ALLOCATOR_OVERHEAD, counters=_TORCH_CUDA_COUNTERS,
+    Runtime("rocm", "PyTorch on ROCm (HIP)", context_bytes=cal.CUDA_CONTEXT_BYTES, context_label="HIP context",
+            allocator_overhead=cal.ALLOCATOR_OVERHEAD, counters=_TORCH_ROCM_COUNTERS,
             quant_libraries=("bitsandbytes",),
             memory_limit="the device's usable memory (tuneplan.hardware)",
             note="ROCm's HIP context and caching allocator are taken as CUDA's."),
@@ -88,6 +95,7 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
             memory_limit="mx.set_memory_limit (default: Metal's recommendedMaxWorkingSetSize; mlx-lm raises the "
                          "wired limit to it, mlx_lm/utils.py maybe_set_recommended_wired_limit)"),
     Runtime("mlx-cuda", "MLX on NVIDIA (CUDA backend)", context_bytes=cal.CUDA_CONTEXT_BYTES,
+            context_label="CUDA context",
             allocator_overhead=0.0, counters=_MLX_COUNTERS, quant_libraries=("mlx",), fast_cross_entropy=True,
             memory_limit="the device's usable memory less the CUDA context",
             note="MLX's CUDA backend holds a CUDA context (outside mx.get_peak_memory); its buffer cache is "

@@ -14,12 +14,22 @@ from tuneplan.cli.options import flag_text
 from tuneplan.fit import Change
 
 
+class _Console(Console):
+    """rich's Console, but a closed pipe (`tuneplan models | head -1`) ends the command quietly
+    with exit code 0 as the JSON and CSV outputs do (rich's own handler exits with 1):
+    the BrokenPipeError goes to tuneplan.cli.main, which silences stdout and returns 0."""
+
+    def on_broken_pipe(self) -> None:  # noqa: D102
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(stderr: bool = False) -> Console:
     """A rich console; when output is not a terminal (a pipe, a file, CI), use a wide page so
     tables are not squeezed into 80 columns (COLUMNS still wins when set)."""
-    console = Console(stderr=stderr)
+    console = _Console(stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, width=200)
+        console = _Console(stderr=stderr, width=200)
     return console
 
 

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="full,lora,qlora",
                    help=f"comma list from {','.join(METHODS)} (default full,lora,qlora)")
     p.add_argument("--devices", default=DEFAULT_DEVICES, help="comma list, a category, or all")
-    add_job_arguments(p)
+    add_job_arguments(p, command="matrix")
     p.add_argument("--csv", metavar="PATH", help="also write the matrix as CSV ('-': CSV to stdout instead of the table)")
     p.add_argument("--png", metavar="PATH",
                    help="also write a heatmap PNG (.png added if the name has no suffix; needs matplotlib: "

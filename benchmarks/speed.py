@@ -1,7 +1,10 @@
 """Estimator speed: single-estimate latency and estimates per second on one core.
 
-Run: python benchmarks/speed.py   (results also written to benchmarks/results/speed.md)
-Targets (issue #2): < 1 ms per estimate, > 5,000 estimates/s.
+Run: python benchmarks/speed.py   (results also written to benchmarks/results/speed.md;
+     --no-write only prints them)
+Targets (issue #2): < 1 ms per estimate, > 5,000 estimates/s; (issue #26) the public API
+(tuneplan.estimate with a catalog name and settings) at most 1.5x the core estimate_memory
+(spec, job) it wraps: model resolution and settings validation are cached, not re-derived.
 """
 
 from __future__ import annotations
@@ -9,15 +12,45 @@ from __future__ import annotations
 import itertools
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
+import tuneplan
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory, peak_bytes
-from tuneplan.models import catalog
+from tuneplan.models import catalog, resolve_model
 
 
-def main() -> None:
+def api_vs_core(rounds: int = 7, per: int = 50) -> tuple[float, float]:
+    """Median over jobs of the warm per-call time (best of `rounds`, `per` calls each) of
+    tuneplan.estimate(name, **settings) and of estimate_memory(spec, job) on the same job,
+    measured interleaved so machine load hits both alike. Returns (api_s, core_s)."""
+    cases = []
+    for name in ("llama-3.2-1b", "llama-3.1-8b", "qwen2.5-14b", "mixtral-8x7b", "llama-3.1-70b"):
+        for settings in ({"method": "qlora", "seq_len": 4096, "batch": 2}, {"method": "lora", "seq_len": 2048},
+                         {"method": "full", "gpus": 8, "sharding": "zero3"}):
+            spec = resolve_model(name)
+            cases.append((name, settings, spec, Job.from_request(**settings)))
+    api_t, core_t = [], []
+    for name, settings, spec, job in cases:
+        tuneplan.estimate(name, **settings)  # warm
+        best_api = best_core = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(per):
+                tuneplan.estimate(name, **settings)
+            t1 = time.perf_counter()
+            for _ in range(per):
+                estimate_memory(spec, job)
+            t2 = time.perf_counter()
+            best_api, best_core = min(best_api, (t1 - t0) / per), min(best_core, (t2 - t1) / per)
+        api_t.append(best_api)
+        core_t.append(best_core)
+    return statistics.median(api_t), statistics.median(core_t)
+
+
+def main(write: bool = True) -> None:
     specs = [m.spec for m in catalog().values()]
     methods = ("full", "lora", "qlora", "dora", "freeze")
     seqs = (512, 2048, 8192)
@@ -47,6 +80,7 @@ def main() -> None:
 
     full_rate = rate(estimate_memory)
     fast_rate = rate(peak_bytes)
+    api_s, core_s = api_vs_core()
 
     lines = [
         "# Estimator speed",
@@ -61,12 +95,16 @@ def main() -> None:
         f"| single estimate, p99 | {sorted(lat)[int(0.99 * len(lat))] * 1e6:.0f} us |",
         f"| estimate_memory (full breakdown) per second | {full_rate:,.0f} |",
         f"| peak_bytes (planner fast path) per second | {fast_rate:,.0f} |",
+        f"| tuneplan.estimate(name, **settings), warm, median of 15 jobs | {api_s * 1e6:.0f} us |",
+        f"| estimate_memory(spec, job) on the same jobs | {core_s * 1e6:.0f} us |",
+        f"| API / core (target <= 1.5) | {api_s / core_s:.2f}x |",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(__file__).parent / "results" / "speed.md"
-    out.write_text(text)
+    if write:
+        out = Path(__file__).parent / "results" / "speed.md"
+        out.write_text(text)
 
 
 if __name__ == "__main__":
-    main()
+    main(write="--no-write" not in sys.argv[1:])

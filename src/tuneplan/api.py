@@ -71,9 +71,43 @@ def _devices(devs: Any) -> list[Device]:
     raise TuneplanError("devices must be a comma list, a category, 'all' or a list of devices")
 
 
+# Settings -> Job (Job.from_request: validation and normalisation) is the same work for the
+# same settings every call; a Job is immutable, so repeated calls share one. Only scalar
+# settings are keyed, each with its type (True, 1 and 1.0 are equal in Python but not as
+# settings: micro_batch=True is refused) and floats by repr (-0.0, nan); the key keeps the
+# order the settings were given in. Refusals are not cached: a bad setting raises every time.
+_JOB_CACHE: dict[tuple, Job] = {}
+_JOB_CACHE_MAX = 1024
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _settings_key(settings: dict[str, Any]) -> tuple | None:
+    key = []
+    for name, value in settings.items():
+        kind = type(value)
+        if kind not in _SCALARS:
+            return None  # a list of targets, a Path, ...: not cached
+        key.append((name, kind, repr(value) if kind is float else value))
+    return tuple(key)
+
+
+def _request_job(settings: dict[str, Any]) -> Job:
+    """Job.from_request(**settings), cached for scalar settings."""
+    key = _settings_key(settings)
+    if key is None:
+        return Job.from_request(**settings)
+    job = _JOB_CACHE.get(key)
+    if job is None:
+        job = Job.from_request(**settings)
+        if len(_JOB_CACHE) >= _JOB_CACHE_MAX:
+            _JOB_CACHE.clear()
+        _JOB_CACHE[key] = job
+    return job
+
+
 def _job(spec: ModelSpec, allow_long_context: bool, settings: dict[str, Any]) -> Job:
-    job = Job.from_request(**settings)
-    check_job(spec, job, allow_long_context, warn=True)
+    job = _request_job(settings)
+    check_job(spec, job, allow_long_context, warn=True)  # per call: its warning is said every time
     return job
 
 

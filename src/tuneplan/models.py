@@ -849,7 +849,38 @@ def resolve_model(name: str, hub: bool | None = None) -> ModelSpec:
     Raises:
         TuneplanError: unknown name (with close matches) or unreadable config.
     """
+    if isinstance(name, str):
+        hf_id = _name_index().get(name.strip().lower())
+        if hf_id is not None:  # a catalog name: its spec is built once (no copy of its config)
+            return _catalog_spec(hf_id)
+        key = _file_key(name)
+        if key is not None:
+            return _file_spec(key)
     return resolve_config(name, hub)[0]
+
+
+def _file_key(name: str) -> tuple | None:
+    """The cache key of a local config.json (or a folder holding one): the name as given and
+    the file's identity and version (device, inode, size, mtime and ctime in ns), so an edited
+    or replaced file is read again. None when it is not a regular file (resolve_config then
+    says why, or reads the name another way)."""
+    try:
+        p = Path(name)
+        target = p / "config.json" if p.is_dir() else p
+        st = os.stat(target)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@lru_cache(maxsize=256)
+def _file_spec(key: tuple) -> ModelSpec:
+    """The spec of a local config.json, read through the one gate (load_config_file); a
+    refusal is not cached (it raises every time)."""
+    p = Path(key[0])
+    return spec_from_config(load_config_file(p), name=str(p))
 
 
 # Instruction/chat-tuned releases share every architecture field with their base model.

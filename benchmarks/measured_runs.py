@@ -101,6 +101,7 @@ EXTRA_CONFIGS = {
 # foreach). Q-LoRA rows are not bitsandbytes: finetune.py loads the base with
 # GPTQConfig(bits=4, disable_exllama=True) and the README says to use the Int4 (GPTQ) chat
 # models, fp16 only (QWEN_GPTQ), a quantisation tuneplan does not model.
+QWEN_SCRIPT = re.compile(r"\bqwen finetune\.py\b", re.I)  # the framework column's name for these scripts
 QWEN_README_SETTINGS = {
     "micro_batch": 1, "grad_accum": 8, "checkpointing": "full", "attention": "flash", "framework": "hf",
     "rank": 64, "targets": "all-linear", "precision": "bf16", "optimizer": "adamw-foreach",
@@ -197,42 +198,49 @@ def _int(text: str) -> int | None:
     return int(m.group(1).replace(",", "")) if m else None
 
 
-FRAMEWORK_PROFILE = {
-    "torchtune": ("torchtune", ""),
-    "unsloth": ("unsloth", ""),
-    "llamafactory": ("llamafactory", ""),
-    "axolotl": ("axolotl", ""),
-    "trl": ("hf", "TRL SFTTrainer runs the HF Trainer + PEFT: hf profile"),
-    "hf-trainer-peft": ("hf", "HF Trainer / PEFT: hf profile"),
-    # litgpt: its own profile (bf16-true, bf16 adapters, fused qkv, 128-token lm_head chunks)
-    "litgpt": ("litgpt", ""),
+def row_profile(text: str) -> tuple[Any | None, str]:
+    """The framework profile a row's `framework` column names: a profile's name or its
+    calibration_framework (tuneplan.choices.frameworks), or None and why."""
+    from tuneplan.choices.frameworks import FRAMEWORKS
+
+    fw = (text or "").strip().lower().replace("lit-gpt", "litgpt")
+    for prof in FRAMEWORKS.values():
+        if fw in (prof.name, prof.calibration_framework):
+            return prof, ""
+    return None, f"framework {text!r} has no tuneplan profile"
+
+
+_DATE = re.compile(r"\b(20\d\d-[01]\d-[0-3]\d)\b")
+_LIB_VERSION = {  # library -> how a row's text names its version
+    "bitsandbytes": re.compile(r"\b(?:bitsandbytes|bnb)[ =v:]*(\d+\.\d+(?:\.\d+)?)", re.I),
+    "transformers": re.compile(r"\btransformers[ =v:]*(\d+\.\d+(?:\.\d+)?)", re.I),
 }
 
-# Sources whose bitsandbytes QLoRA ran before bitsandbytes 0.43.2 (PR #1270, 2024-07-16), when
-# MatMul4Bit still saved every 4-bit linear's input. Unsloth's own LoRA kernels bypass it.
-BNB_PRE_0432 = {
-    "lr": "litgpt resource tables, Oct 2023 (bitsandbytes 0.41.x)",
-    "lf": "LLaMA-Factory comparison quoted by unsloth README@bb66faa (Dec 2023)",
-}
-BNB_STACK = "bnb-pre-0.43.2"
-# Sources whose HF Trainer loss ran transformers before PR #35646 (4.48/4.49, Jan 2025): the
-# model upcast the logits to fp32 and the loss copied the shifted logits (fp32_logits_copy).
-OLD_TRANSFORMERS = {
-    "lh": "Liger-Kernel HF examples, 2024-08 (transformers 4.44)",
-    "lf": "LLaMA-Factory comparison, Dec 2023 (transformers 4.36)",
-    "uc": "unsloth README context table, 2025-01-14 (transformers 4.46-4.48)",
-}
-OLD_TRANSFORMERS_STACK = "transformers-4.4x"
-# transformers 4.46-4.48 (Oct 2024 - Jan 2025): the loss upcasts while the caller still holds
-# the compute-dtype logits (tuneplan.choices.versions logits_alive_in_loss)
-TRANSFORMERS_446 = {"uc"}
-TRANSFORMERS_446_STACK = "transformers-4.46"
-# QLoRA through the HF Trainer before TRL PR #4704 (2025-12): the baseline of Unsloth's context
-# table is taken to be TRL's SFTTrainer (the trainer of Unsloth's notebooks, which the
-# comparison swaps the model loader under), which ran prepare_model_for_kbit_training and, with
-# --bf16, peft_module_casting_to_bf16 (tuneplan.choices.kbit_prep trl-bf16)
-TRL_KBIT_PREP = {"uc": "trl-bf16"}
-BOTH_OLD_STACK = "2023"
+
+def row_versions(src: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """(date, {library: version}) a row states: library version columns (probe records), else
+    versions named in its source or notes ("bnb 0.41.1"); the first YYYY-MM-DD in its source
+    (the publication or commit date), else in its notes."""
+    text = f"{src.get('source', '')} {src.get('notes', '')}"
+    versions = {}
+    for lib, pat in _LIB_VERSION.items():
+        stated = (src.get(lib) or "").strip()
+        m = re.fullmatch(r"\d+\.\d+(?:\.\d+)?\S*", stated) or pat.search(text) or pat.search(src.get("versions", ""))
+        if m:
+            versions[lib] = m.group(1) if m.re is pat else m.group(0)
+    date = _DATE.search(src.get("source", "")) or _DATE.search(src.get("notes", ""))
+    return (date.group(1) if date else ""), versions
+
+
+def row_stack(profile: Any, src: dict[str, str]) -> tuple[str, str]:
+    """(stack record name, how it was chosen): tuneplan.choices.versions.stack_for on what the
+    row states, the same records a user picks with --stack."""
+    from tuneplan.choices.versions import stack_for
+
+    date, versions = row_versions(src)
+    name = stack_for(profile.name, date, versions, profile.versioned_libraries)
+    said = ", ".join([f"dated {date}"] * bool(date) + [f"{k} {v}" for k, v in versions.items()])
+    return name, (f"--stack {name} ({said})" if said else "--stack current (no date or library version stated)")
 
 
 def parse_targets(text: str) -> tuple[tuple[str, ...] | None, list[str]]:
@@ -245,8 +253,13 @@ def parse_targets(text: str) -> tuple[tuple[str, ...] | None, list[str]]:
     if re.search(r"output head|\bhead\b", body):
         caveats.append("LoRA on the output head is not expressible (adds r*(h+v) adapter params, < 0.1 GiB)")
         body = re.sub(r"output head|\bhead\b", " ", body)
-    for tok in re.split(r"[\s,+]+", body):
+    if re.fullmatch(r"\s*all[- _]linear\s*", body):
+        return "all-linear", caveats
+    unknown = []
+    for tok in re.split(r"[\s,+;]+", body):
         tok = tok.strip()
+        if not tok:
+            continue
         mapped = {
             "q": ["q_proj"], "q_proj": ["q_proj"], "k": ["k_proj"], "k_proj": ["k_proj"],
             "v": ["v_proj"], "v_proj": ["v_proj"], "o": ["o_proj"], "o_proj": ["o_proj"],
@@ -257,6 +270,10 @@ def parse_targets(text: str) -> tuple[tuple[str, ...] | None, list[str]]:
         }.get(tok)
         if mapped:
             names += [n for n in mapped if n not in names]
+        else:
+            unknown.append(tok)
+    if unknown:  # a name tuneplan cannot place is refused, never dropped
+        return None, [f"unrecognised LoRA target {', '.join(map(repr, unknown))}"]
     order = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     return tuple(n for n in order if n in names) or None, caveats
 
@@ -325,6 +342,10 @@ def parse_seq(text: str, dataset_longest: int | None = None) -> tuple[int | None
     if n is None:
         return None, [], f"sequence length not stated ({t!r})"
     if t.startswith("<="):
+        for name, (longest, said) in DATASET_LONGEST.items():
+            if re.search(rf"\bunpacked {name}\b", t.lower()) and n > longest:
+                return None, [], (f"padded length unknown: unpacked {name.capitalize()} with a {n} cap, above its "
+                                  f"longest sample ({said}), so the padded length of the peak batch is unknown")
         return n, [f"seq_len {n} is a cap on padded variable-length data; the peak reaches it only if some "
                    "batch holds a sample that long"], ""
     return n, [], ""
@@ -361,35 +382,12 @@ COUNTER_RULE = {
     "oom": "OOM: measured value is a lower bound; right when the device-level prediction exceeds it",
 }
 
-# Rows whose settings the CSV itself marks as unknowable, with the reason (checked against
-# the row text, never against the prediction).
-SKIP_ROWS = {
-    "tt09": "padded length unknown: unpacked Alpaca with a 4096 cap; the cap is far above Alpaca's longest sample (1304 Llama-2 "
-            "tokens, litgpt rows), so the padded length of the peak batch is unknown",
-    "tt25": "activation checkpointing not stated (no 70B full config in the repo at that commit)",
-    "pm06": "not a tuneplan method: LayerNorm-only tuning (every layer's norm weights; freeze trains whole top layers)",
-    "pm07": "not a tuneplan method: TinyLoRA (64 trainable parameters)",
-    "pm08": "not a tuneplan method: IA3",
-}
+# Longest sample of a dataset a row names (a fact of the data, not of a source): a padded
+# batch reaches a row's length cap only if the data holds a sample that long. Alpaca: 1304
+# Llama-2 tokens (lit-gpt finetune/lora.py forces the longest sample into iteration 0; the
+# resource tables' sequence lengths: Llama 2 1304, phi-1.5 1044, StableLM 1034, Falcon 1079).
+DATASET_LONGEST = {"alpaca": (1304, "1304 Llama-2 tokens")}
 
-
-# Sources whose own figures rule out foreach AdamW's full-size temporary (torch/optim/adamw.py
-# _multi_tensor_adamw: torch._foreach_sqrt(exp_avg_sqs) allocates one more copy of every
-# parameter). The step then ran fused or per-parameter AdamW, whatever the row's text says.
-NO_FULL_SIZE_TEMP = {
-    '"Optimization flags"': "torch AdamW without foreach's full-size temporary: the same table's baseline (tt09, "
-                            "full fine-tune of Llama-3.2-3B, bf16 AdamW, no optimizer in backward) peaked at 25.5 GiB "
-                            "active, below the 29.9 GiB that weights + gradients + two AdamW states (23.9 GiB) plus "
-                            "the foreach temporary (6.0 GiB) reach at every optimizer step",
-}
-
-# LoRA dropout the source's script used (the CSV has no column for it), keyed by source.
-# lit-gpt finetune/lora.py (2023, before and after the 2023-10-20 resource tables):
-# `lora_dropout = 0.05` beside lora_r = 8, lora_alpha = 16, query and value on.
-LORA_DROPOUT = {"Lightning-AI/litgpt@0cc02afa tutorials/resource-tables.md": 0.05}
-
-# torchtune's Nov-2024 "Optimization flags" table is cumulative: rows after "+ Compile" keep it on.
-CUMULATIVE_COMPILE = {"tt14", "tt15", "tt16"}
 
 # Rows whose figure contradicts their own stated settings or another source. They stay
 # scored in every table (nothing is dropped silently); the headline also gives the figures
@@ -422,16 +420,132 @@ def interpret_memory(src: dict[str, str]) -> Row:
     except (KeyError, ValueError):
         r.skip = "no measured value"
         return r
-    if r.id in SKIP_ROWS:
-        r.skip = SKIP_ROWS[r.id]
-        return r
     _common_settings(r, src)
     return r
 
 
+def parse_precision(text: str) -> tuple[str | None, list[str], str]:
+    """(precision setting, caveats, skip reason) from the precision column's wording.
+
+    "bf16-true"/"pure"/"bf16": bf16 weights (the framework profile decides autocast: litgpt and
+    torchtune none, HF Trainer --bf16 autocasts); "no AMP": bf16 weights without autocast;
+    "bf16-mixed" (Lightning) or "mixed": fp32 weights under bf16 autocast, which is tuneplan's
+    `amp` (Lightning MixedPrecision.forward_context: torch.autocast(dtype=bfloat16) over an
+    fp32 module: linear outputs bf16, embeddings, residual stream and norms fp32); fp32 /
+    "32-true"; fp16 / "16-true". Anything else is refused, not mapped.
+    """
+    low = (text or "").strip().lower()
+    if not low:
+        return None, [], "precision not stated"
+    if "not specified" in low or low.startswith("bf16/fp16"):
+        return "bf16", ["16-bit dtype not stated; bf16 assumed (fp16 has the same bytes)"], ""
+    if "no amp" in low:
+        return "bf16-true", ["custom loop without autocast (--precision bf16-true): PEFT casts each adapter's input "
+                             "to fp32 and keeps that copy"], ""
+    if re.match(r"(bf16-mixed|bf16 mixed|mixed)\b", low):
+        return "amp", ["fp32 weights under bf16 autocast (Lightning bf16-mixed): --precision amp"], ""
+    if re.match(r"(16-mixed|fp16-mixed|fp16 mixed)\b", low):
+        return "amp", ["fp32 weights under fp16 autocast: --precision amp (bf16 autocast, the same bytes)"], ""
+    if re.match(r"(bf16-true|bf16)\b", low):
+        return "bf16", [], ""
+    if re.match(r"(16-true|fp16)\b", low):
+        return "fp16", [], ""
+    if re.match(r"(32-true|fp32|32)\b", low):
+        return "fp32", [], ""
+    return None, [], f"precision {text!r} not understood"
+
+
+# Quantised-base wordings -> tuneplan --quant (bitsandbytes / torchao NF4, LLM.int8, FP4);
+# GPTQ, AWQ, HQQ, FP8 and other bases are refused by name.
+QUANT_WORDS = (("nf4", "nf4"), ("fp4", "fp4"), ("int8", "int8"), ("8-bit", "int8"), ("8bit", "int8"))
+QUANT_REFUSED = ("gptq", "awq", "hqq", "fp8", "mlx", "int4", "gguf", "eetq", "aqlm")
+
+
+def parse_quant(text: str) -> tuple[str | None, str]:
+    """(tuneplan quant or None for an unquantised base, skip reason)."""
+    low = (text or "").strip().lower()
+    if not low or low.startswith("none") or low.startswith("n/s"):
+        return None, ""
+    for word in QUANT_REFUSED:
+        if word in low:
+            return None, f"quantisation {text!r} not expressible ({word}: not a tuneplan --quant)"
+    for word, quant in QUANT_WORDS:
+        if word in low:
+            return quant, ""
+    return None, f"quantisation {text!r} not understood"
+
+
+def parse_offload(text: str) -> tuple[dict[str, bool], bool, str]:
+    """({offload_params, offload_optimizer}, activations offloaded, skip reason) from the offload
+    column: none | activations | optimizer | params | both (params + optimizer)."""
+    low = (text or "").strip().lower()
+    if not low or re.match(r"(none|no|off)\b", low):
+        return {}, False, ""
+    if low.startswith("activations"):
+        return {}, True, ""
+    if low.startswith("both"):
+        return {"offload_params": True, "offload_optimizer": True}, False, ""
+    out = {}
+    if re.search(r"\bparam", low):
+        out["offload_params"] = True
+    if re.search(r"\boptimi[sz]er", low):
+        out["offload_optimizer"] = True
+    if out:
+        return out, False, ""
+    return {}, False, f"offload {text!r} not understood"
+
+
+def parse_sharding(text: str) -> tuple[str | None, str]:
+    """Multi-GPU strategy wording -> tuneplan --sharding, or the skip reason."""
+    low = (text or "").strip().lower().replace(" ", "").replace("-", "").replace("_", "")
+    m = re.search(r"zero(?:stage)?([123])", low)
+    if m and "n/s" not in low:
+        return f"zero{m.group(1)}", ""
+    for name in ("hsdp", "fsdp", "ddp"):
+        if low.startswith(name):
+            return name, ""
+    return None, f"multi-GPU strategy {text!r} not expressible"
+
+
+def parse_mlp(src: dict[str, str], spec: Any) -> str:
+    """A refusal where the row names an MLP (litgpt's mlp_class_name: GptNeoxMLP = plain GELU,
+    LLaMAMLP / GemmaMLP = gated) that the resolved config does not have."""
+    text = f"{src.get('notes', '')} {src.get('model_hf_id', '')}"
+    m = re.search(r"\b(GptNeoxMLP|LLaMAMLP|GemmaMLP|LLaMAMoE)\b", text)
+    if not m:
+        return ""
+    gated = m.group(1) != "GptNeoxMLP"
+    if gated != spec.gated_mlp:
+        return (f"the row's MLP ({m.group(1)}) is not the resolved config's "
+                f"({'gated' if spec.gated_mlp else 'plain GELU'}) MLP")
+    return ""
+
+
+def mark_cumulative_compile(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Marks (`_compile_from_earlier_row`) the rows of a cumulative table ("each technique added
+    on top of the previous one": the row's own statement that earlier techniques stay on) below
+    a row that turned torch.compile on. Returns the rows."""
+    on = set()
+    for src in rows:
+        notes = src.get("notes") or ""
+        if "added on top of the previous one" not in notes:
+            continue
+        table = (src.get("source") or "").split(" | ")[0]
+        if table in on:
+            src["_compile_from_earlier_row"] = "yes"
+        if _states_compile(src):
+            on.add(table)
+    return rows
+
+
+def _states_compile(src: dict[str, str]) -> bool:
+    text = f"{src.get('notes', '')} {src.get('source', '')}"
+    return bool(re.search(r"compile", text, re.I)) and not re.search(r"\b(no|without) (torch\.)?compile", text, re.I)
+
+
 def _common_settings(r: Row, src: dict[str, str]) -> None:
     """Fill r.settings / r.caveats / r.skip from the memory.csv-style columns."""
-    method = (src.get("method") or "").strip()
+    method = (src.get("method") or "").strip().lower()
     if method in ("adapter-other",):
         r.skip = f"not a tuneplan method: {src.get('lora_targets') or method}"
         return
@@ -440,29 +554,59 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
     if method not in ("full", "lora", "qlora", "dora", "freeze"):
         r.skip = f"method {method!r} not expressible"
         return
+    quant, why = parse_quant(src.get("quant", ""))
+    if why:
+        r.skip = why
+        return
+    if quant and method == "lora":  # LoRA on a quantised base is QLoRA, whatever the method column says
+        method = "qlora"
+        r.caveats.append(f"LoRA on a {quant} base: --method qlora --quant {quant}")
+    elif quant and method != "qlora":
+        r.skip = f"{method} on a quantised base ({src.get('quant')!r}) not expressible"
+        return
+    elif method == "qlora" and not quant:
+        r.skip = f"QLoRA without a stated quantisation ({src.get('quant')!r})"
+        return
+    if method == "freeze":
+        n = re.search(r"(?:top|last) (\d+) layers", (src.get("lora_targets") or "").lower())
+        if not n:
+            r.skip = (f"not a tuneplan method: {src.get('lora_targets') or 'freeze'} (freeze trains whole top layers; "
+                      "the row states no layer count)")
+            return
     spec, how, reason = resolve_row_model(src.get("model_hf_id", ""))
     if spec is None:
         r.skip = reason
         return
+    why = parse_mlp(src, spec)
+    if why:
+        r.skip = why
+        return
     r.model_how = how
     r.extra["spec"] = spec
-    fw = (src.get("framework") or "").strip()
-    if fw not in FRAMEWORK_PROFILE:
-        r.skip = f"framework {fw!r} has no tuneplan profile"
+    prof, why = row_profile(src.get("framework", ""))
+    if prof is None:
+        r.skip = why
         return
-    profile, note = FRAMEWORK_PROFILE[fw]
-    if note:
-        r.caveats.append(note)
-    s: dict[str, Any] = {"method": method, "framework": profile}
-    # precision: every row is 16-bit; "pure" and HF bf16-loaded models keep optimizer states in bf16
-    prec = (src.get("precision") or "").lower()
-    s["precision"] = "bf16"
-    if "not specified" in prec:
-        r.caveats.append("16-bit dtype not stated; bf16 assumed (fp16 has the same bytes)")
-    if "no amp" in prec and profile == "hf":
-        s["precision"] = "bf16-true"
-        r.caveats.append("custom loop without autocast (--precision bf16-true): PEFT casts each adapter's input "
-                         "to fp32 and keeps that copy")
+    s: dict[str, Any] = {"method": method, "framework": prof.name}
+    if method == "freeze":
+        s["trainable_layers"] = int(n.group(1))
+    prec, cav, why = parse_precision(src.get("precision", ""))
+    if why:
+        r.skip = why
+        return
+    s["precision"] = prec
+    r.caveats += cav
+    from tuneplan.choices.versions import stack as stack_record
+    from tuneplan.errors import TuneplanError
+
+    try:
+        s["stack"], said = row_stack(prof, src)
+    except TuneplanError as e:
+        r.skip = f"library versions: {e}"
+        return
+    versions = stack_record(s["stack"])
+    if s["stack"] != "current":
+        r.caveats.append(f"{said}: {versions.label}")
     if method in ("lora", "qlora", "dora"):
         rank = _int(src.get("lora_rank", ""))
         if rank is None:
@@ -471,33 +615,36 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
         s["rank"] = rank
         targets, cav = parse_targets(src.get("lora_targets", ""))
         if targets is None:
-            r.skip = f"LoRA targets not understood ({src.get('lora_targets')!r})"
+            r.skip = f"LoRA targets not understood ({src.get('lora_targets')!r}" + (f": {cav[0]}" if cav else "") + ")"
             return
         s["targets"] = targets
         r.caveats += cav
         if "unconfirmed" in (src.get("lora_targets") or ""):
             r.caveats.append("LoRA targets are the framework default at the time (unconfirmed)")
-        dropout = next((p for key, p in LORA_DROPOUT.items() if key in (src.get("source") or "")), None)
-        if dropout is not None:
+        stated = re.search(r"lora[_ ]dropout[ =:]*([\d.]+)", f"{src.get('lora_targets', '')} {src.get('notes', '')}", re.I)
+        dropout = float(stated.group(1)) if stated else (
+            versions.lora_dropout if versions.lora_dropout is not None else prof.lora_dropout_default)
+        if dropout:
             s["lora_dropout"] = dropout
+            if not stated:
+                r.caveats.append(f"LoRA dropout {dropout}: the stack's default (not stated by the row)")
     if method == "qlora":
         q = (src.get("quant") or "").lower()
-        if "nf4" not in q:
-            r.skip = f"quantisation {q!r} not expressible"
-            return
-        s["quant"] = "nf4"
-        if fw == "litgpt":  # litgpt names the variants: bnb.nf4 and bnb.nf4-dq
-            s["double_quant"] = "double quant" in q
-        elif "torchao" in q:
-            s["double_quant"] = True  # torchao NF4Tensor quantises its per-64 scalers to int8 per 256 blocks
-        else:
-            s["double_quant"] = True
-            r.caveats.append("bitsandbytes double quantisation not stated; on assumed")
+        s["quant"] = quant
+        if quant != "int8":
+            if prof.name == "litgpt":  # litgpt names the variants: bnb.nf4 and bnb.nf4-dq
+                s["double_quant"] = "double quant" in q or "nf4-dq" in q
+            elif "torchao" in q:
+                s["double_quant"] = True  # torchao NF4Tensor quantises its per-64 scalers to int8 per 256 blocks
+            else:
+                s["double_quant"] = "no double" not in q
+                if "double" not in q:
+                    r.caveats.append("bitsandbytes double quantisation not stated; on assumed")
     opt, cav = parse_optimizer(src.get("optimizer", ""))
-    no_temp = next((why for key, why in NO_FULL_SIZE_TEMP.items() if key in (src.get("source") or "")), None)
-    if opt == "adamw-foreach" and no_temp:
+    fused = versions.adamw_fused if versions.adamw_fused is not None else prof.adamw_fused
+    if opt == "adamw-foreach" and fused and "foreach" not in (src.get("optimizer") or "").lower():
         opt = "adamw"
-        cav.append(no_temp)
+        cav.append("torch AdamW built with fused=True by the stack's recipes (no foreach full-size temporary)")
     s["optimizer"] = opt
     r.caveats += cav
     if "optimizer_in_bwd" in (src.get("optimizer") or ""):
@@ -518,8 +665,11 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
     if ckpt is None:
         r.skip = f"activation checkpointing not stated ({src.get('grad_ckpt')!r})"
         return
-    off = (src.get("offload") or "").lower()
-    if off.startswith("activations") and ckpt == "full":
+    offload, act_offload, why = parse_offload(src.get("offload", ""))
+    if why:
+        r.skip = why
+        return
+    if act_offload and ckpt == "full":
         ckpt = "offload"
     s["checkpointing"] = ckpt
     s["attention"], cav = parse_attention(src.get("attention", ""))
@@ -532,7 +682,7 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
                              "linear cross-entropy")
     elif ce.startswith("chunked"):
         s["cross_entropy"] = "lm-head-chunked" if "lm_head_chunk_size" in ce else "chunked"
-    elif profile == "unsloth":
+    elif prof.name == "unsloth":
         # Unsloth's fast_cross_entropy_loss (unsloth/kernels/cross_entropy_loss.py, since its first
         # release) is not a fused linear+CE: the bf16 logits exist, the kernel keeps a per-row
         # logsumexp and writes the gradient in place, with no fp32 copy. The row's "no" says
@@ -542,50 +692,30 @@ def _common_settings(r: Row, src: dict[str, str]) -> None:
                          "'chunked' (the row's fused_ce 'no' means no fused linear+CE)")
     else:
         s["cross_entropy"] = "plain"
-    # library versions: bitsandbytes QLoRA before 0.43.2
-    if method == "qlora" and "bnb" in (src.get("quant") or "") and r.id[:2] in BNB_PRE_0432 \
-            and profile != "unsloth":
-        s["stack"] = BNB_STACK
-    # library versions: transformers' fp32 logits copy in the HF loss before Jan 2025
-    if r.id[:2] in OLD_TRANSFORMERS and profile in ("hf", "llamafactory", "axolotl") \
-            and s.get("cross_entropy", "plain") == "plain":
-        if r.id[:2] in TRANSFORMERS_446:
-            s["stack"] = TRANSFORMERS_446_STACK
-            r.caveats.append(f"transformers 4.46-4.48 ({OLD_TRANSFORMERS[r.id[:2]]}): the caller's bf16 logits "
-                             "live through the loss's fp32 copy, shifted copy and log-probs")
-        else:
-            s["stack"] = BOTH_OLD_STACK if s.get("stack") == BNB_STACK else OLD_TRANSFORMERS_STACK
-            r.caveats.append(f"transformers before PR #35646 ({OLD_TRANSFORMERS[r.id[:2]]}): fp32 logits + shifted copy")
-    if method == "qlora" and profile == "hf" and r.id[:2] in TRL_KBIT_PREP:
-        s["kbit_prep"] = TRL_KBIT_PREP[r.id[:2]]
-        r.caveats.append("HF baseline taken as TRL SFTTrainer of the time: prepare_model_for_kbit_training + "
-                         "peft_module_casting_to_bf16 (fp32 norms, bf16 adapters; --kbit-prep trl-bf16)")
-    if r.id in CUMULATIVE_COMPILE or re.search(r"compile", (src.get("notes", "") + src.get("source", "")), re.I):
+    if _states_compile(src) or src.get("_compile_from_earlier_row"):
         s["compile"] = "inductor"
-        r.caveats.append("torch.compile on: saved activations per tuneplan.choices.compilation; time counts "
-                         "its fused pointwise traffic (tuneplan.traffic), not other kernel gains")
+        r.caveats.append("torch.compile on" + (" (a cumulative table: turned on in an earlier row)"
+                                               if not _states_compile(src) else "")
+                         + ": saved activations per tuneplan.choices.compilation; time counts its fused pointwise "
+                         "traffic (tuneplan.traffic), not other kernel gains")
     n = _int(src.get("n_gpus", "")) or 1
     s["num_gpus"] = n
-    shard = (src.get("sharding") or "").lower()
     if n > 1:
-        if shard.startswith("fsdp"):
-            s["sharding"] = "fsdp"
-        elif shard.startswith("ddp"):
-            s["sharding"] = "ddp"
-        else:
-            r.skip = f"multi-GPU strategy {src.get('sharding')!r} not expressible"
+        s["sharding"], why = parse_sharding(src.get("sharding", ""))
+        if why:
+            r.skip = why
             return
-    if off.startswith("both"):
-        s["offload_params"] = True
-        s["offload_optimizer"] = True
+    s.update(offload)
     ga = re.search(r"gradient accumulation:\s*(\d+)", (src.get("notes") or "").lower())
     if ga:
         s["grad_accum"] = int(ga.group(1))
     m = re.search(r"global batch (\d+) via grad accumulation", (src.get("notes") or "").lower())
     if m:
         s["grad_accum"] = max(1, int(m.group(1)) // (mb * n))
-    if r.id.startswith("pm"):
-        r.caveats.append("peak over a 5000-step run including periodic eval/generation (batch 50)")
+    if re.search(r"periodic eval", f"{src.get('measured_what', '')} {src.get('notes', '')}", re.I):
+        r.caveats.append("peak over the whole run including periodic eval/generation")
+    if s["stack"] == "current":
+        del s["stack"]
     r.settings = s
 
 
@@ -648,7 +778,7 @@ def interpret_time(src: dict[str, str], linked: dict[str, str] | None) -> Row:
             reasons.append("epoch time with no token count: tokens per epoch not stated")
         elif measured == "s_per_step" and not src.get("derived_tokens_per_s_total", "").strip()[:1].isdigit():
             reasons.append("seconds per step with no token count per step")
-    if not reasons and linked is None and src["id"].startswith("QW-"):
+    if not reasons and linked is None and QWEN_SCRIPT.search(fw):
         return _interpret_qwen_readme(r, src)
     if not reasons and linked is None:
         reasons.append("settings not stated: sequence length, micro-batch, packing, LoRA config")
@@ -813,11 +943,13 @@ def memory_only_time_rows(mem_rows: list[dict[str, str]], linked: dict[str, dict
         if not m.get("tokens_per_s") or m["id"] in used:
             continue
         r = Row(id=m["id"], kind="time", source=m)
-        if m["id"].startswith("tt"):
-            r.skip = ("packing not stated: torchtune 2024-05 README table gives only 'Seq Length = 2048', so real "
-                      "tokens per step are unknown")
-        else:
+        seq = (m.get("seq_len") or "").lower()
+        if "packed" in seq and "unpacked" not in seq:
+            r.skip = "no throughput.csv twin with the same tokens/s; the row's config alone is not linked"
+        elif re.search(r"unpacked|padded|<=", seq):
             r.skip = "unpacked variable-length data: padded to the longest in each batch, real tokens per step unknown"
+        else:
+            r.skip = f"packing not stated (sequence length {m.get('seq_len')!r}): real tokens per step unknown"
         out.append(r)
     return out
 
@@ -970,7 +1102,7 @@ FITTED_ROWS = _fitted_rows()
 
 def interpreted_time_rows(calibration: Path = DEFAULT_CALIBRATION) -> list[Row]:
     """The throughput rows as tuneplan reads them (settings, device, measured tokens/s), unscored."""
-    mem_src = load_csv(calibration / "memory.csv")
+    mem_src = mark_cumulative_compile(load_csv(calibration / "memory.csv"))
     tput_src = load_csv(calibration / "throughput.csv")
     linked = link_time_rows(mem_src, tput_src)
     return [interpret_time(s, linked.get(s["id"])) for s in tput_src]
@@ -978,7 +1110,7 @@ def interpreted_time_rows(calibration: Path = DEFAULT_CALIBRATION) -> list[Row]:
 
 def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) -> dict[str, Any]:
     """Score every row. Returns the JSON-ready result (summary + per-row)."""
-    mem_src = load_csv(calibration / "memory.csv")
+    mem_src = mark_cumulative_compile(load_csv(calibration / "memory.csv"))
     tput_src = load_csv(calibration / "throughput.csv")
     if records:
         m, t = load_records(records)

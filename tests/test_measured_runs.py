@@ -177,15 +177,64 @@ def test_oom_rule():
     assert above.verdict.startswith("WRONG")  # predicted to fit a run that went out of memory
 
 
-def test_optimizer_temporary_follows_the_source():
-    """torch AdamW is taken as foreach (one full-size temporary) unless the row's own source
-    rules the temporary out: torchtune's "Optimization flags" table, whose baseline sits
-    below weights + gradients + AdamW states + that temporary."""
-    plain = bench.interpret_memory(HAND_ROW | {"optimizer": "torch AdamW", "measured_what": "x", "measured_gib": "1"})
-    table = bench.interpret_memory(HAND_ROW | {"optimizer": "torch AdamW", "measured_what": "x", "measured_gib": "1",
-                                               "source": 'pytorch/torchtune README.md "Optimization flags" | x'})
-    assert plain.settings["optimizer"] == "adamw-foreach"
-    assert table.settings["optimizer"] == "adamw" and any("25.5 GiB" in c for c in table.caveats)
+def test_optimizer_temporary_follows_the_stack_version():
+    """torch AdamW is foreach (one full-size temporary) unless the stack's recipes of the row's
+    date build it fused: torchtune configs since PR #1575 (2024-09-14) pass fused=True; a
+    torchtune row from May 2024, or an HF row, keeps foreach."""
+    base = HAND_ROW | {"optimizer": "torch AdamW", "measured_what": "x", "measured_gib": "1"}
+    hf = bench.interpret_memory(base)
+    new = bench.interpret_memory(base | {"framework": "torchtune", "source": "pytorch/torchtune@1814feb README (2024-11-18)"})
+    old = bench.interpret_memory(base | {"framework": "torchtune", "source": "pytorch/torchtune@0217d44 README (2024-05-09)"})
+    assert hf.settings["optimizer"] == "adamw-foreach"
+    assert new.settings["optimizer"] == "adamw" and any("fused=True" in c for c in new.caveats)
+    assert old.settings["optimizer"] == "adamw-foreach" and old.settings["stack"] == "torchtune-0.2"
+
+
+def test_versions_come_from_what_the_row_states():
+    """A row's --stack comes from its framework, date and stated library versions through
+    tuneplan.choices.versions.stack_for, never from its source's name."""
+    base = HAND_ROW | {"method": "qlora", "quant": "nf4 (bnb)", "measured_what": "x", "measured_gib": "1"}
+    assert "stack" not in bench.interpret_memory(base).settings  # nothing stated: today's stack
+    assert bench.interpret_memory(base | {"notes": "ran 2024-03-01"}).settings["stack"] == "2023"
+    assert bench.interpret_memory(base | {"notes": "bnb 0.41.1, transformers 4.50"}).settings["stack"] == "bnb-pre-0.43.2"
+    assert bench.interpret_memory(base | {"source": "x (2025-01-14)"}).settings["stack"] == "transformers-4.46"
+    lit = bench.interpret_memory(base | {"framework": "litgpt", "source": "lit-gpt (2023-10-20; bnb 0.41.1)",
+                                         "lora_targets": "q,v"})
+    assert lit.settings["stack"] == "litgpt-2023" and lit.settings["lora_dropout"] == 0.05
+    bad = bench.interpret_memory(base | {"notes": "bitsandbytes 0.41.1, transformers 4.47.0"})
+    assert "no --stack record" in bad.skip
+
+
+@pytest.mark.parametrize("over,want", [
+    ({"lora_targets": "all-linear"}, {"targets": "all-linear"}),
+    ({"precision": "bf16-mixed"}, {"precision": "amp"}),
+    ({"precision": "bf16 (pure)"}, {"precision": "bf16"}),
+    ({"n_gpus": "4", "sharding": "zero3"}, {"sharding": "zero3", "num_gpus": 4}),
+    ({"n_gpus": "2", "sharding": "DeepSpeed ZeRO stage 2"}, {"sharding": "zero2"}),
+    ({"quant": "nf4 (bnb)"}, {"method": "qlora", "quant": "nf4"}),
+    ({"quant": "int8 (bnb LLM.int8)"}, {"method": "qlora", "quant": "int8"}),
+    ({"n_gpus": "2", "sharding": "fsdp", "offload": "params"}, {"offload_params": True}),
+    ({"n_gpus": "2", "sharding": "zero3", "offload": "optimizer states"}, {"offload_optimizer": True}),
+])
+def test_calibration_wordings_are_parsed(over, want):
+    r = bench.interpret_memory(HAND_ROW | {"measured_what": "x", "measured_gib": "1"} | over)
+    assert not r.skip, r.skip
+    assert {k: r.settings.get(k) for k in want} == want
+
+
+@pytest.mark.parametrize("over,why", [
+    ({"lora_targets": "q_proj,v_proj,lm_adapter"}, "unrecognised LoRA target"),
+    ({"precision": "fp8 (transformer engine)"}, "precision"),
+    ({"quant": "GPTQ int4"}, "gptq"),
+    ({"method": "full", "quant": "nf4"}, "quantised base"),
+    ({"offload": "nvme swap"}, "offload"),
+    ({"n_gpus": "2", "sharding": "tensor parallel 2"}, "not expressible"),
+    ({"notes": "mlp_class_name GptNeoxMLP"}, "MLP"),
+    ({"method": "freeze", "lora_targets": "LayerNorm-only tuning"}, "no layer count"),
+])
+def test_unexpressible_wordings_are_refused_with_the_reason(over, why):
+    r = bench.interpret_memory(HAND_ROW | {"measured_what": "x", "measured_gib": "1"} | over)
+    assert why.lower() in r.skip.lower(), r.skip
 
 
 def test_unexpressible_rows_say_why():
@@ -198,7 +247,8 @@ def test_unexpressible_rows_say_why():
 def test_qwen_q_lora_rows_are_gptq_not_bitsandbytes():
     """Qwen's finetune.py loads Q-LoRA bases with GPTQConfig(bits=4, disable_exllama=True):
     those rows are skipped with that reason, not scored (or fitted) as bitsandbytes NF4."""
-    row = {"id": "QW-05", "framework": "HF transformers + PEFT", "model_hf_id": "Qwen/Qwen-7B", "method": "qlora",
+    row = {"id": "QW-05", "framework": "HF transformers + PEFT (+bitsandbytes for Q-LoRA) via Qwen finetune.py",
+           "model_hf_id": "Qwen/Qwen-7B", "method": "qlora",
            "precision": "bf16", "measured": "s_per_step", "derived_tokens_per_s_total": "683", "n_gpus": "1",
            "sharding": "none", "device": "A100 SXM4 80GB", "seq_len": "256", "value": "3.0"}
     r = bench.interpret_time(row, None)

@@ -44,6 +44,10 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     # on a bf16 model): PEFT then casts each adapter's input to the fp32 adapter dtype and keeps it
     Precision("bf16-true", 2, 2, "never", torch_param_dtype="bfloat16"),
     Precision("fp32", 4, 4, "never", torch_param_dtype="float32"),
+    # fp32 weights under bf16 autocast: Lightning's "bf16-mixed" (fabric/plugins/precision/amp.py
+    # MixedPrecision.forward_context: torch.autocast(dtype=bfloat16) around an fp32 module) and the
+    # HF Trainer's --bf16 on an fp32-loaded model. Linear outputs are bf16 (compute_bytes 2); only
+    # the embeddings' output, the residual stream and the norms stay fp32 (fp32_residual).
     Precision("amp", 4, 2, "always", fp32_residual=True, torch_param_dtype="float32",
               torch_autocast_dtype="bfloat16"),
     Precision("mixed", 2, 2, "never", fp32_master=True, fp32_states=True, traceable=False),

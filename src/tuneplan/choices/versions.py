@@ -7,9 +7,11 @@ its source.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tuneplan.choices import lookup
+from tuneplan.errors import TuneplanError
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,20 @@ class Stack:
             `logits = logits.float()` rebinds only its own argument, so the caller's
             compute-dtype logits live through the fp32 copy, the shifted copy and the
             log-probabilities: compute bytes + 12 per logit at the forward peak.
+        bitsandbytes / transformers: the versions [first, first not) this record stands for
+            ("" open); stack_for() picks the record whose ranges hold a run's versions.
+        framework: "" for a record of library versions (any stack); else the framework
+            profile whose own code or recipe defaults this record dates (its library ranges
+            still apply), chosen for that framework's runs before `until`.
+        until: for a framework record, the date (YYYY-MM-DD) of the change that ended it.
+        lora_dropout: the stack's LoRA dropout when the user states none (None: the
+            framework profile's lora_dropout_default).
+        adamw_fused: the stack's recipes build torch.optim.AdamW with fused=True (no
+            foreach full-size temporary); None: the framework profile's adamw_fused.
+        single_kv_head_math: a model with one k/v head (multi-query) reaches SDPA with k/v
+            unexpanded, which the flash and memory-efficient kernels do not broadcast, so SDPA
+            runs its math kernel and keeps the s x s probabilities (the memory model reads
+            this once a multi-query layout is scored; no calibration row has one).
     """
 
     name: str
@@ -45,21 +61,115 @@ class Stack:
     bnb_4bit_saves_input: bool
     fp32_logits_copy: bool = False
     logits_alive_in_loss: bool = False
+    bitsandbytes: tuple[str, str] = ("0.43.2", "")
+    transformers: tuple[str, str] = ("4.49.0", "")
+    framework: str = ""
+    until: str = ""
+    lora_dropout: float | None = None
+    adamw_fused: bool | None = None
+    single_kv_head_math: bool = False
 
 
 STACKS: dict[str, Stack] = {s.name: s for s in (
-    Stack("current", "today's stack: transformers 5, PEFT >= 0.17, bitsandbytes >= 0.43.2",
+    Stack("current", "today's stack: transformers >= 4.49, PEFT >= 0.17, bitsandbytes >= 0.43.2",
           bnb_4bit_saves_input=False),
-    Stack("bnb-pre-0.43.2", "bitsandbytes < 0.43.2 (2023 to mid-2024 runs)", bnb_4bit_saves_input=True),
-    Stack("transformers-4.4x", "transformers 4.36-4.45 and bitsandbytes >= 0.43.2 (mid-2024 runs)",
-          bnb_4bit_saves_input=False, fp32_logits_copy=True),
+    Stack("bnb-pre-0.43.2", "bitsandbytes < 0.43.2 with transformers >= 4.49", bnb_4bit_saves_input=True,
+          bitsandbytes=("", "0.43.2")),
+    Stack("transformers-4.4x", "transformers < 4.46 and bitsandbytes >= 0.43.2 (mid-2024 runs)",
+          bnb_4bit_saves_input=False, fp32_logits_copy=True, transformers=("", "4.46.0")),
     Stack("transformers-4.46", "transformers 4.46-4.48 and bitsandbytes >= 0.43.2 (Oct 2024 to Jan 2025 runs)",
-          bnb_4bit_saves_input=False, fp32_logits_copy=True, logits_alive_in_loss=True),
-    Stack("2023", "transformers 4.3x-4.4x with bitsandbytes < 0.43.2 (2023 to mid-2024 runs)",
-          bnb_4bit_saves_input=True, fp32_logits_copy=True),
+          bnb_4bit_saves_input=False, fp32_logits_copy=True, logits_alive_in_loss=True,
+          transformers=("4.46.0", "4.49.0")),
+    Stack("2023", "transformers < 4.46 with bitsandbytes < 0.43.2 (2023 to mid-2024 runs)",
+          bnb_4bit_saves_input=True, fp32_logits_copy=True, bitsandbytes=("", "0.43.2"), transformers=("", "4.46.0")),
+    # torchtune main before PR #1492 (2024-09-11, "expose and set lora_dropout = 0.0"): the LoRA
+    # model builders defaulted lora_dropout=0.05 and the configs did not set it
+    # (torchtune/models/llama2/_model_builders.py@0217d44 `lora_dropout: float = 0.05`); before
+    # PR #1575 (2024-09-14, "add fused = true to adam, except pagedAdam") the configs built
+    # torch.optim.AdamW without `fused: True` (recipes/configs/llama2/7B_lora_single_device.yaml
+    # @0217d44), i.e. torch's foreach default. Both are in torchtune 0.3.0.
+    Stack("torchtune-0.2", "torchtune before 0.3 (main before 2024-09-11): LoRA dropout 0.05, foreach AdamW",
+          bnb_4bit_saves_input=False, framework="torchtune", until="2024-09-11", lora_dropout=0.05,
+          adamw_fused=False),
+    Stack("torchtune-2024-09-11", "torchtune main 2024-09-11 to 2024-09-13: LoRA dropout 0, foreach AdamW",
+          bnb_4bit_saves_input=False, framework="torchtune", until="2024-09-14", lora_dropout=0.0,
+          adamw_fused=False),
+    # lit-gpt / litgpt (lit_gpt/model.py@8641822, 2023-10-16, CausalSelfAttention.forward): k/v
+    # are expanded to every query head and reshaped (a copy; the litgpt profile's
+    # expands_kv_heads) unless n_query_groups == 1: a single k/v head reaches SDPA unexpanded.
+    # litgpt PR #1013 (2024-12-26) repeats k/v for every grouped layout in training
+    # (litgpt/model.py today: `if n_query_groups != n_head and (input_pos is None or ...)`).
+    Stack("litgpt-2023", "lit-gpt / litgpt before 2024-07-23 (bitsandbytes < 0.43.2; one k/v head: math SDPA)",
+          bnb_4bit_saves_input=True, bitsandbytes=("", "0.43.2"), framework="litgpt", until="2024-12-26",
+          single_kv_head_math=True),
+    Stack("litgpt-2024", "litgpt 2024-07-23 to 2024-12-25 (bitsandbytes >= 0.43.2; one k/v head: math SDPA)",
+          bnb_4bit_saves_input=False, framework="litgpt", until="2024-12-26", single_kv_head_math=True),
 )}
+
+# Releases where a Stack field changes: (version, first release date). bitsandbytes 0.43.2:
+# git tag 0.43.2, 2024-07-23 (bitsandbytes-foundation/bitsandbytes; PR #1270 "not saving the
+# input of 4-bit matmul when not needed"). transformers 4.46.0 (2024-10-24, PR #33902 moved the
+# upcast into ForCausalLMLoss) and 4.49.0 (2025-02-17, the first with PR #35646's loss):
+# PyPI release dates.
+RELEASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "bitsandbytes": (("0.43.2", "2024-07-23"),),
+    "transformers": (("4.46.0", "2024-10-24"), ("4.49.0", "2025-02-17")),
+}
 
 
 def stack(name: str) -> Stack:
     """The Stack record for a --stack name."""
     return lookup(STACKS, "library stack", name)
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+def _in_range(version: str, bounds: tuple[str, str]) -> bool:
+    lo, hi = bounds
+    k = _version_key(version)
+    return (not lo or k >= _version_key(lo)) and (not hi or k < _version_key(hi))
+
+
+def version_at(library: str, date: str) -> str:
+    """The newest RELEASES boundary a run dated `date` (YYYY-MM-DD) had: "0" before the first."""
+    out = "0"
+    for version, released in RELEASES[library]:
+        if date >= released:
+            out = version
+    return out
+
+
+def stack_for(framework: str, date: str = "", versions: dict[str, str] | None = None,
+              libraries: tuple[str, ...] = ("bitsandbytes", "transformers")) -> str:
+    """The --stack record for a run: its framework, its date (YYYY-MM-DD) and any library
+    versions it states (stated versions win over the date). Libraries the framework does not
+    run through (`libraries`: the profile's versioned_libraries) count as today's. With no
+    date and no versions: today's stack.
+
+    Raises:
+        TuneplanError: versions no record stands for (say which, never a silent nearest).
+    """
+    versions = dict(versions or {})
+    if not date and not versions:
+        return "current"
+    have: dict[str, str] = {}
+    for lib in RELEASES:
+        if lib not in libraries:
+            continue
+        if lib in versions:
+            have[lib] = versions[lib]
+        elif date:
+            have[lib] = version_at(lib, date)
+    if date:
+        for s in STACKS.values():
+            if s.framework == framework and date < s.until and all(
+                    _in_range(v, getattr(s, lib)) for lib, v in have.items()):
+                return s.name
+    for s in STACKS.values():
+        if not s.framework and all(_in_range(v, getattr(s, lib)) for lib, v in have.items()) and all(
+                getattr(s, lib) == getattr(STACKS["current"], lib) for lib in RELEASES if lib not in have):
+            return s.name
+    raise TuneplanError("no --stack record for " + ", ".join(f"{k} {v}" for k, v in have.items())
+                        + f" ({framework or 'any framework'}{', ' + date if date else ''})")

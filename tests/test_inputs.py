@@ -245,9 +245,15 @@ def test_unified_memory_counts_offloaded_bytes():
 
 
 def test_more_gpus_than_a_machine_holds(capsys):
-    refused(capsys, "estimate", "llama-3.1-8b", "--gpus", "100", "--gpu", "rtx-4090", match="one machine holds")
-    with pytest.raises(TuneplanError, match="multi-node"):
-        fit_verdict(resolve_model("llama-3.1-8b"), Job.from_settings(num_gpus=8), resolve_device("rtx-4090"))
+    """Beyond one machine, GPU counts are whole machines (or --nodes says how they spread)."""
+    refused(capsys, "estimate", "llama-3.1-8b", "--gpus", "6", "--gpu", "rtx-4090", match="not whole machines")
+    refused(capsys, "estimate", "llama-3.1-8b", "--gpus", "16", "--nodes", "2", "--gpu", "rtx-4090",
+            match="one machine holds")
+    with pytest.raises(TuneplanError, match="whole machines"):
+        fit_verdict(resolve_model("llama-3.1-8b"), Job.from_settings(num_gpus=6), resolve_device("rtx-4090"))
+    v = fit_verdict(resolve_model("llama-3.1-8b"), Job.from_settings(num_gpus=8, sharding="fsdp"),
+                    resolve_device("rtx-4090"))
+    assert v.verdict  # two 4 x RTX 4090 machines: estimated
 
 
 def test_offload_cpu_ram_is_per_process(capsys):
@@ -414,8 +420,11 @@ def test_plan_without_a_dataset_size(capsys):
 
 
 @pytest.mark.parametrize("flag,text,value", [
-    ("--seq-len", "2k", 2000), ("--seq-len", "1e3", 1000), ("--batch", "1_0", 10), ("--grad-accum", "2", 2),
-    ("--rank", "1,024", 1024),
+    # token lengths: k = 1024 (context lengths are powers of two); an exponent stays decimal
+    ("--seq-len", "2k", 2048), ("--seq-len", "8k", 8192), ("--seq-len", "2.5k", 2560), ("--seq-len", "1e3", 1000),
+    ("--seq-len", "4096", 4096),
+    # counts: k = 1000
+    ("--batch", "1_0", 10), ("--grad-accum", "2", 2), ("--rank", "1,024", 1024), ("--rank", "1k", 1000),
 ])
 def test_one_number_parser_for_every_count(capsys, flag, text, value):
     code, out, _ = cli(capsys, "estimate", "llama-3.1-8b", flag, text, "--json")

@@ -316,9 +316,9 @@ def test_accelerate_fsdp_keeps_the_root_unit_gathered_through_forward_and_backwa
 
     n = 4
     root = 2 * (2 * 128256 * 4096 + 4096)  # Llama-3.1-8B untied embeddings + lm_head + norm, bf16
-    assert _fsdp_root_bytes(LLAMA8, job("full", num_gpus=n, sharding="fsdp")) == root
+    assert _fsdp_root_bytes(LLAMA8, job("full", num_gpus=n, sharding="fsdp"), n) == root
     for other in (dict(framework="torchtune"), dict(sharding="zero3"), dict(sharding="ddp")):
-        assert _fsdp_root_bytes(LLAMA8, job("full", num_gpus=n, **({"sharding": "fsdp"} | other))) == 0
+        assert _fsdp_root_bytes(LLAMA8, job("full", num_gpus=n, **({"sharding": "fsdp"} | other)), n) == 0
     with_root = {m: dict(estimate_memory(LLAMA8, job(m, num_gpus=n, sharding="fsdp")).phase_bytes)
                  for m in ("full", "lora")}
     monkeypatch.setitem(frameworks.FRAMEWORKS, "hf", replace(frameworks.FRAMEWORKS["hf"], fsdp_root_unit=False))

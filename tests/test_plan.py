@@ -110,12 +110,38 @@ def test_search_returns_zero_when_nothing_fits():
 @pytest.mark.parametrize("model,kind,dev", [("llama-3.1-70b", "lora", "h100"), ("qwen2.5-14b", "full", "a100"),
                                             ("llama-3.1-70b", "qlora", "rtx-4090")])
 def test_min_gpus_is_minimal(model, kind, dev):
+    """The count found fits; the next smaller count clusters come in (1, 2, 4, 8, then whole
+    machines: search.gpu_counts) fits with no sharding and no tensor-parallel degree the stack runs."""
+    from tuneplan.search import TP_DEGREES, gpu_counts
+
     spec, d = resolve_model(model), resolve_device(dev)
     n, j = min_gpus(spec, job(kind), d)
     assert n > 1 and peak_bytes(spec, j) <= d.usable_bytes
-    for s in ("ddp", "zero1", "zero2", "fsdp"):
-        smaller = replace(j, parallel=Parallel(num_gpus=n - 1, sharding=s if n - 1 > 1 else "ddp"))
-        assert peak_bytes(spec, smaller) > d.usable_bytes
+    counts = gpu_counts(d)
+    smaller_n = counts[counts.index(n) - 1]
+    for s in ("ddp", "zero1", "zero2", "zero3", "fsdp"):
+        for tp in (1,) + TP_DEGREES:
+            if smaller_n % tp or tp > smaller_n:
+                continue
+            smaller = replace(j, parallel=Parallel(num_gpus=smaller_n, tensor=tp,
+                                                   sharding=s if smaller_n // tp > 1 else "ddp"))
+            assert peak_bytes(spec, smaller) > d.usable_bytes, (s, tp)
+
+
+def test_min_gpus_counts_whole_machines_and_spans_them():
+    """Counts are the sizes clusters come in: never 3 or 6 GPUs; beyond one machine, whole
+    machines (a 70B full fine-tune under HF's fp32-upcast FSDP needs more than one 8 x H100)."""
+    from tuneplan.search import gpu_counts
+
+    d = resolve_device("h100")
+    assert gpu_counts(d)[:5] == [1, 2, 4, 8, 16]
+    assert all(c % 8 == 0 for c in gpu_counts(d) if c > 8)
+    # LLaMA-Factory runs data parallelism only (no TP): the 70B full fine-tune spans machines
+    n, j = min_gpus(resolve_model("llama-3.1-70b"), Job.from_settings(method="full", framework="llamafactory"), d)
+    assert n > 8 and n % 8 == 0 and j.parallel.nodes == n // 8
+    # with tensor parallelism inside the machine, HF fits it on one 8 x H100
+    n, j = min_gpus(resolve_model("llama-3.1-70b"), job("full"), d)
+    assert n == 8 and j.parallel.tensor > 1
 
 
 def test_min_gpus_none_when_out_of_reach():
@@ -479,3 +505,80 @@ def test_fused_experts_left_16bit_are_not_dequantised():
     d_uns = dict(step_time(spec, uns, dev).terms)["QLoRA dequantisation"]
     assert d_hf / d_uns == pytest.approx((pc.linear_in_layers - pc.experts) / pc.linear_in_layers, rel=1e-6)
     assert static_memory(spec, hf).weights > static_memory(spec, uns).weights + pc.experts  # experts 16-bit
+
+
+# ---------------------------------------------------------------- fit and plan: one search (issue 26, item 9)
+
+AGREE = [("llama-3.1-405b", "full", "rtx-4090"), ("llama-3.1-405b", "qlora", "rtx-4090"),
+         ("llama-3.1-405b", "full", "rtx-a6000"), ("llama-3.1-405b", "qlora", "rtx-a6000"),
+         ("llama-3.1-70b", "full", "rtx-4090"), ("llama-3.1-70b", "qlora", "rtx-4090"),
+         ("llama-3.1-70b", "lora", "h100"), ("llama-3.1-8b", "full", "rtx-4090"), ("qwen2.5-14b", "full", "l4")]
+
+
+@pytest.mark.parametrize("model,kind,dev", AGREE)
+def test_fit_fix_and_plan_agree(model, kind, dev):
+    """A fix `estimate --gpu` suggests on D is a job `plan` over [D] runs; and `plan` over
+    [D] finds a setup exactly when the fit verdict finds a way that keeps the method (the
+    job runs, or a fix or the keep-the-method fix does), both with the host RAM check."""
+    from tuneplan.fit import host_fits
+
+    spec, d, j = resolve_model(model), resolve_device(dev), job(kind)
+    v = fit_verdict(spec, j, d)
+    res = plan(spec, j, None, [d])
+    keeps = v.runs or (v.change is not None and v.change.job.method.kind == kind) or v.keep_method_change is not None
+    assert bool(res.setups) == keeps, (v.summary(), res.unfit)
+    if v.change is not None:
+        assert host_fits(spec, v.change.job, d)
+        fixed = plan(spec, v.change.job, None, [d])
+        assert fixed.setups, (v.change.description, fixed.unfit)
+    for s in res.setups:  # every setup plan offers runs by the fit verdict's own measure
+        sv = fit_verdict(spec, s.job, d, suggest=False)
+        assert sv.runs and s.job.method.kind == kind, sv.summary()
+
+
+def test_offload_fix_checks_host_ram():
+    """The 405B six-part fix (QLoRA + 8-bit Adam + ZeRO-3 offload, 207 GiB of CPU RAM) is not
+    offered on a consumer host (128 GiB assumed); a workstation (512 GiB) gets the fix
+    without the steps it does not need, and plan agrees on both."""
+    from tuneplan.fit import HOST_RAM_GIB_PER_MACHINE, host_ram_bytes
+
+    spec = resolve_model("llama-3.1-405b")
+    d = resolve_device("rtx-4090")
+    v = fit_verdict(spec, job("full"), d)
+    assert v.verdict == NO and v.change is None and "host RAM" in v.summary()
+    off = job("qlora", optimizer="adamw-8bit", cross_entropy="fused",
+              parallel=Parallel(sharding="zero3", offload_params=True, offload_optimizer=True))
+    ov = fit_verdict(spec, off, d)
+    assert ov.verdict != NO and not ov.host_ok and not ov.runs  # fits the GPU, not the host
+    assert ov.host_bytes > host_ram_bytes(d) == HOST_RAM_GIB_PER_MACHINE["consumer"] * GiB
+    assert "host RAM" in ov.summary() and ov.to_dict()["host_ok"] is False
+    assert plan(spec, off, None, [d]).setups == ()
+    assert plan(spec, job("qlora"), None, [d]).setups == ()
+    ws = resolve_device("rtx-a6000")
+    wv = fit_verdict(spec, job("full"), ws)
+    ch = wv.change
+    # QLoRA sharded over the workstation's 8 cards (or offloaded), within its host RAM
+    assert ch is not None and ch.job.method.kind == "qlora"
+    assert ch.job.parallel.offload_params or ch.job.parallel.num_gpus > 1
+    assert ch.host_bytes <= host_ram_bytes(ws, ch.job.parallel.num_gpus)
+    assert "LoRA instead of" not in ch.description  # pruned: QLoRA follows
+    assert len(ch.steps) <= 3, ch.description
+    assert plan(spec, job("qlora"), None, [ws]).setups
+
+
+def test_plan_uses_the_fit_search_where_no_count_fits():
+    """One GPU allowed (max_count 1): the job fits no count as asked, so plan takes the fit
+    verdict's keep-the-method fix (offload here) and says so in the setup and the notes."""
+    from tuneplan.plan import plan_report
+
+    spec = resolve_model("llama-3.1-70b")
+    d = replace(resolve_device("rtx-4090"), max_count=1)
+    v = fit_verdict(spec, job("qlora"), d)
+    assert v.verdict == NO and v.change is not None and v.change.job.method.kind == "qlora"
+    rep = plan_report(spec, job("qlora"), None, [d])
+    assert rep.result.setups
+    s = rep.result.setups[0]
+    assert s.change is not None and s.change.settings == v.change.settings
+    assert s.to_dict()["change"]["description"] == v.change.description
+    assert any("fits no GPU count" in n for n in rep.notes)
+    assert plan(spec, job("qlora"), None, [resolve_device("rtx-4090")], max_gpus=1).setups

@@ -199,11 +199,12 @@ def error_of(r, status=400):
     ("/api/estimate", {"model": "llama-3.1-8b", "rank": "9000"}, "larger than the hidden size"),
     ("/api/estimate", {"model": "llama-3.1-8b", "seq-len": "1M"}, "max_position_embeddings"),
     ("/api/estimate", {"model": "llama-3.1-8b", "precision": "fp8"}, "unknown precision"),
-    ("/api/estimate", {"model": "llama-3.1-8b", "gpus": "2", "tp": "2"}, "tensor parallelism"),
+    ("/api/estimate", {"model": "llama-3.1-8b", "gpus": "8", "tp": "3"}, "cannot be split"),
+    ("/api/estimate", {"model": "llama-3.1-8b", "gpus": "4", "pp": "4"}, "does not run --pp"),
     ("/api/estimate", {"model": "llama-3.1-8b", "fused-ce": "maybe"}, "is a flag"),
     ("/api/estimate", {"model": "llama-3.1-8b", "batch_size": "2"}, "unknown option"),
     ("/api/estimate", {"model": "llama-3.1-8b", "gpu": "rtx-9090"}, "unknown device"),
-    ("/api/estimate", {"model": "llama-3.1-8b", "gpu": "rtx-4090", "gpus": "64"}, "one machine"),
+    ("/api/estimate", {"model": "llama-3.1-8b", "gpu": "rtx-4090", "gpus": "6"}, "whole machines"),
     ("/api/estimate", {"model": "llama-3.1-8b", "from": "axolotl.yaml"}, "reads a file on the server"),
     ("/api/estimate", {"model": "llama-3.1-8b", "hub": "1"}, "tuneplan serve --hub"),
     ("/api/estimate", {"model": "llama-3.1-8b", "json": "1"}, "JSON already"),
@@ -294,13 +295,16 @@ def test_upload_and_model_together_are_refused(client):
 
 
 def test_oversize_matrix_is_refused_before_any_work(client, monkeypatch):
-    monkeypatch.setattr(web, "fit_matrix", lambda *a, **k: pytest.fail("computed an oversize matrix"))
     names = ",".join(["llama-3.2-1b"] * 300)  # 300 x 5 x every device > 20,000
-    err = error_of(client.get("/api/matrix", params={"models": names, "methods": "full,lora,qlora,dora,freeze",
-                                                      "devices": "all"}))
+    query = {"models": names, "methods": "full,lora,qlora,dora,freeze", "devices": "all"}
+    err = error_of(client.get("/api/matrix", params=query))
     assert f"at most {web.MAX_MATRIX_CELLS:,}" in err
     err = error_of(client.get("/api/heatmap", params={"models": ",".join(["llama-3.2-1b"] * 300), "devices": "all"}))
     assert "cells" in err
+    # the server computes matrices in worker processes; here, in this one, nothing is computed
+    monkeypatch.setattr(web, "fit_matrix", lambda *a, **k: pytest.fail("computed an oversize matrix"))
+    with pytest.raises(web.ApiError, match="cells"):
+        web.Api().matrix(list(query.items()), None)
 
 
 def test_errors_are_the_cli_messages(client, capsys):

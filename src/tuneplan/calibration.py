@@ -287,6 +287,30 @@ HOST_DRAM_GBPS = 300.0
 # slowest link; links reach ~80% of their per-direction figure (NCCL bus bandwidth).
 LINK_EFFICIENCY = 0.8
 
+# Collectives (tuneplan.collectives). Ring bus bandwidth per nccl-tests doc/PERFORMANCE.md:
+# busbw = algbw x 2(n-1)/n for all-reduce, x (n-1)/n for all-gather / reduce-scatter /
+# all-to-all. Inside a machine NCCL's ring all-reduce reaches LINK_EFFICIENCY of the per-
+# direction link figure (H100 NVSwitch: ~360 of 450 GB/s without NVLink SHARP; NVIDIA/nccl-tests
+# issue #290, 2025-03-03: 476 GB/s with NVLS is "in the expected range for H100").
+# Across machines a NIC reaches NET_EFFICIENCY of its line rate: "For NDR @ 400Gbps you should
+# see 46-48GB/s per NIC" (NVIDIA, nccl-tests issue #290); 8x A100 with 4x HDR 200 Gb/s reached
+# 84.8 GB/s average, 96 peak, of 100 GB/s busbw (nccl-tests issue #119): a ring spanning
+# machines runs one channel per NIC, so its bus bandwidth is the machine's NICs together.
+NET_EFFICIENCY = 0.94
+# Per-step latency of NCCL's Ring/Simple protocol (the protocol of large collectives), seconds:
+# a fixed base plus one hop latency per ring step, by the hop's hardware. Source: NVIDIA/nccl
+# src/graph/tuning.cc (commit 01afd20), ncclTopoTuneModel: baseLat Ring/Simple 8.4 us; hwLat
+# Ring/Simple NVLink 3.4 us, PCI 5.7 us, NET 9.6 us; latency = base + (nsteps - nInterSteps) x
+# intra + nInterSteps x inter, nsteps = 2(n-1) for all-reduce, n-1 for all-gather/reduce-scatter.
+NCCL_BASE_LATENCY_S = 8.4e-6
+NCCL_STEP_LATENCY_S = {"nvlink": 3.4e-6, "pci": 5.7e-6, "net": 9.6e-6}
+# Gradient buckets whose reduction cannot overlap the backward (the last one to fill):
+# torch DistributedDataParallel bucket_cap_mb=25 (MiB; torch/nn/parallel/distributed.py);
+# Megatron-Core DistributedDataParallelConfig bucket_size = max(40,000,000, 1,000,000 x data-
+# parallel size) elements (megatron/core/distributed/distributed_data_parallel.py).
+DDP_BUCKET_BYTES = 25 * 2 ** 20
+MEGATRON_BUCKET_ELEMENTS = 40_000_000
+
 # ---------------------------------------------------------------- disk
 # Raw text: ~4 characters (bytes, English UTF-8) per token (OpenAI tokenizer guide:
 # "one token ~ 4 characters of common English text").

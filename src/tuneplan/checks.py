@@ -5,7 +5,7 @@ boundary where a user's request enters (the API and the CLI), each a one-line re
   caller allows longer contexts (the CLI refuses, the Python API warns);
 - LoRA target names against the model's own module names;
 - the method against the model (rank, targets, trainable layers: tuneplan.memory.check_method);
-- the GPU count against how many of a device one machine holds (multi-node is not modelled).
+- the GPU count against how many of a device one machine holds (several machines: whole ones).
 """
 
 from __future__ import annotations
@@ -73,10 +73,24 @@ def check_job(spec: ModelSpec, job: Job, allow_long_context: bool = False, warn:
     check_method(spec, job.method)
 
 
+def machines_for(job: Job, device: Device) -> int:
+    """Machines a job on `device` spans: --nodes if given, else as few as hold its GPUs."""
+    p = job.parallel
+    return p.nodes or -(-p.num_gpus // device.max_count)
+
+
 def check_device_count(job: Job, device: Device) -> None:
-    """Refuse more GPUs than one machine of this device holds: multi-node training is not modelled."""
-    n = job.parallel.num_gpus
-    if n > device.max_count:
-        raise TuneplanError(f"{n} x {device.id} is more than one machine holds ({device.max_count}); multi-node "
-                            "training is not modelled: use at most "
-                            f"{device.max_count} GPUs, or a device with more per machine")
+    """Refuse GPU counts that are not whole machines of this device: up to one machine holds
+    any count; beyond it (or with --nodes) every machine holds the same number, at most what
+    one machine of the device holds, and the tensor-parallel group stays inside one machine
+    unless the machine is smaller than it (then a warning is in the estimate's assumptions)."""
+    p = job.parallel
+    n, per = p.num_gpus, device.max_count
+    if p.nodes:
+        if n // p.nodes > per:
+            raise TuneplanError(f"{n} x {device.id} over {p.nodes} machines is {n // p.nodes} per machine; one "
+                                f"machine holds {per}")
+        return
+    if n > per and n % per:
+        raise TuneplanError(f"{n} x {device.id} is not whole machines: one machine holds {per}, so use a multiple "
+                            f"of {per} (e.g. {n // per * per or per} or {(n // per + 1) * per}), or say --nodes")

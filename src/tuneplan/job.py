@@ -20,18 +20,19 @@ from tuneplan.choices.compilation import COMPILATION, Compilation, compilation
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY, CrossEntropy, cross_entropy
 from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
 from tuneplan.choices.kbit_prep import KBIT_PREPS, KbitPrep, kbit_prep
-from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, optimizer
+from tuneplan.choices.layouts import SHARDINGS, Sharding
+from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, canonical_optimizer, optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision, precision
 from tuneplan.choices.quantisation import QUANT_FORMATS, QuantFormat
 from tuneplan.choices.runtimes import RUNTIMES, Runtime
-from tuneplan.choices.tasks import TASKS, task
+from tuneplan.choices.tasks import TASKS, Task, reference_for, task
 from tuneplan.choices.versions import STACKS, Stack, stack
 from tuneplan.errors import TuneplanError
 
 METHODS = ("full", "lora", "qlora", "dora", "freeze")
 QUANT_TYPES = tuple(QUANT_FORMATS)
-CHECKPOINTING = ("none", "full", "offload")
-SHARDING = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+CHECKPOINTING = ("none", "full", "offload", "selective")
+SHARDING = tuple(SHARDINGS)
 # names of the choice tables, for help texts
 PRECISION_NAMES = tuple(PRECISIONS)
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
@@ -304,16 +305,24 @@ class Training:
 
 @dataclass(frozen=True)
 class Parallel:
-    """How the job is laid out over GPUs.
+    """How the job is laid out over GPUs (Megatron-Core's order of dimensions: the world is
+    tensor x context x data x pipeline, and expert parallelism is carved out of data x context).
 
     Args:
-        num_gpus: world size (data x tensor x pipeline).
-        sharding: ddp (replicate) | zero1 (shard optimizer) | zero2 (+grads)
-            | zero3 / fsdp (+params, full shard), over the data-parallel group.
+        num_gpus: world size (tensor x context x data x pipeline).
+        sharding: a row of tuneplan.choices.layouts: ddp (replicate) | zero1 | zero2 | zero3
+            (DeepSpeed ZeRO) | fsdp (torch FSDP, the stack's version) | hsdp (FSDP inside a
+            machine, replicas across), over the data (x context) group.
         offload_optimizer: optimizer states (and master weights) live in CPU RAM.
         offload_params: parameters live in CPU RAM (ZeRO-3/FSDP only).
-        tensor: tensor-parallel degree (validated; not computed yet, so > 1 is refused).
-        pipeline: pipeline-parallel degree (validated; not computed yet, so > 1 is refused).
+        tensor: tensor-parallel degree (heads, MLP width and vocabulary split).
+        pipeline: pipeline-parallel degree (decoder layers split into stages).
+        virtual_stages: pipeline stages per rank (interleaved 1F1B; 1 = plain 1F1B).
+        context: context-parallel degree (the sequence split, ring attention).
+        expert: expert-parallel degree (MoE experts split over data x context ranks).
+        sequence_parallel: with tensor parallelism, norms, dropout and the residual stream
+            are split along the sequence too (Korthikanti et al. 2022); None: the stack's default.
+        nodes: machines the GPUs span (num_gpus / nodes GPUs each); 0: as few as the device allows.
     """
 
     num_gpus: int = 1
@@ -322,36 +331,77 @@ class Parallel:
     offload_params: bool = False
     tensor: int = 1
     pipeline: int = 1
+    virtual_stages: int = 1
+    context: int = 1
+    expert: int = 1
+    sequence_parallel: bool | None = None
+    nodes: int = 0
 
     def __post_init__(self) -> None:
         _positive("number of GPUs", self.num_gpus, MAX_COUNT)
         _choice("sharding", self.sharding, SHARDING)
-        _positive("tensor-parallel degree", self.tensor, MAX_COUNT)
-        _positive("pipeline-parallel degree", self.pipeline, MAX_COUNT)
-        if self.offload_params and self.sharding not in ("zero3", "fsdp"):
-            raise TuneplanError("parameter offload needs --sharding zero3 or fsdp")
-        if self.num_gpus % (self.tensor * self.pipeline):
-            raise TuneplanError(f"{self.num_gpus} GPUs cannot be split into tensor {self.tensor} x "
-                                f"pipeline {self.pipeline} groups")
-        for degree, what in ((self.tensor, "tensor"), (self.pipeline, "pipeline")):
-            if degree > 1:
-                raise TuneplanError(f"{what} parallelism is not computed yet; use data parallelism with "
-                                    "--gpus N --sharding zero3|fsdp")
+        for degree, what in ((self.tensor, "tensor-parallel degree"), (self.pipeline, "pipeline-parallel degree"),
+                             (self.virtual_stages, "virtual pipeline stages"),
+                             (self.context, "context-parallel degree"), (self.expert, "expert-parallel degree")):
+            _positive(what, degree, MAX_COUNT)
+        if not 0 <= self.nodes <= MAX_COUNT:
+            raise TuneplanError(f"--nodes must be a positive count, got {show_value(self.nodes)}")
+        if self.offload_params and self.shard_stage < 3:
+            raise TuneplanError("parameter offload needs --sharding zero3, fsdp or hsdp")
+        model = self.tensor * self.pipeline * self.context
+        if self.num_gpus % model:
+            raise TuneplanError(f"{self.num_gpus} GPUs cannot be split into tensor {self.tensor} x pipeline "
+                                f"{self.pipeline} x context {self.context} groups ({model} GPUs each)")
+        if (self.data * self.context) % self.expert:
+            raise TuneplanError(f"expert parallelism {self.expert} must divide data x context "
+                                f"({self.data} x {self.context}): experts are split over those ranks")
+        if self.virtual_stages > 1 and self.pipeline == 1:
+            raise TuneplanError("--vp (virtual pipeline stages) needs --pp above 1")
+        if self.sequence_parallel and self.tensor == 1:
+            raise TuneplanError("--sequence-parallel splits activations over the tensor-parallel group; it needs --tp above 1")
+        if self.nodes and self.num_gpus % self.nodes:
+            raise TuneplanError(f"{self.num_gpus} GPUs do not spread evenly over {self.nodes} machines")
 
     @property
     def data(self) -> int:
-        """Data-parallel degree."""
-        return self.num_gpus // (self.tensor * self.pipeline)
+        """Data-parallel degree (replicas of the model-parallel group)."""
+        return self.num_gpus // (self.tensor * self.pipeline * self.context)
+
+    @property
+    def layout(self) -> Sharding:
+        """The sharding record (tuneplan.choices.layouts)."""
+        return SHARDINGS[self.sharding]
 
     @property
     def shard_stage(self) -> int:
         """ZeRO stage: 0 = replicate, 1 = optimizer, 2 = +grads, 3 = +params."""
-        return {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[self.sharding]
+        return SHARDINGS[self.sharding].stage
+
+    @property
+    def model_parallel(self) -> bool:
+        """Any of tensor, pipeline, context or expert parallelism."""
+        return self.tensor * self.pipeline * self.context * self.expert > 1
+
+    @property
+    def machines(self) -> int:
+        """Machines the job spans (1 unless --nodes says otherwise or a search set it)."""
+        return self.nodes or 1
+
+    @property
+    def shard_world(self) -> int:
+        """Ranks one state is sharded over: the data x context group (torchtitan's dp_shard_cp
+        mesh, Megatron's distributed optimizer over data x context), inside one machine for
+        HSDP (replicated across machines)."""
+        world = self.data * self.context
+        if self.layout.shard_group_node and self.machines > 1 and world % self.machines == 0:
+            world //= self.machines
+        return world
 
 
 # Flat setting names that are spelled differently from the dataclass fields (the CLI's
 # option names are accepted too: batch, gpus, tp, pp, optim, gc).
 _ALIASES = {"method": "kind", "batch": "micro_batch", "gpus": "num_gpus", "tp": "tensor", "pp": "pipeline",
+            "vp": "virtual_stages", "cp": "context", "ep": "expert",
             "optim": "optimizer", "gc": "checkpointing"}
 # qlora-<format> spellings of --method: the base-weight format they set
 QLORA_SPELLINGS = {"8bit": "int8", "int8": "int8", "nf4": "nf4", "fp4": "fp4", "4bit": "nf4"}
@@ -365,13 +415,26 @@ class Job:
     training: Training = field(default_factory=Training)
     parallel: Parallel = field(default_factory=Parallel)
     task: str = "sft"
+    ref_model: str | None = None  # task hook: separate | adapter | precomputed | none (None: the stack's default)
 
     def __post_init__(self) -> None:
         t = task(self.task)
         if not t.modelled:
             raise TuneplanError(f"training task {t.name} ({t.label}) is not modelled yet: it needs "
-                                f"{t.what_differs}; tuneplan estimates sft")
+                                f"{t.what_differs}; tuneplan estimates sft and the offline tasks "
+                                f"({', '.join(n for n, r in TASKS.items() if r.modelled and not r.is_sft)})")
+        _check_task(self, t)
         _check_stack(self)
+
+    @property
+    def task_record(self) -> Task:
+        """The training-task record (tuneplan.choices.tasks)."""
+        return TASKS[self.task]
+
+    @property
+    def reference(self) -> str:
+        """The reference policy in effect: separate | adapter | precomputed | none."""
+        return reference_for(self.task_record, self.ref_model, self.method.is_adapter)
 
     def on_vendor(self, vendor: str | None) -> Job:
         """This job on a device of `vendor`: the runtime the framework runs there (HF on Apple
@@ -401,9 +464,12 @@ class Job:
             name = _ALIASES.get(key, key)
             if isinstance(value, str) and name != "targets":
                 value = value.strip().lower()  # names are case-insensitive, as on the command line
-            if name == "task":
-                _check_type("task", value, "")
-                job_fields["task"] = value
+                if name == "optimizer":  # transformers' TrainingArguments.optim names are aliases
+                    value = canonical_optimizer(value)
+            if name in ("task", "ref_model"):
+                _check_type(name, value, None if name == "ref_model" else "")
+                if value is not None:
+                    job_fields[name] = value
                 continue
             for cls_ in groups:
                 f = _FIELDS[cls_].get(name)
@@ -411,7 +477,7 @@ class Job:
                     if name == "targets":
                         value = _targets(value)
                     else:
-                        _check_type(key, value, f.default)
+                        _check_type(key, value, False if f.type == "bool | None" and value is not None else f.default)
                     groups[cls_][name] = value
                     break
             else:
@@ -424,7 +490,10 @@ class Job:
                 raise TuneplanError(f"fused_ce contradicts cross_entropy={asked!r}")
             if fused:
                 groups[Training]["cross_entropy"] = fused_name
-        return cls(Method(**groups[Method]), Training(**groups[Training]), Parallel(**groups[Parallel]),
+        par = groups[Parallel]
+        if "num_gpus" not in par:  # model-parallel degrees alone: the smallest world that holds them
+            par["num_gpus"] = par.get("tensor", 1) * par.get("pipeline", 1) * par.get("context", 1)
+        return cls(Method(**groups[Method]), Training(**groups[Training]), Parallel(**par),
                    **job_fields)
 
     @classmethod
@@ -469,10 +538,24 @@ class Job:
             for f in fields(part):
                 out["method" if f.name == "kind" else f.name] = getattr(part, f.name)
         out["task"] = self.task
+        out["ref_model"] = self.ref_model
         return out
 
 
 _FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel)}
+
+
+def _check_task(job: Job, t: Task) -> None:
+    """One-line refusal of a task the chosen stack or settings cannot run as modelled."""
+    reference_for(t, job.ref_model, job.method.is_adapter)
+    if t.trainers and job.training.framework not in t.trainers:
+        raise TuneplanError(f"task {t.name} is modelled as TRL's trainer runs it; --framework "
+                            f"{job.training.framework} is not one of: {', '.join(t.trainers)}")
+    loss = job.training.loss
+    if (not t.is_sft and t.head == "lm" and job.training.cross_entropy and not loss.fused
+            and (loss.chunks or loss.chunk_tokens)):
+        raise TuneplanError(f"task {t.name}: TRL computes the log-probabilities itself; --cross-entropy "
+                            f"{loss.name} does not apply (plain, or fused for use_liger_kernel)")
 
 
 def _check_stack(job: Job) -> None:
@@ -506,11 +589,32 @@ def _check_stack(job: Job) -> None:
                                  ("cross-entropy", t.loss.name, prof.cross_entropies)):
         if allowed and value not in allowed:
             raise TuneplanError(f"{prof.label} has no {what} {value}; choose one of: {', '.join(allowed)}")
+    if t.checkpointing == "selective" and not prof.selective_checkpointing:
+        runs = ", ".join(f.name for f in FRAMEWORKS.values() if f.selective_checkpointing)
+        raise TuneplanError(f"--checkpointing selective is torchtitan's op-level selective checkpointing; "
+                            f"{prof.label} does not run it (stacks that do: {runs})")
     if m.lora_layers and not prof.layer_subset:
         raise TuneplanError(f"--lora-layers is mlx-lm's num_layers; {prof.label} adapts every layer (drop it, or "
                             "use --framework mlx)")
     if t.optimizer_in_backward and not prof.data_parallel:
         raise TuneplanError(f"{prof.label} has no optimizer in backward")
+    _check_layout(job)
+
+
+def _check_layout(job: Job) -> None:
+    """One-line refusal of a layout the stack does not run (FrameworkProfile.shardings,
+    model_parallel), with what it does run."""
+    prof, p = job.training.profile, job.parallel
+    if prof.data_parallel and p.data * p.context > 1 and p.sharding not in prof.shardings:
+        raise TuneplanError(f"{prof.label} does not run --sharding {p.sharding}; choose one of: "
+                            f"{', '.join(prof.shardings)}")
+    for dim, degree, flag in (("tp", p.tensor, "--tp"), ("pp", p.pipeline, "--pp"), ("cp", p.context, "--cp"),
+                              ("ep", p.expert, "--ep"), ("sp", 2 if p.sequence_parallel else 1, "--sequence-parallel")):
+        if degree > 1 and dim not in prof.model_parallel:
+            runs = ", ".join(f.name for f in FRAMEWORKS.values() if dim in f.model_parallel)
+            raise TuneplanError(f"{prof.label} does not run {flag}; stacks that do: {runs}")
+    if p.sequence_parallel is False and prof.sequence_parallel_default and p.tensor > 1 and "sp" not in prof.model_parallel:
+        raise TuneplanError(f"{prof.label} always runs sequence parallelism with TP")
 
 
 def _check_request_parallel(job: Job) -> None:

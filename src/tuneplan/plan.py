@@ -1,7 +1,12 @@
 """Rank setups (device x count x settings) for one model and job by run time or cost.
 
-For each device: the fewest devices that fit (tuneplan.search.min_gpus), then doublings
-of that count up to the device's max; at each count, with tuning on, the largest
+For each device: the fewest devices that fit (tuneplan.search.min_gpus; where none does, the
+job as the fit verdict's own search changes it, keeping the method: tuneplan.fit.plan_base,
+said in the setup's `change`; counts are node-sized: 1, 2, 4, 8 in a machine, then whole
+machines, and the layout is searched too: data x TP inside a machine x PP), then doublings
+of that count up to one machine (or 4 x the fewest when that already spans machines; up
+to --max-gpus when given), each with the layout that fits there with the least
+communication; at each count, with tuning on, the largest
 micro-batch that fits with 10% headroom (up to `max_batch`) with and without gradient checkpointing; the
 faster variant that fits is kept (one with 10% headroom over a tight one). The global batch is kept near the job's
 (micro-batch x grad-accum x GPUs) by adjusting gradient accumulation.
@@ -20,12 +25,20 @@ from tuneplan import calibration as cal
 from tuneplan.cost import CostEstimate, estimate_cost
 from tuneplan.disk import DiskEstimate, estimate_disk
 from tuneplan.errors import TuneplanError
-from tuneplan.fit import FITS, support_notes, verdict_of
+from tuneplan.fit import FITS, HOST_RAM_ASSUMPTION, Change, host_fits, plan_base, support_notes, verdict_of
 from tuneplan.hardware import Device
 from tuneplan.job import MAX_COUNT, MAX_SEQ_LEN, Job, show_value
 from tuneplan.memory import estimate_memory
 from tuneplan.models import ModelSpec
-from tuneplan.search import max_micro_batch, min_gpus, offloads, pool_bytes
+from tuneplan.search import (
+    at_count,
+    describe_layout,
+    gpu_counts,
+    layout_at,
+    max_micro_batch,
+    offloads,
+    pool_bytes,
+)
 from tuneplan.timing import Dataset, RunTime, StepTime, run_time, step_time
 from tuneplan.units import parse_number
 
@@ -42,6 +55,8 @@ class Setup:
         step: the optimizer step's time and throughput (always set).
         offloaded_bytes: on unified memory, what offload keeps in the same memory (counted
             in the verdict with peak_bytes).
+        change: the change the fit search made to run the job on this device when it fits
+            no GPU count as asked (tuneplan.fit.plan_base), else None.
     """
 
     device: Device
@@ -53,6 +68,7 @@ class Setup:
     cost: CostEstimate
     step: StepTime | None = None
     offloaded_bytes: int = 0
+    change: Change | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -71,11 +87,14 @@ class Setup:
             "device": self.device.id, "count": self.count, "method": self.job.method.kind,
             "micro_batch": t.micro_batch, "grad_accum": t.grad_accum, "seq_len": t.seq_len,
             "checkpointing": t.checkpointing, "sharding": p.sharding, "offload_optimizer": p.offload_optimizer,
+            "framework": t.framework, "layout": describe_layout(self.job), "tensor": p.tensor,
+            "pipeline": p.pipeline, "context": p.context, "expert": p.expert, "machines": p.machines,
             "offload_params": p.offload_params, "verdict": self.verdict, "peak_bytes": self.peak_bytes,
             "offloaded_bytes": self.offloaded_bytes, "usable_bytes": self.device.usable_bytes,
             "time": self.run.to_dict() if self.run else {"step": step.to_dict()}, "cost": self.cost.to_dict(),
             "cloud_usd_per_million_tokens": self.usd_per_million_tokens,
             "notes": list(support_notes(self.device, self.job)),
+            "change": self.change.to_dict() if self.change else None,
         }
 
 
@@ -120,10 +139,17 @@ class PlanReport:
     utilisation: float
     usd_per_kwh: float
 
+    @property
+    def why(self) -> str:
+        """One line on why the first setup won: its layout and what forced it."""
+        if not self.result.setups:
+            return ""
+        return why_line(self.result.setups[0], self.result.rank_by)
+
     def to_dict(self) -> dict:
         """JSON view (bytes, seconds, USD)."""
         r, ds = self.result, self.dataset
-        return {"model": self.model, "rank_by": r.rank_by, "dataset_tokens": ds.tokens if ds else None,
+        return {"model": self.model, "rank_by": r.rank_by, "why": self.why, "dataset_tokens": ds.tokens if ds else None,
                 "epochs": ds.epochs if ds else None,
                 "cost_basis": "run" if ds else f"{PER_TOKENS:,} tokens", "setups": [s.to_dict() for s in r.setups],
                 "unfit": [{"device": d, "why": w} for d, w in r.unfit], "disk": self.disk.to_dict(),
@@ -225,21 +251,25 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
     setups: list[Setup] = []
     unfit: list[tuple[str, str]] = []
     for d in devices:
-        limit = min(d.max_count, max_gpus) if max_gpus else d.max_count
-        found = min_gpus(spec, job, d, max_count=limit)
+        counts_all = gpu_counts(d, max_gpus)
+        limit = counts_all[-1] if counts_all else 0
+        found = plan_base(spec, job, d, max_count=limit) if limit else None
         if found is None:
-            unfit.append((d.id, f"does not fit on {limit} x {d.id}"))
+            unfit.append((d.id, f"does not fit on {limit} x {d.id}, with any change that keeps "
+                                f"{job.method.kind} either (host RAM for offload included)"))
             continue
         if not d.bf16_tflops:
             unfit.append((d.id, f"fits on {found[0]} but no published FLOPS figure to time it"))
             continue
-        n0, j0 = found
-        counts, n = [], n0
-        while n <= limit:
-            counts.append(n)
-            n *= 2
+        n0, j0, change = found
+        # the fewest GPUs that fit, then doublings of it (node-sized: whole machines beyond one)
+        # up to one machine, or 4 x the fewest when that already spans machines (--max-gpus: up to it)
+        top = limit if max_gpus else max(d.max_count, 4 * n0)
+        counts = [c for c in counts_all if n0 <= c <= top and c % n0 == 0 and (c // n0) & (c // n0 - 1) == 0]
         for n in counts:
-            base = replace(j0, parallel=replace(j0.parallel, num_gpus=n))
+            # at each count the layout with the least communication that fits there (a
+            # replica count that doubles may need another sharding than the fewest GPUs did)
+            base = (layout_at(spec, j0, d, n) if n != n0 and change is None else None) or at_count(j0, n, d)
             best: Setup | None = None
             for j in _variants(spec, base, d, tune, max_batch):
                 if d.unified and offloads(j):
@@ -247,7 +277,7 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
                     pk, off = est.peak_bytes, est.cpu_bytes
                 else:
                     pk, off = pool_bytes(spec, j), 0
-                if pk + off > d.usable_bytes:
+                if pk + off > d.usable_bytes or (offloads(j) and not host_fits(spec, j, d)):
                     continue
                 if dataset is not None:
                     rt = run_time(spec, j, d, dataset, efficiency=efficiency)
@@ -256,7 +286,7 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
                     rt, st = None, step_time(spec, j, d, efficiency=efficiency)
                     seconds = PER_TOKENS / st.tokens_per_s
                 s = Setup(d, n, j, verdict_of(pk + off, d.usable_bytes), pk, rt,
-                          estimate_cost(d, n, seconds, utilisation, usd_per_kwh), st, off)
+                          estimate_cost(d, n, seconds, utilisation, usd_per_kwh), st, off, change)
                 if best is None or _faster(s, best):
                     best = s
             if best is not None:
@@ -271,6 +301,24 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
         return (tight, c is None, c if c is not None else 0.0, slow)
 
     return PlanResult(tuple(sorted(setups, key=key)), tuple(unfit), rank_by)
+
+
+def why_line(s: Setup, rank_by: str) -> str:
+    """'TP 8 x fsdp 4 over 4 machines on h100-sxm: ...' - the layout and the reason for it."""
+    p, per = s.job.parallel, s.device.max_count
+    reasons = []
+    if p.machines > 1:
+        reasons.append(f"the job does not fit one machine ({per} x {s.device.id})")
+    if p.pipeline > 1:
+        reasons.append("pipeline stages split the layers where a tensor-parallel group inside a machine is not enough")
+    elif p.tensor > 1:
+        reasons.append(f"TP {p.tensor} inside a machine splits every layer, so the states fit in fewer GPUs than "
+                       "data-parallel sharding alone")
+    if p.data > 1 and p.shard_stage:
+        reasons.append(f"{p.layout.label} over the data-parallel ranks")
+    basis = {"time": "fastest run", "cost": "cheapest run", "purchase": "cheapest to buy"}[rank_by]
+    return (f"{s.count} x {s.device.id} ({describe_layout(s.job)}, {s.job.training.profile.label}) ranks first as the "
+            f"{basis}" + (": " + "; ".join(reasons) if reasons else ""))
 
 
 def _faster(a: Setup, b: Setup) -> bool:
@@ -323,4 +371,9 @@ def plan_report(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: lis
             assumptions += (f"No dataset size given: ranked by throughput and cloud cost per {PER_TOKENS:,} "
                             "tokens; give one for epoch and run time and the cost of the run.",)
     notes = tuple(dict.fromkeys(n for s in res.setups[:top] for n in support_notes(s.device, s.job)))
+    changed = [s for s in res.setups[:top] if s.change is not None]
+    notes += tuple(dict.fromkeys(f"{s.device.id}: the job as asked fits no GPU count; planned with "
+                                 f"{s.change.description}" for s in changed))
+    if any(offloads(s.job) and not s.device.unified for s in res.setups[:top]):
+        notes += (HOST_RAM_ASSUMPTION,)
     return PlanReport(spec.name, job, dataset, res, disk, assumptions, notes, utilisation, usd_per_kwh)

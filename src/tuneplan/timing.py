@@ -26,7 +26,7 @@ from functools import lru_cache
 from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
-from tuneplan.job import Job, Method
+from tuneplan.job import Job, Method, Parallel
 from tuneplan.memory import (
     Static,
     first_trained_layer,
@@ -38,8 +38,11 @@ from tuneplan.memory import (
 )
 from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.mlx import mlx_logits_bytes
+from tuneplan.memory.ranks import rank_views
 from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.models import ModelSpec, layer_linears, param_counts
+from tuneplan.systems import System, system_for
+from tuneplan.timing_comm import MicroTimes, layout_terms, rank_shape
 from tuneplan.traffic import fused, pointwise_bytes
 
 
@@ -113,7 +116,12 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int) 
             layer_bwd = lin + 2 * attn + 2 * ad if i >= first_trained else 0.0
         bwd += layer_bwd
         keeps = i >= first_trained
-        if checkpointing != "none" and keeps:
+        if checkpointing == "selective" and keeps:
+            # torchtitan's op-level selective AC saves SDPA's output and every other matmul's
+            # (torchtitan/distributed/activation_checkpoint.py _save_list and the mm_count % 2
+            # policy): half the linears' forward is recomputed, attention is not
+            rec += (lin + ad) / 2
+        elif checkpointing != "none" and keeps:
             rec += layer_fwd
         # forward (+ recomputation) and ~2x that in backward
         per_step += dora * (3 + (1 if checkpointing != "none" and keeps else 0))
@@ -171,11 +179,18 @@ class StepTime:
     """Time of one optimizer step on `count` devices (seconds) and what bounds it.
 
     Args:
-        micro_s: one micro-batch (forward + backward) on one device.
-        step_s: one optimizer step: grad_accum micro-batches, gradient reduction, update.
+        micro_s: one micro-batch (forward + backward) on one rank: its 1/(tp x pp x cp)
+            share of a replica's work.
+        step_s: one optimizer step: grad_accum micro-batches on every data rank, the layout's
+            exposed communication and pipeline bubble, the update.
         terms: (name, seconds) of every term, per micro-batch or per step as named.
-        tokens_per_step: tokens of one optimizer step over all devices.
+        tokens_per_step: tokens of one optimizer step over all devices (micro-batch x sequence
+            x accumulation x data-parallel ranks).
         mfu: model FLOPs (no recomputation) per second / peak, as the plan predicts it.
+        breakdown: (name, seconds per optimizer step) whose sum is step_s: "compute" (the
+            micro-batches), each kind of exposed communication, "pipeline bubble", "optimizer".
+        bound_by: the breakdown's largest entry.
+        system: the machine type the communication was timed on (tuneplan.systems).
     """
 
     device: str
@@ -190,16 +205,25 @@ class StepTime:
     model_flops_per_token: float
     mfu: float
     assumptions: tuple[str, ...]
+    breakdown: tuple[tuple[str, float], ...] = ()
+    bound_by: str = ""
+    system: str = ""
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_per_step / self.step_s
 
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens_per_s / self.count
+
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["terms"] = dict(self.terms)
+        d["breakdown"] = dict(self.breakdown)
         d["assumptions"] = list(self.assumptions)
         d["tokens_per_s"] = self.tokens_per_s
+        d["tokens_per_s_per_gpu"] = self.tokens_per_s_per_gpu
         return d
 
 
@@ -225,21 +249,39 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
               efficiency: float | None = None) -> StepTime:
     """Predict the optimizer-step time of `job` on `job.parallel.num_gpus` x `device`.
 
+    Cached per (spec, job, device, span, efficiency): the planner asks for the same setups
+    many times.
+
     Args:
         span: attention span (default: the sequence length).
         efficiency: override the framework profile's FLOP efficiency (0-1].
 
     Raises:
-        TuneplanError: the device has no published FLOPS figure.
+        TuneplanError: the device has no published FLOPS figure; the layout does not divide
+            the model (heads, layers, experts, sequence).
     """
-    m, t, p = job.method, job.training, job.parallel
     if not device.bf16_tflops:
         raise TuneplanError(f"{device.id} has no published TFLOPS figure; time cannot be predicted")
-    eff = efficiency if efficiency is not None else t.profile.flop_efficiency
+    eff = efficiency if efficiency is not None else job.training.profile.flop_efficiency
     if not 0 < eff <= 1:
         raise TuneplanError(f"efficiency must be in (0, 1], got {eff}")
+    span = min(span or job.training.seq_len, job.training.seq_len)
+    return _step_time(spec, job, device, span, eff)
+
+
+@lru_cache(maxsize=16384)
+def _rank_spec(spec: ModelSpec, job: Job) -> ModelSpec:
+    """The largest rank's shapes under the layout (tuneplan.memory.ranks.rank_views)."""
+    if not job.parallel.model_parallel:
+        return spec
+    views = rank_views(spec, job)
+    return max((v.spec for v in views), key=lambda s: param_counts(s).total)
+
+
+@lru_cache(maxsize=16384)
+def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float) -> StepTime:
+    m, t, p = job.method, job.training, job.parallel
     n = p.num_gpus
-    span = min(span or t.seq_len, t.seq_len)
     tf = token_flops(spec, m, t.checkpointing, span)
     tokens = t.micro_batch * t.seq_len
     peak = device.bf16_tflops * 1e12
@@ -249,14 +291,21 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     pb, c = t.param_bytes, t.compute_bytes
     recompute = t.checkpointing != "none"
     passes = 3 if recompute else 2  # forward, backward (input gradients), recomputation
+    # each rank runs 1/(tp x pp x cp) of a replica's micro-batch: its heads and MLP columns
+    # (TP), its stage's layers (PP), its share of the sequence (CP); expert parallelism moves
+    # tokens to their experts without changing a rank's average work
+    share = p.tensor * p.pipeline * p.context
+    rank_spec = _rank_spec(spec, job)
+    held = param_counts(rank_spec).total / pc.total if rank_spec is not spec else 1.0
 
     # executed FLOPs at the profile's efficiency, plus a fixed cost per kernel (launch and
     # host dispatch) that small micro-steps cannot hide
     # GEMMs at the device's achievable matmul rate (tuneplan.calibration.MATMUL_SHARE)
     matmul = cal.matmul_scale(device.id)
-    compute = (tf.executed * tokens + tf.per_step) / (peak * matmul * eff)
+    rate = peak * matmul * eff
+    compute = (tf.executed * tokens + tf.per_step) / share / rate
     if t.profile.eager_kernels:
-        compute += kernel_count(spec, job) * cal.SECONDS_PER_KERNEL
+        compute += kernel_count(spec, job) / p.pipeline * cal.SECONDS_PER_KERNEL
     if m.kind == "qlora" and not m.fmt.dequant_copy:
         # MLX quantized_matmul reads the packed weight and its constants in the kernel
         dequant = 0.0
@@ -266,7 +315,7 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
         rest = pc.total - quantised
         serial = cal.DEQUANT_BYTES_PER_PARAM[m.quant] - 2  # unpack + write the bf16 copy
         # one streaming kernel per use (bitsandbytes kDequantizeBlockwise; tuneplan.calibration)
-        dequant = _gb(quantised * serial * passes, device.bandwidth_gbps * cal.BANDWIDTH_EFFICIENCY)
+        dequant = _gb(quantised * serial * passes * held, device.bandwidth_gbps * cal.BANDWIDTH_EFFICIENCY)
         weight_bytes = (2 * quantised + pb * rest) * passes  # the GEMMs read the bf16 copy
     else:
         dequant = 0.0
@@ -274,59 +323,71 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
     # roofline (Williams, Waterman & Patterson, "Roofline: an insightful visual performance
     # model", CACM 52(4), 2009) for the GEMMs: the longer of their FLOPs at the achieved
     # FLOP/s and their weight reads at the achieved bandwidth
-    weights = _gb(weight_bytes, bw)
+    weights = _gb(weight_bytes * held, bw)
     # the pointwise kernels run between the GEMMs on the same stream: their time adds
-    pointwise = _gb(pointwise_traffic(spec, job) * tokens, bw)
+    pointwise = _gb(pointwise_traffic(spec, job) * tokens / share, bw)
     terms = [("compute", compute), ("weight reads", weights), ("pointwise kernels", pointwise)]
-    ckpt_layers = spec.num_layers - first_trained_layer(spec, m)
+    ckpt_layers = (spec.num_layers - first_trained_layer(spec, m)) / p.pipeline
     if t.checkpointing == "offload" or (recompute and t.profile.offloads_checkpoints):
         # layer inputs go to host RAM and come back for the backward (async, overlapped)
-        terms.append(("checkpoint offload", _gb(2 * c * spec.hidden_size * ckpt_layers * tokens,
+        terms.append(("checkpoint offload", _gb(2 * c * spec.hidden_size * ckpt_layers * tokens / p.context,
                                                 device.host_link_gbps)))
     if p.offload_params:
-        terms.append(("param offload", _gb(pb * pc.total / n * passes, device.host_link_gbps)))
-    if p.shard_stage == 3 and n > 1:
-        gathered = (pb if m.kind != "qlora" else 1) * pc.total * passes + st.gradients
-        terms.append(("ZeRO-3 gathers", _gb(gathered * (n - 1) / n, device.peer_gbps(n))))
-    overlapped = max([t_ for t_ in terms if t_[0] != "pointwise kernels"], key=lambda x: x[1])
+        terms.append(("param offload", _gb(pb * pc.total * held / p.shard_world * passes, device.host_link_gbps)))
+    overlapped = max(terms, key=lambda x: x[1] if x[0] != "pointwise kernels" else -1.0)
     micro = overlapped[1] + pointwise + dequant
     if dequant:
         terms.append(("QLoRA dequantisation", dequant))
 
+    # the layout's communication and bubble (tuneplan.timing_comm), on the default machine type
+    system = system_for(device, n)
+    domain = _domain(system, p)
+    comm_terms: dict[str, float] = {}
+    if n > 1:
+        fwd_share = tf.forward / tf.executed if tf.executed else 0.5
+        qk, vw = _attn_widths(spec)
+        attn_layer = 2 * (span + 1) / 2 * (qk + vw) * tokens / share * p.pipeline / rate
+        mt = MicroTimes(micro, fwd_share * micro, (1 - fwd_share) * micro, attn_layer)
+        comm_terms = layout_terms(spec, job, system, domain, rank_shape(spec, rank_spec, job), mt)
+
     # once per optimizer step
-    shard = n if p.shard_stage >= 1 else 1
+    shard = p.shard_world if p.shard_stage >= 1 else 1
     tr = trainable(spec, m)
     trained_w = pb * tr.base + t.adapter_bytes * tr.adapter
-    opt_bytes = optimizer_update_bytes(spec, job, st)
+    opt_bytes = optimizer_update_bytes(spec, job, st) * held
     # roofline of the update: its traffic at the streaming bandwidth, or the per-parameter
     # work its kernels measured on an H100 (tuneplan.calibration.OPTIMIZER_UPDATE_S_PER_PARAM:
     # bitsandbytes' 8-bit update is bound by requantising, 0.25 s for 8B), whichever is longer
-    update_work = (tr.base + tr.adapter) * t.optim.update_s_per_param
+    update_work = (tr.base + tr.adapter) * held * t.optim.update_s_per_param
     optimizer = max(_gb(opt_bytes, bw), update_work) / shard if not p.offload_optimizer else 0.0
     opt_offload = 0.0
     if p.offload_optimizer:
         # gradients down and updated weights up over PCIe, then the optimizer step itself on
         # the CPU: streaming weights, gradients and states through host DRAM, which the
         # processes of one machine share (torch AdamW on CPU tensors, DeepSpeed CPUAdam)
-        link = _gb((st.gradients + trained_w) / shard, device.host_link_gbps)
+        link = _gb((st.gradients + trained_w) * held / shard, device.host_link_gbps)
         per_machine = min(n, device.max_count)
         opt_offload = link + opt_bytes / shard / (cal.HOST_DRAM_GBPS / per_machine * 1e9)
-    comm = 0.0
-    if n > 1 and p.shard_stage < 3:
-        comm = _gb(2 * (n - 1) / n * st.gradients, device.peer_gbps(n))
-    backward_share = tf.backward / tf.executed if tf.executed else 0.5
-    exposed_comm = max(0.0, comm - backward_share * micro)  # all-reduce overlaps the last backward
-    step = t.grad_accum * micro + exposed_comm + optimizer + opt_offload
-    terms += [("gradient all-reduce (per step)", comm), ("optimizer update (per step)", optimizer)]
+    bubble = comm_terms.pop("pipeline bubble", 0.0)
+    exposed_comm = sum(comm_terms.values())
+    step = t.grad_accum * micro + exposed_comm + bubble + optimizer + opt_offload
+    terms += [(f"{k} (per step, exposed)", v) for k, v in comm_terms.items()]
+    if bubble:
+        terms.append(("pipeline bubble (per step)", bubble))
+    terms.append(("optimizer update (per step)", optimizer))
     if opt_offload:
         terms.append(("optimizer offload (per step)", opt_offload))
     per_step = {"compute": t.grad_accum * compute}
     per_step[overlapped[0]] = max(per_step.get(overlapped[0], 0.0), t.grad_accum * overlapped[1])
     candidates = {**per_step, "pointwise kernels": t.grad_accum * pointwise,
                   "QLoRA dequantisation": t.grad_accum * dequant, "communication": exposed_comm,
-                  "optimizer": optimizer + opt_offload}
+                  "pipeline bubble": bubble, "optimizer": optimizer + opt_offload}
     bound = max(candidates, key=lambda k: candidates[k])
-    tokens_step = tokens * t.grad_accum * n
+    breakdown = {"compute": t.grad_accum * micro, **comm_terms, "pipeline bubble": bubble,
+                 "optimizer": optimizer + opt_offload}
+    breakdown = {k: v for k, v in breakdown.items() if v or k in ("compute", "optimizer")}
+    bound_by = max(breakdown, key=lambda k: breakdown[k])
+    tokens_step = tokens * t.grad_accum * p.data
     mfu = tf.model * tokens_step / step / (peak * n)
     assumptions = (
         f"{device.bf16_tflops:g} TFLOPS {device.tflops_basis} at {eff:.0%} efficiency "
@@ -340,11 +401,33 @@ def step_time(spec: ModelSpec, job: Job, device: Device, span: int | None = None
            "(benchmarks/results/optimizer_update.md), assumed no shorter on other GPUs."
            if t.optim.update_s_per_param else "no per-parameter figure (not measured)."),
     )
+    if n > 1:
+        assumptions += (_layout_assumption(system, p, domain),)
     if p.offload_optimizer:
         assumptions += (f"Optimizer offload: PCIe transfers and the CPU optimizer step (host DRAM at "
                         f"{cal.HOST_DRAM_GBPS:g} GB/s per machine, shared by its GPUs' processes) counted.",)
     return StepTime(device.id, n, eff, micro, step, bound, tuple(terms), tokens_step, tf.executed,
-                    tf.model, mfu, assumptions)
+                    tf.model, mfu, assumptions, tuple(breakdown.items()), bound_by, system.id if n > 1 else "")
+
+
+def _domain(system: System, p: Parallel) -> int:
+    """GPUs that share the fast link for this job: an NVL72 rack's NVLink domain, else a machine
+    (num_gpus / nodes when the job says how many machines)."""
+    if system.nvlink_domain > system.gpus_per_machine:
+        return system.nvlink_domain
+    if p.nodes:
+        return max(1, p.num_gpus // p.nodes)
+    return system.gpus_per_machine
+
+
+def _layout_assumption(system: System, p: Parallel, domain: int) -> str:
+    machines = max(1, -(-p.num_gpus // domain))
+    where = f"{machines} machines" if machines > 1 else "one machine"
+    return (f"Communication on {system.name} ({where}): {system.intra.kind} at {system.intra_gbps:.0f} GB/s per GPU "
+            f"inside, {system.inter.nics} x {system.inter.gbit:g} Gb/s {system.inter.kind} per machine "
+            f"({system.inter_gbps:.1f} GB/s per GPU) across; NCCL ring collectives (tuneplan.collectives); each rank "
+            f"computes 1/{p.tensor * p.pipeline * p.context} of a replica (TP x PP x CP); overlap per layout in "
+            "tuneplan.timing_comm (TP and expert all-to-all on the critical path).")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class FrameworkProfile:
             MultiHeadAttention.forward: `k.unsqueeze(2).expand(expand_shape).flatten(1, 2)`;
             transformers passes GQA k/v to SDPA unrepeated).
         calibration_framework: the stack's name in the `framework` column of measured runs
-            (../shared/calibration, benchmarks/measured_runs.py FRAMEWORK_PROFILE); empty:
+            (../shared/calibration, benchmarks/measured_runs.py row_profile); empty:
             the setting's own name. `tuneplan probe` records use it.
         runtimes: (device vendor, runtime) pairs: the backend the stack runs on for each
             vendor (tuneplan.choices.runtimes); the first pair is the default when no
@@ -100,6 +100,52 @@ class FrameworkProfile:
         fused_pointwise: the stack runs norms, rotary, activation and adapter scaling as fused
             kernels (Unsloth's Triton kernels, mlx-lm's mx.compile'd step) even without
             torch.compile: the time model counts their fused memory traffic (tuneplan.traffic).
+        shardings: the --sharding layouts the stack runs on several GPUs
+            (tuneplan.choices.layouts): HF Trainer stacks launch DDP, DeepSpeed ZeRO and torch
+            FSDP through accelerate (accelerate/utils/dataclasses.py DeepSpeedPlugin,
+            FullyShardedDataParallelPlugin with HYBRID_SHARD); torchtune's distributed recipes
+            shard with FSDP2 (`training.shard_model`, data_parallel_replicate_dim for HSDP).
+        model_parallel: the model-parallel dimensions it runs: "tp" (tensor), "sp" (sequence
+            parallel with TP), "pp" (pipeline), "cp" (context), "ep" (expert).
+        sequence_parallel_default: with TP, norms and dropout run sequence-parallel unless told
+            otherwise (torchtitan parallelize_llama: SequenceParallel on the norms;
+            Megatron-Bridge recipes set sequence_parallel=True with TP).
+        fsdp_version: the torch FSDP the stack runs: 1 (FlatParameter units: accelerate's
+            default fsdp_version 1, Lightning's FSDPStrategy) or 2 (fully_shard, per-parameter
+            DTensor shards: torchtune, torchtitan).
+        accumulates_unsharded: with gradient accumulation the stack skips the gradient sync on
+            the accumulating micro-batches (accelerate Accelerator.accumulate -> no_sync unless
+            GradientAccumulationPlugin(sync_each_batch=True); litgpt
+            `fabric.no_backward_sync(model, enabled=is_accumulating)`), so under FSDP the
+            unsharded gradients of every unit holding a trainable weight stay resident until the
+            sync (torch FullyShardedDataParallel.no_sync docs: "FSDP will accumulate the full
+            model gradients (instead of gradient shards)"); with use_orig_params=True a unit's
+            flat gradient is the size of its whole FlatParameter, frozen weights included.
+        fp32_main_grads: gradients accumulate in an fp32 buffer next to the 16-bit weights, with
+            fp32 master weights and fp32 Adam states (Megatron-Core DistributedDataParallel
+            grad_reduce_in_fp32 / main_grad, optimizer/distrib_optimizer.py; Megatron-LM's
+            theoretical_memory_usage.py: 18 bytes per parameter, 6 + 12/DP with the
+            distributed optimizer).
+        loss_parallel: with TP the logits stay split over the vocabulary and the loss is computed
+            on the shards (Megatron-Core vocab_parallel_cross_entropy; torchtitan loss_parallel);
+            otherwise lm_head's output is gathered to the whole vocabulary on every rank
+            (transformers' tp_plan "colwise_rep" lm_head, torchtune's Replicate() output).
+        selective_checkpointing: runs --checkpointing selective, torchtitan's op-level selective
+            activation checkpointing (activation_checkpoint.mode "selective", option "op").
+        suggest: the fit search may suggest moving to this stack (new layouts' stacks, whose
+            exports are not written, are not suggested).
+        versioned_libraries: the libraries whose version changes (tuneplan.choices.versions
+            RELEASES) reach this stack's step: transformers' loss and bitsandbytes' MatMul4Bit
+            for the HF stacks; litgpt runs bitsandbytes but its own model and loss; torchtune
+            its own model, loss and torchao NF4; Unsloth its own 4-bit LoRA kernels.
+        lora_dropout_default: the LoRA dropout the stack's recipes use when the user states
+            none (litgpt/finetune/lora.py `lora_dropout: float = 0.05`, lit-gpt 2023 and today;
+            PEFT LoraConfig, torchtune configs since 2024-09-11 and mlx-lm: 0). A Stack record
+            may date an older default (versions.Stack.lora_dropout).
+        adamw_fused: the stack's recipes build torch.optim.AdamW with fused=True, so the step
+            has no foreach full-size temporary (torchtune configs since PR #1575, 2024-09-14:
+            `optimizer: {_component_: torch.optim.AdamW, fused: True}`); a Stack record may date
+            an older default.
     """
 
     name: str
@@ -134,6 +180,18 @@ class FrameworkProfile:
     cross_entropies: tuple[str, ...] = ()
     eager_kernels: bool = True
     fused_pointwise: bool = False
+    shardings: tuple[str, ...] = ("ddp", "zero1", "zero2", "zero3", "fsdp", "hsdp")
+    model_parallel: tuple[str, ...] = ()
+    sequence_parallel_default: bool = False
+    fsdp_version: int = 1
+    accumulates_unsharded: bool = False
+    fp32_main_grads: bool = False
+    loss_parallel: bool = False
+    selective_checkpointing: bool = False
+    suggest: bool = True
+    versioned_libraries: tuple[str, ...] = ("bitsandbytes", "transformers")
+    lora_dropout_default: float = 0.0
+    adamw_fused: bool = False
 
     def runtime_for(self, vendor: str | None) -> str:
         """The runtime this stack runs on for a device vendor (None: the default runtime)."""
@@ -148,14 +206,16 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "hf", "HF Transformers Trainer / TRL + PEFT", adapter_fp32=True, autocast_half=True,
         adapter_input_copies=True, default_cross_entropy="plain", quantises_fused_experts=False,
         offloads_checkpoints=False, trace_exact=True, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
-        fsdp_fp32_params=True, fsdp_root_unit=True, calibration_framework="hf-trainer-peft"),
+        fsdp_fp32_params=True, fsdp_root_unit=True, calibration_framework="hf-trainer-peft",
+        # transformers tp_plan="auto" + accelerate ParallelismConfig(tp_size) for models with a base_model_tp_plan
+        model_parallel=("tp",), accumulates_unsharded=True),
     FrameworkProfile(
         # Unsloth patches PEFT's LoRA forward (no per-adapter input copies) and computes the
         # loss with its fused cross-entropy kernel.
         "unsloth", "Unsloth", adapter_fp32=True, autocast_half=True, adapter_input_copies=False,
         default_cross_entropy="fused", quantises_fused_experts=True, offloads_checkpoints=True,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["unsloth"], fsdp_fp32_params=True,
-        fused_pointwise=True,
+        fused_pointwise=True, accumulates_unsharded=True, versioned_libraries=("transformers",),
         device_notes=(
             ("Apple", "Unsloth's kernels target NVIDIA GPUs; the unsloth profile is not available on Apple silicon."),
             ("AMD", "Unsloth on AMD (ROCm) is newer than on NVIDIA; its speed profile is not validated there."),
@@ -168,7 +228,8 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "trl", "TRL SFTTrainer (1.x, fused LM head) + PEFT", adapter_fp32=True, autocast_half=True,
         adapter_input_copies=True, default_cross_entropy="fused", quantises_fused_experts=False,
         offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
-        fsdp_fp32_params=True, fsdp_root_unit=True, calibration_framework="trl"),
+        fsdp_fp32_params=True, fsdp_root_unit=True, calibration_framework="trl", model_parallel=("tp",),
+        accumulates_unsharded=True),
     FrameworkProfile(
         # torchtune recipes: model in bf16 without autocast, LoRA in the model dtype,
         # CEWithChunkedOutputLoss. Its own attention repeats GQA k/v before SDPA, which the
@@ -176,17 +237,20 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
-        expands_kv_heads=True),
+        expands_kv_heads=True, shardings=("ddp", "fsdp", "hsdp"), model_parallel=("tp",), fsdp_version=2,
+        versioned_libraries=(), adamw_fused=True),
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["axolotl"], fsdp_fp32_params=True,
-        fsdp_root_unit=True),
+        # axolotl ND parallelism through accelerate ParallelismConfig: tensor_parallel_size,
+        # context_parallel_size (ring-flash-attn)
+        fsdp_root_unit=True, model_parallel=("tp", "cp"), accumulates_unsharded=True),
     FrameworkProfile(
         "llamafactory", "LLaMA-Factory", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["llamafactory"], fsdp_fp32_params=True,
-        fsdp_root_unit=True),
+        fsdp_root_unit=True, accumulates_unsharded=True),
     FrameworkProfile(
         # litgpt (Lightning Fabric) with precision "bf16-true": the whole model, LoRA
         # included, in bf16 with no autocast (litgpt/lora.py LoRALinear creates lora_A/B in
@@ -196,7 +260,33 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "litgpt", "litgpt (Lightning)", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="lm-head-chunked", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["litgpt"], fused_qkv=True,
-        attention_output_copy=True, gelu_kernel=True, quantises_lm_head=True),
+        attention_output_copy=True, gelu_kernel=True, quantises_lm_head=True, shardings=("ddp", "fsdp"),
+        accumulates_unsharded=True, versioned_libraries=("bitsandbytes",), lora_dropout_default=0.05),
+    FrameworkProfile(
+        # torchtitan (pytorch/torchtitan, torchtitan/models/llama3/infra/parallelize.py): the
+        # model under FSDP2 MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) with
+        # fp32 sharded parameters and AdamW states (fully_shard keeps the fp32 shards, states
+        # follow them), TP with SequenceParallel on the norms and loss parallel, PP schedules
+        # (1F1B, Interleaved1F1B), CP (ring attention), EP for MoE. No time rows of its own
+        # fitted: it takes torchtune's efficiency (both eager/compiled PyTorch GEMMs; stated).
+        "torchtitan", "torchtitan (FSDP2/TP/PP/CP)", adapter_fp32=False, autocast_half=False,
+        adapter_input_copies=False, default_cross_entropy="plain", quantises_fused_experts=False,
+        offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
+        fsdp_fp32_params=True, shardings=("ddp", "fsdp", "hsdp"), model_parallel=("tp", "sp", "pp", "cp", "ep"),
+        sequence_parallel_default=True, fsdp_version=2, suggest=False, calibration_framework="torchtitan",
+        loss_parallel=True, selective_checkpointing=True),
+    FrameworkProfile(
+        # Megatron-Core as NeMo 2 / Megatron-Bridge run it (fine-tuning and LoRA): bf16 weights,
+        # fp32 main gradients, fp32 master weights and Adam states (distributed optimizer =
+        # --sharding zero1), TP with sequence parallelism, PP (1F1B, interleaved with virtual
+        # stages), CP, EP carved out of data x context. Not fitted for time: torchtune's
+        # efficiency is borrowed (stated).
+        "megatron", "Megatron-Core (NeMo / Megatron-Bridge)", adapter_fp32=False, autocast_half=False,
+        adapter_input_copies=False, default_cross_entropy="plain", quantises_fused_experts=False,
+        offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
+        shardings=("ddp", "zero1", "fsdp"), model_parallel=("tp", "sp", "pp", "cp", "ep"),
+        sequence_parallel_default=True, fsdp_version=2, fp32_main_grads=True, suggest=False, loss_parallel=True,
+        calibration_framework="megatron"),
     FrameworkProfile(
         # mlx-lm 0.32.2 (`mlx_lm.lora`): LoRA/DoRA on every linear of the last num_layers
         # blocks (tuner/utils.py linear_to_lora_layers: keys = every nn.Linear/QuantizedLinear
@@ -208,7 +298,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         "mlx", "MLX (mlx-lm)", adapter_fp32=True, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="plain", quantises_fused_experts=True, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["mlx"],
-        calibration_framework="mlx",
+        calibration_framework="mlx", versioned_libraries=(),
         runtimes=(("Apple", "mlx-metal"), ("NVIDIA", "mlx-cuda"), ("CPU", "mlx-cpu")),
         quant_libraries=("mlx",), mlx_graph=True,
         device_notes=(

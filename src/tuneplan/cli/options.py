@@ -4,8 +4,11 @@ same table turns parsed arguments into a Job and a fit change's settings back in
 
 Valued job options default to None, so a command knows which ones were given (a given
 option that the method or the command would ignore is refused, not dropped); every count
-goes through tuneplan.units.parse_count (4096, 2k, 1e8, 100M, 1_000) and every other
-number through parse_number (finite only); every name is case-insensitive.
+goes through tuneplan.units.parse_count (4096, 2k, 1e8, 100M, 1_000: k = 1000), every
+token length (--seq-len) through parse_token_length (8k = 8,192: k = 1024), and every other
+number through parse_number (finite only); every name is case-insensitive. NOT_TAKEN says
+which job options a command does not take: they are left out of its --help and refused,
+with the table's reason, when given.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from tuneplan.checks import check_device_count, check_job
+from tuneplan.choices.tasks import REF_MODELS
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device, resolve_device
 from tuneplan.job import (
@@ -38,15 +42,31 @@ from tuneplan.job import (
 from tuneplan.models import ModelSpec, resolve_model
 from tuneplan.plan import make_dataset
 from tuneplan.timing import Dataset
-from tuneplan.units import parse_count, parse_number
+from tuneplan.units import parse_count, parse_number, parse_token_length
 
 
 def count(text: str) -> int:
-    """Every count on the command line: 4096, 2k, 2.5k, 1e8, 100M, 2B, 1_000, 1,000."""
+    """Every count on the command line: 4096, 2k, 2.5k, 1e8, 100M, 2B, 1_000, 1,000 (k = 1000)."""
     try:
         return parse_count(text)
     except TuneplanError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def token_length(text: str) -> int:
+    """A token length (--seq-len): 4096, 8k = 8,192, 2.5k = 2,560, 128k = 131,072 (k = 1024,
+    as context lengths are in every stack); counts and dataset sizes stay decimal (`count`)."""
+    try:
+        return parse_token_length(text)
+    except TuneplanError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# said at the end of every job command's --help
+NUMBERS_EPILOG = ("Numbers: 4096, 2.5k, 1e8, 100M, 1_000. Token lengths (--seq-len) use k = 1024, as context "
+                  "lengths are powers of two in every stack: --seq-len 8k is 8,192 tokens. Counts and dataset "
+                  "sizes use k = 1000: --dataset-tokens 100M is 100,000,000 tokens, --samples 50k is 50,000, "
+                  "--mean-tokens 1.5k is 1,500.")
 
 
 whole = count  # one parser for every count (the old name, kept for callers)
@@ -83,13 +103,35 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": (*METHODS[:3], "qlora-8bit", *METHODS[3:]), "quant": QUANT_TYPES, "targets": tuple(TARGET_PRESETS),
     "precision": PRECISION_NAMES, "optimizer": OPTIMIZER_NAMES, "checkpointing": CHECKPOINTING,
     "attention": ATTENTION_NAMES, "framework": FRAMEWORK_NAMES, "cross-entropy": CROSS_ENTROPY_NAMES,
-    "compile": COMPILE_NAMES, "kbit-prep": KBIT_PREP_NAMES, "runtime": RUNTIME_NAMES, "sharding": SHARDING, "task": TASK_NAMES,
+    "compile": COMPILE_NAMES, "kbit-prep": KBIT_PREP_NAMES, "runtime": RUNTIME_NAMES, "sharding": SHARDING, "task": TASK_NAMES, "ref-model": REF_MODELS,
     "stack": STACK_NAMES,
 }
 
 
-def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by estimate, trace, plan, matrix (what the job is)."""
+# Job options a command does not take, by dest, each with the one line that refuses it: the
+# command's --help leaves them out and a given one is refused (given_settings), so the help
+# lists exactly what the command takes. In each command's order of precedence.
+_ONE_GPU = "trace runs one GPU's step; drop {flag} (multi-GPU layouts are estimated analytically)"
+_NO_OFFLOAD = ("trace runs one process on one device and cannot offload; drop {flag} (offload is estimated "
+               "analytically)")
+NOT_TAKEN: dict[str, dict[str, str]] = {
+    "plan": {"num_gpus": "plan chooses the GPU count for each device; drop --gpus (cap it with --max-gpus)"},
+    "matrix": {"method": "matrix compares methods: use --methods (a comma list), not --method",
+               "kbit_prep": "matrix builds one job for every method and --kbit-prep prepares a QLoRA model only; "
+                            "drop {flag} (estimate --method qlora {flag} ... gives its figures)"},
+    "trace": {"offload_optimizer": _NO_OFFLOAD, "offload_params": _NO_OFFLOAD,
+              **{dest: _ONE_GPU for dest in ("num_gpus", "sharding", "tensor", "pipeline", "virtual_stages",
+                                             "context", "expert", "sequence_parallel", "nodes")}},
+}
+
+
+def add_job_arguments(p: argparse.ArgumentParser, command: str | None = None) -> None:
+    """Options shared by estimate, trace, plan, matrix (what the job is); those `command` does
+    not take (NOT_TAKEN) are parsed but left out of its --help (hide_not_taken), and refused
+    when given."""
+    if command is not None:
+        p.set_defaults(_command=command)
+        p.epilog = p.epilog or NUMBERS_EPILOG
     add_hub_argument(p)
     g = p.add_argument_group("method")
     g.add_argument("--method", dest="method", type=name, default=None,
@@ -114,16 +156,20 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="also train embeddings and lm_head")
     t = p.add_argument_group("training")
     t.add_argument("--task", dest="task", type=name, default=None,
-                   help=f"{' | '.join(TASK_NAMES)} (default sft; only sft is modelled)")
+                   help=f"{' | '.join(TASK_NAMES)} (default sft; grpo, rloo, online-dpo and ppo are not modelled yet)")
+    t.add_argument("--ref-model", dest="ref_model", type=name, default=None,
+                   help=f"reference policy of dpo/kto: {' | '.join(REF_MODELS)} (default: TRL's, separate for "
+                        "full fine-tuning, adapter disabled for LoRA/QLoRA)")
     t.add_argument("--batch", "-b", dest="micro_batch", type=count, default=None, help="micro-batch per GPU (default 1)")
-    t.add_argument("--seq-len", "-s", dest="seq_len", type=count, default=None,
-                   help="tokens per sequence, e.g. 4096 or 8k (default 2048)")
+    t.add_argument("--seq-len", "-s", dest="seq_len", type=token_length, default=None,
+                   help="tokens per sequence, e.g. 4096 or 8k (k = 1024: 8k = 8,192; default 2048)")
     t.add_argument("--grad-accum", dest="grad_accum", type=count, default=None,
                    help="gradient accumulation steps (default 1)")
     t.add_argument("--precision", dest="precision", type=name, default=None,
                    help=f"{' | '.join(PRECISION_NAMES)} (default bf16)")
-    t.add_argument("--optimizer", "--optim", dest="optimizer", type=name, default=None,
-                   help=f"{' | '.join(OPTIMIZER_NAMES)} (default adamw)")
+    t.add_argument("--optimizer", "--optim", dest="optimizer", type=optimizer_name, default=None,
+                   help=f"{' | '.join(OPTIMIZER_NAMES)} (default adamw; transformers' TrainingArguments.optim "
+                        "names too: adamw_torch_fused, adamw_torch, adamw_8bit, paged_adamw_8bit, lion_8bit, ...)")
     t.add_argument("--checkpointing", "--gc", dest="checkpointing", type=name, default=None,
                    help=f"gradient checkpointing: {' | '.join(CHECKPOINTING)} (default full)")
     t.add_argument("--attention", dest="attention", type=name, default=None,
@@ -155,8 +201,38 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="optimizer states in CPU RAM")
     d.add_argument("--offload-params", dest="offload_params", action="store_true",
                    help="parameters in CPU RAM (zero3/fsdp)")
-    d.add_argument("--tp", dest="tensor", type=count, default=None, help="tensor-parallel degree (not computed yet)")
-    d.add_argument("--pp", dest="pipeline", type=count, default=None, help="pipeline-parallel degree (not computed yet)")
+    d.add_argument("--tp", dest="tensor", type=count, default=None,
+                   help="tensor-parallel degree: heads, MLP width and vocabulary split (default 1)")
+    d.add_argument("--pp", dest="pipeline", type=count, default=None,
+                   help="pipeline-parallel degree: decoder layers in stages (default 1)")
+    d.add_argument("--vp", dest="virtual_stages", type=count, default=None,
+                   help="virtual pipeline stages per rank: interleaved 1F1B (default 1)")
+    d.add_argument("--cp", dest="context", type=count, default=None,
+                   help="context-parallel degree: the sequence split, ring attention (default 1)")
+    d.add_argument("--ep", dest="expert", type=count, default=None,
+                   help="expert-parallel degree for MoE, carved out of data x context (default 1)")
+    d.add_argument("--sequence-parallel", dest="sequence_parallel", action="store_const", const=True, default=None,
+                   help="with --tp, split norms and residual activations over the sequence too "
+                        "(default: the stack's: torchtitan and megatron on)")
+    d.add_argument("--nodes", dest="nodes", type=count, default=None,
+                   help="machines the GPUs span (default: as few as the device allows)")
+
+
+def hide_not_taken(p: argparse.ArgumentParser) -> None:
+    """Leave the options the parser's command does not take (NOT_TAKEN) out of its --help;
+    called once the command's parser is complete (tuneplan.cli.main.command_parser)."""
+    not_taken = NOT_TAKEN.get(p.get_default("_command"), {})
+    for a in p._actions:
+        if a.dest in not_taken:
+            a.help = argparse.SUPPRESS
+
+
+def optimizer_name(text: str) -> str:
+    """--optimizer: a row's name, or transformers' TrainingArguments.optim name for it
+    (adamw_torch -> adamw-foreach); anything else is left for the Job to refuse."""
+    from tuneplan.choices.optimizers import canonical_optimizer
+
+    return canonical_optimizer(name(text))
 
 
 @cache
@@ -168,7 +244,11 @@ def _job_actions() -> dict[str, argparse.Action]:
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The job settings the user gave: valued options not left at None, flags that were set."""
+    """The job settings the user gave: valued options not left at None, flags that were set.
+
+    Raises:
+        TuneplanError: a given option the command does not take (NOT_TAKEN), with its reason.
+    """
     out: dict[str, Any] = {}
     for dest, a in _job_actions().items():
         value = getattr(args, dest, None)
@@ -177,6 +257,9 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
                 out[dest] = value
         elif value is not None and value != a.default:
             out[dest] = value
+    for dest, reason in NOT_TAKEN.get(getattr(args, "_command", None), {}).items():
+        if dest in out:
+            raise TuneplanError(reason.format(flag=_job_actions()[dest].option_strings[0]))
     return out
 
 
@@ -241,7 +324,10 @@ def model_from_args(args: argparse.Namespace) -> str:
         if imported is not None and imported.model and imported.model != args.model:
             import sys
 
-            sys.stderr.write(f"tuneplan: note: MODEL {args.model} overrides {imported.model} from {imported.path}\n")
+            from tuneplan.cli.main import printable
+
+            sys.stderr.write(printable(f"tuneplan: note: MODEL {args.model} overrides {imported.model} from "
+                                       f"{imported.path}") + "\n")
         return args.model
     if imported is None:
         raise TuneplanError("give a MODEL (catalog id, alias or path to config.json) or --from CONFIG")
@@ -253,8 +339,10 @@ def model_from_args(args: argparse.Namespace) -> str:
 def _report_import(imported: Any, notes: list[str]) -> None:
     import sys
 
+    from tuneplan.cli.main import printable
+
     def line(text: str) -> None:
-        sys.stderr.write(f"tuneplan: {text}\n")
+        sys.stderr.write(printable(f"tuneplan: {text}") + "\n")
 
     line(f"read {imported.format} config {imported.path}: {', '.join(imported.read) or 'no field'}")
     if imported.ignored:

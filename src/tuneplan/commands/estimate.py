@@ -11,11 +11,14 @@ from rich.table import Table
 
 from tuneplan.cli.options import add_from_arguments, add_job_arguments, checked_request
 from tuneplan.cli.output import describe_change, make_console, print_json
+from tuneplan.errors import TuneplanError
 from tuneplan.fit import FitVerdict, fit_verdict, support_notes
 from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import MemoryEstimate, estimate_memory
 from tuneplan.models import ModelSpec
+from tuneplan.search import describe_layout
+from tuneplan.timing import StepTime, step_time
 from tuneplan.units import GiB, fmt_gib, fmt_params
 
 DESCRIPTION = "Estimate per-GPU memory of a fine-tuning step, by component."
@@ -24,7 +27,7 @@ DESCRIPTION = "Estimate per-GPU memory of a fine-tuning step, by component."
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="catalog id or alias (see `tuneplan models`), or a path to config.json "
                                              "(or use --from)")
-    add_job_arguments(p)
+    add_job_arguments(p, command="estimate")
     add_from_arguments(p)
     p.add_argument("--gpu", metavar="DEVICE", help="also give the fit verdict on this device (`tuneplan devices`)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of a table")
@@ -40,17 +43,31 @@ def estimate_data(spec: ModelSpec, job: Job, device: Device | None) -> tuple[Mem
     return est, (fit_verdict(spec, job, device, limits=True) if device else None)
 
 
-def estimate_json(spec: ModelSpec, est: MemoryEstimate, verdict: FitVerdict | None) -> dict[str, Any]:
-    """The document `estimate --json` prints (bytes), shared with `tuneplan serve`'s /api/estimate."""
+def estimate_time(spec: ModelSpec, job: Job, device: Device | None) -> StepTime | None:
+    """One optimizer step's time on `device` (tuneplan.timing.step_time: compute, exposed
+    communication by kind, pipeline bubble, optimizer), or None without a device or a FLOPS
+    figure for it."""
+    if device is None:
+        return None
+    try:
+        return step_time(spec, job.on_vendor(device.vendor), device)
+    except TuneplanError:
+        return None
+
+
+def estimate_json(spec: ModelSpec, est: MemoryEstimate, verdict: FitVerdict | None,
+                  time: StepTime | None = None) -> dict[str, Any]:
+    """The document `estimate --json` prints (bytes, seconds), shared with `tuneplan serve`'s /api/estimate."""
     return (est.to_dict() | ({"model_note": spec.note} if spec.note else {})
-            | ({"fit": verdict.to_dict()} if verdict else {}))
+            | ({"fit": verdict.to_dict()} if verdict else {}) | ({"time": time.to_dict()} if time else {}))
 
 
 def run(args: argparse.Namespace) -> int:
     spec, job, device = checked_request(args)
     est, verdict = estimate_data(spec, job, device)
+    time = estimate_time(spec, job, device)
     if args.json:
-        print_json(estimate_json(spec, est, verdict))
+        print_json(estimate_json(spec, est, verdict, time))
         return 0
     if spec.note:
         sys.stderr.write(f"tuneplan: note: {spec.note}\n")
@@ -61,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[{colour}]Fit: {verdict.summary(describe_change)}[/{colour}]")
         for note in support_notes(device, job):
             console.print(f"  note: {note}")
+    if time is not None:
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in time.breakdown if v > 0)
+        console.print(f"Time (one optimizer step of {time.tokens_per_step:,} tokens on {job.parallel.num_gpus} x "
+                      f"{device.id}, {time.system}): {time.step_s:.3g} s, {time.tokens_per_s_per_gpu:,.0f} tokens/s "
+                      f"per GPU; bound by {time.bound_by}; seconds: {parts}", markup=False)
     return 0
 
 
@@ -70,8 +92,9 @@ def render_estimate(est: MemoryEstimate, console: Console, unified: bool = False
     m, t, p = job.method, job.training, job.parallel
     title = (f"{est.model.name}: {m.kind}" + (f" r={m.rank}" if m.is_adapter else "")
              + f", batch {t.micro_batch} x {t.seq_len} tokens"
-             + (f", {p.num_gpus} GPUs {p.sharding}" if p.num_gpus > 1 else ""))
-    table = Table(title=title, caption="memory per GPU, GiB = 2^30 bytes")
+             + (f", {p.num_gpus} GPUs {describe_layout(job)}" if p.num_gpus > 1 else ""))
+    rank = "" if est.rank == "every rank" else f" on the {est.rank}, the rank that peaks"
+    table = Table(title=title, caption=f"memory per GPU{rank}, GiB = 2^30 bytes")
     table.add_column("component")
     table.add_column("GiB", justify="right")
     table.add_column("share", justify="right")
@@ -79,12 +102,16 @@ def render_estimate(est: MemoryEstimate, console: Console, unified: bool = False
     for c in est.components:
         table.add_row(c.label, fmt_gib(c.bytes), f"{c.bytes / est.peak_bytes:.0%}", c.note)
     table.add_section()
-    table.add_row("Peak allocated", fmt_gib(est.peak_allocated_bytes), "",
-                  "torch.cuda.max_memory_allocated(): live tensors")
-    table.add_row("Peak reserved", fmt_gib(est.peak_reserved_bytes), "",
-                  "torch.cuda.max_memory_reserved(): + caching-allocator overhead")
+    rt = job.training.rt  # the counters by the runtime's own names (MLX, Metal, CUDA, ROCm)
+    counter = dict(rt.counters)
+    for key, label, value, adds in (("allocated", "Peak allocated", est.peak_allocated_bytes, "live tensors"),
+                                    ("reserved", "Peak reserved", est.peak_reserved_bytes,
+                                     "+ caching-allocator overhead")):
+        if key in counter:
+            table.add_row(label, fmt_gib(value), "", f"{counter[key]}: {adds}")
+    context = f": + {rt.context_label}" if rt.context_bytes else ""
     table.add_row(f"[bold]Device total ({est.peak_phase})[/bold]", f"[bold]{fmt_gib(est.device_bytes)}[/bold]", "100%",
-                  f"nvidia-smi: + CUDA context; {fmt_params(est.trainable_params)} of "
+                  f"{counter['device']}{context}; {fmt_params(est.trainable_params)} of "
                   f"{fmt_params(est.total_params)} params trainable")
     console.print(table)
     phases = ", ".join(f"{k} {v / GiB:.2f}" for k, v in est.phase_bytes)

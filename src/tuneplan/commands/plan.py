@@ -27,6 +27,7 @@ from tuneplan.errors import TuneplanError
 from tuneplan.hardware import resolve_devices
 from tuneplan.models import ModelSpec, resolve_model
 from tuneplan.plan import PER_TOKENS, PlanReport, plan_report
+from tuneplan.search import describe_layout
 from tuneplan.timing import fmt_duration
 from tuneplan.units import GiB
 
@@ -36,7 +37,7 @@ DESCRIPTION = ("Which devices, how many, how long and at what cost: ranked setup
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="catalog id or alias, or a path to config.json (or use --from)")
-    add_job_arguments(p)
+    add_job_arguments(p, command="plan")
     add_from_arguments(p)
     add_dataset_arguments(p)
     p.add_argument("--devices", default="all", help="comma list of devices, a category, or all (default)")
@@ -138,7 +139,7 @@ def render_plan(report: PlanReport, top: int) -> None:
     rows = []
     for i, s in enumerate(res.setups[:top], 1):
         t, p = s.job.training, s.job.parallel
-        setup = f"{s.count} x {s.device.id}" + (f" {p.sharding}" if s.count > 1 else "")
+        setup = f"{s.count} x {s.device.id}" + (f" {describe_layout(s.job)}" if s.count > 1 else "")
         if p.offload_optimizer or p.offload_params:
             setup += " +offload"
         be = s.cost.breakeven_weeks
@@ -166,7 +167,9 @@ def render_plan(report: PlanReport, top: int) -> None:
     for row in rows:
         table.add_row(*(row[i] for i in keep))
     console.print(table)
-    if not res.setups:
+    if res.setups:
+        console.print(f"Why #1: {report.why}.", markup=False)
+    else:
         console.print("[red]No device in the list can run this job.[/red]")
     if res.unfit:
         console.print(f"Cannot run it ({len(res.unfit)}): " + "; ".join(f"{d} ({w})" for d, w in res.unfit[:12])

@@ -433,3 +433,33 @@ def stack_activations(spec: ModelSpec, method: Method, training: Training) -> tu
 
 __all__ = ["LayerActs", "attention_kernel", "first_trained_layer", "layer_activations", "logits_bytes",
            "python_gelu", "stack_activations"]
+
+
+def selective_saved(spec: ModelSpec, t: Training, layers: int) -> int:
+    """Bytes per token kept between forward and backward by torchtitan's op-level selective
+    activation checkpointing over `layers` decoder layers (the last ones).
+
+    torchtitan/models/llama3/infra/parallelize.py `_apply_ac_to_transformer_block` (mode
+    "selective", option "op"): each layer is checkpointed, and the outputs of the ops in
+    `_save_list` (aten.mm, the flash / efficient SDPA kernels, max, reduce-scatter) are cached
+    for the recomputation, "except every second mm" (the policy counts mm calls per layer and
+    recomputes the even ones). Kept per token: the layer's input, the odd-numbered matmul
+    outputs in execution order (q, v, o... of layer_linears), and SDPA's output and its fp32
+    logsumexp. Routed experts run grouped GEMMs, not aten.mm, so they are recomputed.
+    """
+    c = t.compute_bytes
+    per_layer = []
+    for layer, n in layer_groups(spec):
+        kept = t.residual_bytes * spec.hidden_size
+        mm = 0
+        for lin in layer_linears(spec, layer):
+            if lin.group == "expert":
+                continue
+            mm += 1
+            if mm % 2 == 1:
+                kept += c * lin.d_out
+        v_dim = spec.num_heads * (spec.v_head_dim if spec.is_mla else spec.head_dim)
+        kept += c * v_dim + 4 * spec.num_heads
+        per_layer.append((kept, n))
+    total_layers = sum(n for _, n in per_layer)
+    return sum(kept * n for kept, n in per_layer) * layers // max(1, total_layers)

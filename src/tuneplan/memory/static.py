@@ -4,7 +4,7 @@ adapters, gradients, optimizer states, master weights), before sharding."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from tuneplan import calibration as cal
@@ -77,14 +77,34 @@ def fsdp_fp32_params(job: Job) -> bool:
     16-bit model's flat parameters (FrameworkProfile.fsdp_fp32_params) with bf16/fp16
     mixed precision (the precision whose autocast the profile decides)."""
     t, p = job.training, job.parallel
-    return (t.profile.fsdp_fp32_params and p.sharding == "fsdp" and p.num_gpus > 1
+    return (t.profile.fsdp_fp32_params and p.layout.engine == "fsdp" and p.num_gpus > 1
             and t.dtypes.autocast == "profile" and t.param_bytes == 2)
 
 
+def engine_fp32_master(job: Job) -> bool:
+    """Whether the engine keeps fp32 master weights and fp32 optimizer states next to a 16-bit
+    model although --precision says pure 16-bit: DeepSpeed ZeRO's optimizer (Sharding.
+    fp32_master_states) and Megatron-Core's (FrameworkProfile.fp32_main_grads)."""
+    t, p = job.training, job.parallel
+    return (t.param_bytes == 2 and not t.dtypes.fp32_master and not fsdp_fp32_params(job)
+            and (p.layout.fp32_master_states or t.profile.fp32_main_grads))
+
+
 def static_memory(spec: ModelSpec, job: Job) -> Static:
-    """Weights, constants, adapters, gradients, optimizer states and master weights (bytes)."""
+    """Weights, constants, adapters, gradients, optimizer states and master weights (bytes).
+
+    Under an engine that keeps fp32 masters (engine_fp32_master) the bytes are those of
+    --precision mixed: 16-bit weights and gradients, fp32 master copy, fp32 states (DeepSpeed
+    ZeRO: 2 + 2 + 4 + 8 = 16 bytes per trained parameter before sharding); Megatron-Core's
+    gradients are its fp32 main_grad buffer (4 bytes: 18 per parameter, Megatron-LM
+    theoretical_memory_usage.py)."""
     t = job.training
-    return _static(spec, job.method, t.precision, t.optimizer, t.framework, fsdp_fp32_params(job), t.kbit_prep)
+    prec = "mixed" if engine_fp32_master(job) else t.precision
+    st = _static(spec, job.method, prec, t.optimizer, t.framework, fsdp_fp32_params(job), t.kbit_prep)
+    if t.profile.fp32_main_grads and t.param_bytes == 2:
+        tr = trainable(spec, job.method)
+        st = replace(st, gradients=st.gradients + 2 * tr.base)
+    return st
 
 
 def stores_quantised(lin: Linear, quantises_fused_experts: bool) -> bool:

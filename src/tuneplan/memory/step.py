@@ -14,9 +14,19 @@ from dataclasses import dataclass, replace
 
 from tuneplan.job import Job, Training
 from tuneplan.memory import components as K
-from tuneplan.memory.activations import attention_kernel, logits_bytes, stack_activations
+from tuneplan.memory.activations import attention_kernel, logits_bytes, selective_saved, stack_activations
 from tuneplan.memory.mlx import mlx_activations, mlx_logits_bytes
-from tuneplan.memory.static import Static, fsdp_fp32_params, static_memory
+from tuneplan.memory.ranks import RankView, rank_views
+from tuneplan.memory.static import Static, engine_fp32_master, fsdp_fp32_params, static_memory
+from tuneplan.memory.tasks import (
+    TASK_LABELS,
+    forward_view,
+    largest_block,
+    task_assumptions,
+    task_notes,
+    task_terms,
+    task_view,
+)
 from tuneplan.memory.trained import check_method, first_trained_layer, targets_text, trainable
 from tuneplan.models import ModelSpec, param_counts
 
@@ -57,6 +67,7 @@ class MemoryEstimate:
     total_params: int
     cpu_bytes: int
     assumptions: tuple[str, ...]
+    rank: str = "every rank"
 
     def component(self, key: str) -> int:
         """Bytes of one component by key (0 if absent)."""
@@ -114,6 +125,7 @@ class MemoryEstimate:
             "total_params": self.total_params,
             "cpu_bytes": self.cpu_bytes,
             "assumptions": list(self.assumptions),
+            "rank": self.rank,
         }
 
 
@@ -147,11 +159,11 @@ class _PerGpu:
     cpu: int
 
 
-def _per_gpu(st: Static, job: Job) -> _PerGpu:
-    """Shard the static bytes (ZeRO stage 1: optimizer + master, 2: + grads, 3: + params)
-    and move offloaded ones to CPU RAM."""
+def _per_gpu(st: Static, job: Job, world: int, h: int) -> _PerGpu:
+    """Shard the static bytes over `world` ranks (ZeRO stage 1: optimizer + master, 2: +
+    grads, 3: + params), add the engine's buffers and move offloaded ones to CPU RAM."""
     m, t, p = job.method, job.training, job.parallel
-    world, stage = p.num_gpus, p.shard_stage
+    stage = p.shard_stage
     cpu = 0
     weights = _sharded(st.weights, 3, stage, world)
     quant = _sharded(st.quant_constants, 3, stage, world)
@@ -184,14 +196,31 @@ def _per_gpu(st: Static, job: Job) -> _PerGpu:
         cpu += grads
         grads = 0
     ddp_buckets = st.gradients if (world > 1 and stage == 0) else 0
+    if world > 1 and p.layout.reduce_buckets:
+        # DeepSpeed's reduce / prefetch buckets (Sharding.reduce_buckets, HF "auto" sizes)
+        ddp_buckets += int(p.layout.reduce_buckets * h * h) * t.compute_bytes
     opt_temp = 0 if p.offload_optimizer else _sharded(st.optimizer_temp, 1, stage, world)
+    if engine_fp32_master(job) and not p.offload_optimizer and not t.profile.fp32_main_grads:
+        # the fp32 gradient partition made for the step (DeepSpeed: single_grad_partition
+        # .to(fp32) in stage_1_and_2.py; stage3.py fp32_partitioned_groups_flat[i].grad);
+        # its fused Adam has no full-size temporary
+        opt_temp = _sharded(st.master, 1, stage, world)
+        if stage == 3:  # stage3.py steps one sub-group at a time (sub_group_size, 1e9 elements)
+            opt_temp = min(opt_temp, 4 * DS_SUB_GROUP_SIZE)
+    elif t.profile.fp32_main_grads:
+        opt_temp = 0  # Megatron's fused Adam steps on its fp32 main_grad buffer in place
     return _PerGpu(weights, quant, adapters, gather, optimizer, master, grads, ddp_buckets, opt_temp, cpu)
 
 
-def _autocast_copies(spec: ModelSpec, job: Job) -> int:
+# DeepSpeed ZeRO-3 sub_group_size (elements): its default and HF's "auto" template value
+# (deepspeed/runtime/zero/config.py ZeroConfig.sub_group_size = 1e9)
+DS_SUB_GROUP_SIZE = 1_000_000_000
+
+
+def _autocast_copies(spec: ModelSpec, job: Job, world: int) -> int:
     """Compute-dtype weight copies that autocast keeps alive until backward (bytes)."""
     m, t, p = job.method, job.training, job.parallel
-    world, stage = p.num_gpus, p.shard_stage
+    stage = p.shard_stage
     copies = 0
     if t.dtypes.fp32_residual:  # autocast caches bf16 casts of fp32 weights for the backward
         copies = 2 * param_counts(spec).linear_in_layers // (world if stage == 3 else 1)
@@ -208,7 +237,7 @@ def _autocast_copies(spec: ModelSpec, job: Job) -> int:
     return copies
 
 
-def _fsdp_root_bytes(spec: ModelSpec, job: Job) -> int:
+def _fsdp_root_bytes(spec: ModelSpec, job: Job, world: int) -> int:
     """Bytes of the FSDP root unit's gathered parameters, alive through forward and backward.
 
     Only for stacks whose FSDP wrap leaves the embeddings, final norm and lm_head in the root
@@ -217,41 +246,77 @@ def _fsdp_root_bytes(spec: ModelSpec, job: Job) -> int:
     embedding's backward. The root's own shard is already counted in the weights.
     """
     p, t = job.parallel, job.training
-    if p.sharding != "fsdp" or p.num_gpus < 2 or not t.profile.fsdp_root_unit:
+    if p.layout.engine != "fsdp" or world < 2 or not t.profile.fsdp_root_unit:
         return 0
     pc = param_counts(spec)
     return t.compute_bytes * (pc.embed + pc.lm_head + spec.hidden_size)
 
 
-def _moments(spec: ModelSpec, job: Job) -> _Moments:
-    """Per-GPU bytes of each component at each moment of a steady-state step."""
+def _unsharded_grad_params(spec: ModelSpec, m) -> int:
+    """Elements of the FSDP units that hold a trainable weight (each decoder layer is a unit,
+    the embeddings, final norm and lm_head the root): all of them for full fine-tuning, the
+    trained layers (and the root if embeddings train) otherwise."""
+    pc = param_counts(spec)
+    if m.kind == "full":
+        return pc.total
+    root = pc.embed + pc.lm_head + spec.hidden_size
+    layers = pc.total - root
+    first = first_trained_layer(spec, m)
+    trained = layers * (spec.num_layers - first) // max(1, spec.num_layers) + trainable(spec, m).adapter
+    return trained + (root if m.train_embeddings else 0)
+
+
+def _moments(spec: ModelSpec, job: Job, view: RankView) -> _Moments:
+    """Bytes of each component at each moment of a steady-state step, on the rank `view`
+    describes (tuneplan.memory.ranks: its layers, widths, tokens and micro-batches in flight)."""
+    spec, job = forward_view(spec, job)  # task hook (tuneplan.memory.tasks): rows per sample, scalar head
+    view = task_view(view, job)
     m, t, p = job.method, job.training, job.parallel
     check_method(spec, m)
     if t.profile.mlx_graph:
         return _mlx_moments(spec, job)
+    spec = view.spec
+    if view.seq_len != t.seq_len:
+        t = replace(t, seq_len=view.seq_len)
     st = static_memory(spec, job)
-    g = _per_gpu(st, job)
-    world, stage = p.num_gpus, p.shard_stage
+    world, stage = view.shard_world, p.shard_stage
+    g = _per_gpu(st, job, world, spec.hidden_size)
+    if p.pipeline > 1 and p.layout.engine == "fsdp" and world > 1:
+        # FSDP under a pipeline schedule: the stage's parameters stay gathered across its
+        # micro-batches (torchtitan parallelize: reshard_after_forward=False when PP is on)
+        # and its gradients accumulate unsharded until the last backward
+        # (torch/distributed/pipelining/stage.py backward_maybe_with_nosync:
+        # set_requires_gradient_sync(False)), in FSDP2's fp32 reduce dtype
+        # (FSDPParam.to_accumulated_grad_if_needed)
+        g = replace(g, gather=t.compute_bytes * param_counts(spec).total,
+                    grads=g.grads + 4 * trainable(spec, m).total)
     c = t.compute_bytes
     tokens = t.micro_batch * t.seq_len
     cpu = g.cpu
+    div, flight = view.act_divisor, view.in_flight
 
-    # --- activations
+    # --- activations (Korthikanti et al. 2022: split by t with sequence parallelism)
     ckpt = t.checkpointing
-    acts_full, worst_layer = stack_activations(spec, m, replace(t, micro_batch=1))
+    acts_full, worst_layer = stack_activations(view.act_spec, m, replace(t, micro_batch=1))
+    if div > 1:
+        acts_full //= div
+        worst_layer = replace(worst_layer, saved=worst_layer.saved // div, transient=worst_layer.transient // div)
     first_trained = first_trained_layer(spec, m)
     stored_layers = spec.num_layers - first_trained
     h = spec.hidden_size
     final_norm = 4 * h + (c * h if m.kind in ("full", "freeze") else 0)
     lm_head_in = c * h if (m.kind == "full" or m.train_embeddings) else 0
-    head_saved = (final_norm + lm_head_in) * tokens
-    autocast_copies = _autocast_copies(spec, job)
+    head_saved = (final_norm + lm_head_in) * tokens if view.logits_spec is not None else 0
+    autocast_copies = _autocast_copies(spec, job, world)
     if ckpt == "none":
         saved = acts_full * tokens
         recompute = 0
+    elif ckpt == "selective":  # torchtitan op-level SAC: the layer input and the cached op outputs
+        saved = selective_saved(view.act_spec, t, stored_layers) * tokens // div
+        recompute = worst_layer.saved * tokens
     else:
         # each layer's input: the residual stream, fp32 when it is (tuneplan.job.Training.fp32_residual)
-        per_ckpt = 0 if ckpt == "offload" else t.residual_bytes * h
+        per_ckpt = 0 if ckpt == "offload" else t.residual_bytes * h // div
         saved = per_ckpt * stored_layers * tokens
         recompute = worst_layer.saved * tokens
         if ckpt == "offload":
@@ -261,7 +326,9 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         transient += c * st.largest_matrix
     if m.kind == "dora":  # W + s*B@A materialised in fp32 to compute the column norm
         transient += 2 * 4 * st.largest_matrix
-    lg_fwd, _, lg_bwd = logits_bytes(spec, t)
+    # pipelines keep several micro-batches' saved tensors on the early stages
+    saved = int(saved * flight)
+    lg_fwd, _, lg_bwd = logits_bytes(view.logits_spec, t) if view.logits_spec is not None else (0, 0, 0)
 
     # --- gradients alive at each moment
     grads = g.grads
@@ -301,7 +368,15 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         grads = max(layer_grads, emb_grad)
         opt_temp = 0
 
-    root = _fsdp_root_bytes(spec, job)  # gathered from the embedding's forward to its backward
+    root = _fsdp_root_bytes(spec, job, world)  # gathered from the embedding's forward to its backward
+    if (p.layout.engine == "fsdp" and world > 1 and t.grad_accum > 1 and t.profile.accumulates_unsharded
+            and not t.optimizer_in_backward):
+        # no_sync accumulation: every FSDP unit holding a trainable weight keeps its whole
+        # unsharded gradient (FlatParameter-sized with use_orig_params, frozen weights included)
+        # in the compute dtype until the sync micro-batch (FrameworkProfile.accumulates_unsharded)
+        unsharded = c * _unsharded_grad_params(spec, m)
+        accum_grads = unsharded  # the sharded gradients only exist from the sync micro-batch on
+        layer0_grads = max(layer0_grads, unsharded)
 
     # --- phases: each candidate moment is a list of (component key, bytes)
     base = ((K.WEIGHTS, g.weights), (K.QUANT_CONSTANTS, g.quant), (K.ADAPTERS, g.adapters),
@@ -327,6 +402,10 @@ def _moments(spec: ModelSpec, job: Job) -> _Moments:
         ("backward_embed", ((K.PARAM_GATHER, root), (K.GRADIENTS, grads), (K.WORKING, embed_extra))),
         ("optimizer", ((K.GRADIENTS, 0 if t.optimizer_in_backward else grads), (K.OPTIMIZER_TEMP, opt_temp))),
     )
+    # --- task hook (tuneplan.memory.tasks): reference model, reference forward, the task's log-probs
+    terms = task_terms(spec, job, g.weights + g.quant, worst_layer.saved)
+    if terms is not None:
+        base, candidates = terms.apply(base, candidates)
     return _Moments(base, candidates, cpu, autocast_copies)
 
 
@@ -377,7 +456,10 @@ def _allocator_bytes(allocated: int, spec: ModelSpec, job: Job) -> int:
     ALLOCATOR_OVERHEAD: its segment is split by later allocations); none on MLX."""
     t = job.training
     over = int(allocated * t.rt.allocator_overhead)
-    if t.rt.allocator_overhead and t.loss.fp32_logits_block:
+    block = largest_block(spec, job)  # task hook (tuneplan.memory.tasks): None keeps the SFT loss's rule
+    if block is not None:
+        over = max(over, block) if t.rt.allocator_overhead else over
+    elif t.rt.allocator_overhead and t.loss.fp32_logits_block:
         over = max(over, t.micro_batch * t.seq_len * spec.vocab_size * 4)
     return over
 
@@ -388,18 +470,31 @@ def _with_overhead(allocated: int, spec: ModelSpec, job: Job) -> int:
     return allocated + _allocator_bytes(allocated, spec, job) + job.training.rt.context_bytes
 
 
-def peak_bytes(spec: ModelSpec, job: Job) -> int:
-    """Peak per-GPU bytes only (the planner's fast path; same figure as estimate_memory)."""
-    mo = _moments(spec, job)
+def _views(spec: ModelSpec, job: Job) -> tuple[RankView, ...]:
+    """The ranks to price: every rank alike, or the pipeline's end stages (tuneplan.memory.ranks)."""
+    if job.training.profile.mlx_graph:
+        return (RankView("every rank", spec, spec, 1, spec, job.training.seq_len, 1.0, 1),)
+    return rank_views(spec, job)
+
+
+def _rank_peak(spec: ModelSpec, job: Job, view: RankView) -> int:
+    mo = _moments(spec, job, view)
     base = sum(b for _, b in mo.base)
-    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates), spec, job)
+    return _with_overhead(base + max(sum(b for _, b in parts) for _, parts in mo.candidates),
+                          view.logits_spec or view.spec, job)
 
 
-def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
+def peak_bytes(spec: ModelSpec, job: Job) -> int:
+    """Peak per-GPU bytes only, of the rank that peaks (the planner's fast path; same figure
+    as estimate_memory)."""
+    return max(_rank_peak(spec, job, v) for v in _views(spec, job))
+
+
+def _notes(spec: ModelSpec, job: Job, autocast_copies: int, world: int) -> dict[str, str]:
     """What each component's figure assumes, one short phrase per key."""
     m, t, p = job.method, job.training, job.parallel
     tr = trainable(spec, m)
-    world, stage = p.num_gpus, p.shard_stage
+    stage = p.shard_stage
     return {
         K.WEIGHTS: ({"qlora": f"{m.quant.upper()} packed" if m.quant != "int8" else "int8"}.get(
             m.kind, "fp32" if t.param_bytes == 4 else t.precision))
@@ -410,13 +505,18 @@ def _notes(spec: ModelSpec, job: Job, autocast_copies: int) -> dict[str, str]:
         K.ADAPTERS: f"rank {m.rank}, {tr.adapter:,} params, {t.adapter_bytes * 8}-bit",
         K.PARAM_GATHER: "FSDP/ZeRO-3: current + prefetched layer"
         + (" + the root unit (embeddings, lm_head), gathered from forward to the end of backward"
-           if _fsdp_root_bytes(spec, job) else ""),
+           if _fsdp_root_bytes(spec, job, world) else ""),
         K.GRADIENTS: f"{tr.total:,} trainable params" + _shard_note(2, stage, world, False),
         K.OPTIMIZER: t.optimizer + _shard_note(1, stage, world, p.offload_optimizer),
         K.MASTER_WEIGHTS: "fp32 copy of trainable params" + _shard_note(1, stage, world, p.offload_optimizer),
-        K.DDP_BUCKETS: "DDP buckets (gradient_as_bucket_view=False)",
-        K.OPTIMIZER_TEMP: "foreach AdamW full-size temporary",
+        K.DDP_BUCKETS: ("DeepSpeed reduce/prefetch buckets (HF auto: hidden_size^2 elements)"
+                        if p.layout.reduce_buckets else "DDP buckets (gradient_as_bucket_view=False)"),
+        K.OPTIMIZER_TEMP: ("fp32 gradient partition made for the optimizer step (DeepSpeed)"
+                           if engine_fp32_master(job) and not t.profile.fp32_main_grads
+                           else "foreach AdamW full-size temporary"),
         K.ACTIVATIONS: {"none": "no checkpointing", "full": "checkpointed layer inputs + one recomputed layer",
+                        "selective": "op-level selective checkpointing (layer inputs, every other matmul output, "
+                                     "attention outputs) + one recomputed layer",
                         "offload": "layer inputs offloaded to CPU + one recomputed layer"}[t.checkpointing]
         + f", {attention_kernel(spec, t).name} attention" + (", autocast weight copies" if autocast_copies else ""),
         K.LOGITS: (f"{t.precision} logits + cross-entropy ({'mx.fast.cross_entropy' if t.rt.fast_cross_entropy else 'composed'})"
@@ -439,7 +539,9 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     Raises:
         TuneplanError: the method does not apply to this model (rank, targets, layers).
     """
-    mo = _moments(spec, job)
+    views = _views(spec, job)
+    view = views[0] if len(views) == 1 else max(views, key=lambda v: _rank_peak(spec, job, v))
+    mo = _moments(spec, job, view)
     tr = trainable(spec, job.method)
     base_total = sum(b for _, b in mo.base)
     totals = {k: base_total + sum(b for _, b in parts) for k, parts in mo.candidates}
@@ -451,11 +553,11 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     parts = dict(mo.base)
     for k, b in dict(mo.candidates)[peak_key]:
         parts[k] = parts.get(k, 0) + b
-    notes = _notes(spec, job, mo.autocast_copies)
-    comps = [Component(k, K.LABELS[k], int(b), notes[k]) for k, b in parts.items() if b > 0]
+    notes = _notes(spec, job, mo.autocast_copies, view.shard_world) | task_notes(spec, job)  # task hook
+    comps = [Component(k, (K.LABELS | TASK_LABELS)[k], int(b), notes[k]) for k, b in parts.items() if b > 0]
     allocated = sum(x.bytes for x in comps)
     rt = job.training.rt
-    peak = _with_overhead(allocated, spec, job)
+    peak = _with_overhead(allocated, view.logits_spec or view.spec, job)
     alloc_over = peak - allocated - rt.context_bytes
     if rt.allocator_overhead:
         share = int(allocated * rt.allocator_overhead)
@@ -469,6 +571,7 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
         model=spec, job=job, components=tuple(comps), peak_bytes=int(peak), peak_phase=peak_phase,
         phase_bytes=tuple((k, int(v)) for k, v in phases), trainable_params=tr.total,
         total_params=param_counts(spec).total, cpu_bytes=int(mo.cpu), assumptions=assumptions(spec, job),
+        rank=view.label,
     )
 
 
@@ -480,13 +583,44 @@ def _shard_note(stage_needed: int, stage: int, world: int, offloaded: bool) -> s
     return ""
 
 
+def _layout_sentence(spec: ModelSpec, job: Job) -> str:
+    """The layout in one sentence: degrees, sharding, which rank the figures describe."""
+    p, t = job.parallel, job.training
+    parts = [f"{p.num_gpus} GPUs" + (f" over {p.nodes} machines" if p.nodes > 1 else ""),
+             f"data {p.data} with {p.layout.label}"]
+    if p.tensor > 1:
+        sp = p.sequence_parallel if p.sequence_parallel is not None else t.profile.sequence_parallel_default
+        parts.append(f"TP {p.tensor} ({'with' if sp else 'without'} sequence parallelism: "
+                     f"{'every activation' if sp else 'attention and MLP internals'} split by {p.tensor}, "
+                     "Korthikanti et al. 2022)")
+    if p.pipeline > 1:
+        sched = f"interleaved 1F1B, {p.virtual_stages} virtual stages" if p.virtual_stages > 1 else "1F1B"
+        parts.append(f"PP {p.pipeline} ({sched}: the first stage keeps min(PP, grad-accum) micro-batches in flight)")
+    if p.context > 1:
+        parts.append(f"CP {p.context} (sequence split {p.context} ways)")
+    if p.expert > 1:
+        parts.append(f"EP {p.expert} (experts split; states of every parameter sharded over data x context / EP, "
+                     "an over-estimate for the dense part)")
+    text = "; ".join(parts) + "."
+    if engine_fp32_master(job):
+        text += (" The optimizer keeps fp32 master weights and fp32 Adam states next to the 16-bit model whatever "
+                 "--precision says (" + ("Megatron-Core's distributed optimizer and fp32 main_grad buffer"
+                                        if t.profile.fp32_main_grads else
+                                        "DeepSpeed ZeRO's fp32 partitions, stage_1_and_2.py / stage3.py") + ").")
+    if p.nodes and p.tensor > p.num_gpus // p.nodes:
+        text += f" Warning: TP {p.tensor} is larger than a machine ({p.num_gpus // p.nodes} GPUs): its all-reduces cross the network."
+    return text
+
+
 def _overhead_sentence(job: Job) -> str:
     """What sits on top of the live tensors on this runtime, in one sentence."""
     rt = job.training.rt
     if rt.context_bytes or rt.allocator_overhead:
-        return (f"CUDA context {rt.context_bytes / 2**30:.2f} GiB and {rt.allocator_overhead:.0%} allocator "
+        return (f"{rt.context_label or 'Driver context'} {rt.context_bytes / 2**30:.2f} GiB and "
+                f"{rt.allocator_overhead:.0%} allocator "
                 "overhead (at least one fp32 logits block where the loss makes one) are included.")
-    return (f"{rt.label}: no CUDA context and no caching-allocator overhead; the peak is the runtime's own "
+    return (f"{rt.label}: nothing is added on top of the live buffers (no driver context, no caching-allocator "
+            "overhead); the peak is the runtime's own "
             "counter of live buffers" + (" (MLX has no 'reserved': its buffer cache is not counted)."
                                           if job.training.profile.mlx_graph else "."))
 
@@ -539,7 +673,7 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
                    if m.targets != "all-linear" and "experts" in m.targets else
                    "Routed experts get no adapters (fused 3-D parameters; add 'experts' to --targets to adapt them).")
     if p.num_gpus > 1:
-        out.append(f"{p.num_gpus} GPUs with {p.sharding}; activations are per GPU and not sharded.")
+        out.append(_layout_sentence(spec, job))
     if t.optim.paged:
         out.append("Paged optimizer states are counted on the GPU (device total) but live in CUDA managed memory, "
                    "which torch's allocated/reserved counters do not see; under pressure they page to CPU RAM.")
@@ -548,9 +682,13 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
                    "at most one layer's gradients exist.")
     if fsdp_fp32_params(job):
         out.append(f"FSDP under {t.profile.label}: accelerate upcasts the trained flat parameters to fp32 "
-                   "(fp32 shards, gradients and optimizer states; 16-bit all-gathered copies).")
+                   "(fp32 shards, gradients and optimizer states; 16-bit all-gathered copies)."
+                   if t.profile.fsdp_version == 1 else
+                   f"FSDP2 under {t.profile.label}: fp32 parameter shards with MixedPrecisionPolicy(param_dtype="
+                   "bf16, reduce_dtype=fp32): fp32 shards, gradients and optimizer states; bf16 all-gathered copies.")
     if t.versions.bnb_4bit_saves_input and m.kind == "qlora":
         out.append(f"Library versions: {t.versions.label}; every 4-bit linear keeps its input for backward.")
     if t.loss.chunk_tokens:
         out.append(f"Loss: {t.loss.note}; the logit chunks and their log-probabilities stay alive through backward.")
+    out.extend(task_assumptions(spec, job))  # task hook (tuneplan.memory.tasks)
     return tuple(out)

@@ -255,7 +255,7 @@ class Api:
         """`estimate --json` (with gpu: `estimate --gpu DEVICE --json`)."""
         _, spec, job, device = self.request("fit" if need_gpu else "estimate", params, body, need_gpu)
         est, verdict = estimate_cmd.estimate_data(spec, job, device)
-        return estimate_cmd.estimate_json(spec, est, verdict)
+        return estimate_cmd.estimate_json(spec, est, verdict, estimate_cmd.estimate_time(spec, job, device))
 
     def plan(self, params: list[tuple[str, str]], body: bytes | None) -> dict:
         """`plan --json`."""

@@ -482,7 +482,7 @@ def test_trace_validates_before_importing_torch(tmp_path):
     gpt2 = write(tmp_path, {"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 1, "vocab_size": 8})
     deep = write(tmp_path, {**TINY, "num_hidden_layers": 2000}, "deep.json")
     code = ("import sys; from tuneplan.cli import main\n"
-            f"for argv in (['trace', 'no-such-model'], ['trace', {str(gpt2)!r}], ['trace', 'llama-3.2-1b', '--gpus', '2'],"
+            f"for argv in (['trace', 'no-such-model'], ['trace', {str(gpt2)!r}], ['trace', 'llama-3.2-1b', '--pp', '2'],"
             f" ['trace', 'llama-3.2-1b', '--optimizer', 'adamw-8bit'], ['trace', {str(deep)!r}]):\n"
             "    assert main(argv) == 2, argv\n"
             "print('torch' in sys.modules)")

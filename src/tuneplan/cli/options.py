@@ -111,7 +111,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Job options a command does not take, by dest, each with the one line that refuses it: the
 # command's --help leaves them out and a given one is refused (given_settings), so the help
 # lists exactly what the command takes. In each command's order of precedence.
-_ONE_GPU = "trace runs one GPU's step; drop {flag} (multi-GPU layouts are estimated analytically)"
+_NOT_REPLAYED = ("trace does not replay {flag} yet (pipeline, context and expert parallelism, several machines: "
+                 "estimated analytically); it replays --gpus N with --tp, --sequence-parallel and --sharding")
 _NO_OFFLOAD = ("trace runs one process on one device and cannot offload; drop {flag} (offload is estimated "
                "analytically)")
 NOT_TAKEN: dict[str, dict[str, str]] = {
@@ -120,8 +121,7 @@ NOT_TAKEN: dict[str, dict[str, str]] = {
                "kbit_prep": "matrix builds one job for every method and --kbit-prep prepares a QLoRA model only; "
                             "drop {flag} (estimate --method qlora {flag} ... gives its figures)"},
     "trace": {"offload_optimizer": _NO_OFFLOAD, "offload_params": _NO_OFFLOAD,
-              **{dest: _ONE_GPU for dest in ("num_gpus", "sharding", "tensor", "pipeline", "virtual_stages",
-                                             "context", "expert", "sequence_parallel", "nodes")}},
+              **{dest: _NOT_REPLAYED for dest in ("pipeline", "virtual_stages", "context", "expert", "nodes")}},
 }
 
 

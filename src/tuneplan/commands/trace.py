@@ -15,7 +15,12 @@ from rich.table import Table
 
 from tuneplan.checks import check_job
 from tuneplan.choices.optimizers import OPTIMIZERS
-from tuneplan.cli.options import add_from_arguments, add_job_arguments, job_from_args, model_from_args
+from tuneplan.cli.options import (
+    add_from_arguments,
+    add_job_arguments,
+    job_from_args,
+    model_from_args,
+)
 from tuneplan.cli.output import print_json
 from tuneplan.cli.system import available_ram as _available_ram
 from tuneplan.errors import TuneplanError
@@ -41,10 +46,13 @@ REAL_RAM_SHARE = 0.8  # --real may use at most this share of the memory availabl
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="catalog id or alias, or a path to config.json (or use --from)")
-    add_job_arguments(p)
+    add_job_arguments(p, command="trace")
     add_from_arguments(p)
     p.add_argument("--real", action="store_true",
                    help="run on real CPU tensors instead of fake ones (allocates the memory; small models only)")
+    p.add_argument("--fsdp-version", dest="fsdp_version", type=int, choices=(1, 2), default=None,
+                   help="with --gpus N --sharding fsdp|zero3|zero2: 2 = fully_shard (FSDP2), 1 = "
+                        "FullyShardedDataParallel (default: the framework's)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes) instead of tables")
 
 
@@ -56,8 +64,8 @@ def check_traceable(spec: ModelSpec, job: Job, est: MemoryEstimate, real: bool) 
             a model too large to build, or (--real) more memory than this machine has free.
     """
     p, t = job.parallel, job.training
-    if p.num_gpus > 1:
-        raise TuneplanError("trace runs one GPU's step; drop --gpus (sharding is estimated analytically)")
+    if p.num_gpus > 1 and real:
+        raise TuneplanError("--real runs one process; several GPUs are traced on fake tensors (drop --real)")
     if p.offload_optimizer or p.offload_params:
         raise TuneplanError("trace runs one process on one device and cannot offload; drop --offload-optimizer/"
                             "--offload-params (offload is estimated analytically)")
@@ -80,11 +88,18 @@ def check_traceable(spec: ModelSpec, job: Job, est: MemoryEstimate, real: bool) 
                                 "drop --real (fake tensors cost no memory) or use a smaller model or batch")
 
 
+def _distributed(job: Job, args: argparse.Namespace) -> bool:
+    p = job.parallel
+    return p.num_gpus > 1 or getattr(p, "tensor", 1) > 1 or getattr(args, "fsdp_version", None) is not None
+
+
 def run(args: argparse.Namespace) -> int:
     # validate the model and the settings first: torch is imported only for a job it can run
     job = job_from_args(args)
     spec, config = resolve_config(model_from_args(args), hub=args.hub)
     check_job(spec, job, args.allow_long_context)
+    if _distributed(job, args):
+        return _run_distributed(args, spec, config, job)
     est = estimate_memory(spec, job)
     check_traceable(spec, job, est, args.real)
 
@@ -149,6 +164,122 @@ def run(args: argparse.Namespace) -> int:
     for n in result.notes:
         out.print(f"  - {n}")
     return 0
+
+
+def _traced(fn, console: Console, quiet: bool):
+    """Run fn(progress) with warnings silenced and a spinner on a terminal; torch/transformers
+    failures become one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if quiet or not console.is_terminal:
+                return fn(None)
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                          console=console, transient=True) as bar:
+                task = bar.add_task("tracing", total=None)
+                return fn(lambda s: bar.update(task, description=s))
+    except (TuneplanError, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        raise TuneplanError("the trace ran out of memory; use a smaller model or batch") from None
+    except Exception as e:  # torch/transformers/peft on a config they cannot run: one line, not a C++ trace
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TuneplanError(f"trace failed inside torch/transformers ({type(e).__name__}: {first}); "
+                            "`tuneplan estimate` still gives the figures") from None
+
+
+def _run_distributed(args: argparse.Namespace, spec: ModelSpec, config: dict, job: Job) -> int:
+    """One rank of an N-GPU layout on a fake process group (tuneplan.trace.dist), beside the
+    estimate of the same layout where the estimator computes it."""
+    est: MemoryEstimate | None = None
+    refused = ""
+    try:
+        est = estimate_memory(spec, job)
+    except TuneplanError as e:
+        refused = str(e)
+    if est is not None:
+        check_traceable(spec, job, est, args.real)
+    else:
+        _check_size(spec, job, args.real)
+    from tuneplan.trace import available
+
+    if not available():
+        sys.stderr.write(INSTALL_HINT)
+        return 2
+    from tuneplan.trace.compare import comparison_dict, estimate_allocated, relative_error
+    from tuneplan.trace.dist import dist_rows, layout_of, run_dist_trace
+
+    layout = layout_of(job, fsdp_version=args.fsdp_version)  # refuses what it cannot replay before torch runs
+    console = Console(stderr=True)
+    result = _traced(lambda progress: run_dist_trace(config, job, fsdp_version=layout.fsdp_version, name=spec.name,
+                                                     progress=progress), console, args.json)
+    if args.json:
+        if est is None:
+            print_json({"unit": "bytes", "trace": result.to_dict(), "estimate": None, "estimator_refuses": refused})
+        else:
+            out = comparison_dict(result.to_dict(), est)
+            out["rows"] = [r.__dict__ for r in dist_rows(result.at_peak, est)]
+            print_json(out)
+        return 0
+    out = Console()
+    m, t = job.method, job.training
+    title = (f"{spec.name}: {m.kind}" + (f" r={m.rank}" if m.is_adapter else "")
+             + f", batch {t.micro_batch} x {t.seq_len}, {t.precision}, checkpointing {t.checkpointing}, "
+             + f"{t.optimizer}; {layout.describe()}")
+    table = Table(title=title, caption="GiB = 2^30 bytes, per rank; each side's breakdown at its own peak")
+    table.add_column(f"at peak (rank {layout.rank})")
+    table.add_column("trace GiB", justify="right")
+    table.add_column("estimate GiB", justify="right")
+    table.add_column("diff GiB", justify="right")
+    if est is not None:
+        for r in dist_rows(result.at_peak, est):
+            table.add_row(r.label, fmt_gib(r.trace), fmt_gib(r.estimate), f"{(r.estimate - r.trace) / GiB:+.2f}")
+        table.add_section()
+        alloc = estimate_allocated(est)
+        err = relative_error(result.peak_bytes, est)
+        table.add_row("[bold]Allocated peak[/bold]", f"[bold]{fmt_gib(result.peak_bytes)}[/bold]",
+                      f"[bold]{fmt_gib(alloc)}[/bold]",
+                      f"[bold]{(alloc - result.peak_bytes) / GiB:+.2f} ({err:+.1%})[/bold]")
+        table.add_row("Peak phase", result.peak_phase, est.peak_phase, "")
+    else:
+        for label, cats in (("Parameters (weights, adapters)", ("weights", "trainable")),
+                            ("Gathered parameters (FSDP)", ("gathered",)), ("Gradients", ("gradients",)),
+                            ("Optimizer states", ("optimizer",)), ("Activations", ("activations",)),
+                            ("Logits + loss", ("logits",)), ("Backward / optimizer temporaries", ("temporaries",))):
+            table.add_row(label, fmt_gib(sum(result.at_peak.get(c, 0) for c in cats)), "-", "")
+        table.add_section()
+        table.add_row("[bold]Allocated peak[/bold]", f"[bold]{fmt_gib(result.peak_bytes)}[/bold]", "-", "")
+        table.add_row("Peak phase", result.peak_phase, "-", "")
+    out.print(table)
+    if est is None:
+        out.print(f"Estimator refuses this layout: {refused}")
+    elif result.at_peak.get("gathered"):
+        out.print(f"  of the parameters row, FSDP's gathered (unsharded) parameters: "
+                  f"{fmt_gib(result.at_peak['gathered'])} GiB")
+    phases = ", ".join(f"{k} {v / GiB:.2f}" for k, v in result.phase_peaks)
+    out.print(f"Traced phase peaks (GiB): {phases}; first step peak {fmt_gib(result.first_step_peak)} GiB")
+    out.print(f"Trace: fake tensors on a fake process group, {result.ops:,} ops, {result.trainable_params:,} of "
+              f"{result.total_params:,} params on this rank trainable, took {result.elapsed_s:.1f} s")
+    out.print("Trace assumes:")
+    for n in result.notes:
+        out.print(f"  - {n}")
+    return 0
+
+
+def _check_size(spec: ModelSpec, job: Job, real: bool) -> None:
+    """check_traceable's checks that need no estimate (the estimator refused the layout)."""
+    p, t = job.parallel, job.training
+    if real:
+        raise TuneplanError("--real runs one process; several GPUs are traced on fake tensors (drop --real)")
+    if p.offload_optimizer or p.offload_params:
+        raise TuneplanError("trace runs one process on one device and cannot offload; drop --offload-optimizer/"
+                            "--offload-params (offload is estimated analytically)")
+    if t.optim.torch_class is None:
+        raise TuneplanError(f"trace does not run optimizer {t.optimizer!r} (bitsandbytes); use one of: "
+                            + ", ".join(o.name for o in OPTIMIZERS.values() if o.torch_class))
+    params = param_counts(spec).total
+    if spec.num_layers > TRACE_MAX_LAYERS or params > TRACE_MAX_PARAMS:
+        raise TuneplanError(f"{spec.name} is too large to trace ({spec.num_layers} layers, {params:,} parameters)")
 
 
 __all__ = ["add_arguments", "run", "TuneplanError"]

@@ -71,7 +71,9 @@ def _job(name: str) -> tuple:
 def _expected(fmt: str, job: Job) -> Job:
     """What a target that can express everything runs: the job under its framework profile;
     TRL 1.16's SFTTrainer always computes the loss with its fused LM head."""
-    run = as_run(TARGETS[fmt], job)
+    from tuneplan.export import _writable_layout
+
+    run = as_run(TARGETS[fmt], _writable_layout(TARGETS[fmt], job, []))
     if fmt == "trl":
         run = canonical(run.with_settings(cross_entropy=loss_setting(run, fused_loss())))
     return run
@@ -223,8 +225,7 @@ def test_deepspeed_config_class_reads_the_export(validated, exported, name):
     assert (p["stage"], p["offload_optimizer"], p["offload_param"], p["world"]) == (
         par.shard_stage, par.offload_optimizer, par.offload_params, par.num_gpus)
     assert (p["micro_batch"], p["grad_accum"]) == (t.micro_batch, t.grad_accum)
-    assert p["bf16"] == (t.dtypes.param_bytes == 2) and p["bf16_master"] == (not t.dtypes.fp32_master
-                                                                            and t.dtypes.param_bytes == 2)
+    assert p["bf16"] == (t.dtypes.param_bytes == 2) and p["bf16_master"] == t.dtypes.pure_16bit
 
 
 @pytest.mark.parametrize("name", list(ALL_JOBS))
@@ -303,6 +304,23 @@ def test_header_has_peak_device_verdict_and_a_command_that_reproduces_it(tmp_pat
     assert f"{figures['peak_bytes'] / 2**30:.2f} GiB device total" in peak
 
 
+def test_export_warns_on_stderr_in_one_line_when_the_job_does_not_fit_the_gpu(tmp_path, capsys):
+    out = tmp_path / "axolotl.yaml"
+    args = ["export", "llama-3.1-8b", "--method", "qlora", "--seq-len", "8192", "--batch", "2",
+            "--to", "axolotl", "--gpu", "rtx-4090", "-o", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("tuneplan: warning: the exported job does not fit")
+    header = next(h[len("# device: "):] for h in out.read_text().splitlines() if h.startswith("# device: "))
+    assert header.startswith("rtx-4090: does not fit") and warnings[0].endswith(header)
+    # a job that fits (or no --gpu) says nothing
+    assert main(args[:2] + ["--method", "qlora", "--seq-len", "2048", "--to", "axolotl", "--gpu", "rtx-4090",
+                            "-o", str(tmp_path / "fits.yaml")]) == 0
+    assert main(args[:-4] + ["-o", str(tmp_path / "nogpu.yaml")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- --from on the command line
 
 def test_estimate_from_says_what_it_read_and_ignored_and_cli_overrides(tmp_path, capsys):
@@ -354,7 +372,8 @@ def test_export_never_overwrites_without_force(tmp_path, capsys):
     assert main(["export", "llama-3.2-1b", "--to", "trl", "-o", str(out), "--force"]) == 0
     assert out.read_text().startswith("# tuneplan export --to trl")
     assert main(["export", "llama-3.2-1b", "--to", "deepspeed", "-o", str(tmp_path)]) == 0  # a folder: its name
-    assert json.loads((tmp_path / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 1
+    # one GPU, bf16: DeepSpeed stage 0 with its bf16 optimizer (fp32 master weights, estimated as mixed)
+    assert json.loads((tmp_path / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 0
 
 
 def test_export_to_stdout(capsys):

@@ -23,6 +23,9 @@ class Precision:
         fp32_residual: the residual stream (and norm outputs) stay fp32 (fp32 weights under autocast).
         torch_param_dtype / torch_autocast_dtype: torch dtype names for the trace (None: no autocast).
         traceable: a single-process trace can run it (mixed precision lives in DeepSpeed/FSDP).
+        pure_16bit: 16-bit master weights and optimizer states even under an engine whose
+            default is fp32 ones (DeepSpeed's bf16 section with bf16_master_weights_and_grads
+            and bf16_optimizer_states; tuneplan.memory.static.engine_fp32_master).
     """
 
     name: str
@@ -35,6 +38,7 @@ class Precision:
     torch_param_dtype: str = "bfloat16"
     torch_autocast_dtype: str | None = None
     traceable: bool = True
+    pure_16bit: bool = False
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
@@ -51,6 +55,11 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("amp", 4, 2, "always", fp32_residual=True, torch_param_dtype="float32",
               torch_autocast_dtype="bfloat16"),
     Precision("mixed", 2, 2, "never", fp32_master=True, fp32_states=True, traceable=False),
+    # bf16 everywhere, also under DeepSpeed ZeRO, whose default keeps fp32 master partitions:
+    # its bf16 section's bf16_master_weights_and_grads + bf16_optimizer_states (deepspeed
+    # runtime/bf16_optimizer / zero config, 0.16+)
+    Precision("bf16-pure", 2, 2, "profile", torch_param_dtype="bfloat16", torch_autocast_dtype="bfloat16",
+              pure_16bit=True),
 )}
 
 

@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  note: {note}")
     if time is not None:
         parts = ", ".join(f"{k} {v:.3g}" for k, v in time.breakdown if v > 0)
-        console.print(f"Time (one optimizer step of {time.tokens_per_step:,} tokens on {job.parallel.num_gpus} x "
-                      f"{device.id}, {time.system}): {time.step_s:.3g} s, {time.tokens_per_s_per_gpu:,.0f} tokens/s "
+        where = f"{job.parallel.num_gpus} x {device.id}" + (f", {time.system}" if time.system else "")
+        console.print(f"Time (one optimizer step of {time.tokens_per_step:,} tokens on {where}): {time.step_s:.3g} s, "
+                      f"{time.tokens_per_s_per_gpu:,.0f} tokens/s "
                       f"per GPU; bound by {time.bound_by}; seconds: {parts}", markup=False)
     return 0
 

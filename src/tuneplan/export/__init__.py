@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tuneplan.choices import lookup
+from tuneplan.choices.frameworks import FRAMEWORKS
+from tuneplan.choices.layouts import SHARDINGS
 from tuneplan.errors import TuneplanError
 from tuneplan.export import axolotl, launchers, llamafactory, torchtune, trl, unsloth
 from tuneplan.export.common import (
@@ -137,12 +139,39 @@ def build(name: str, spec: ModelSpec, job: Job) -> tuple[Built, list[str]]:
         cannot.append(f"--kbit-prep {job.training.kbit_prep} ({job.training.prep.label}): the file loads the "
                       f"quantised model as today's stack does, without it (estimated with --kbit-prep {prep.name})")
         job = job.with_settings(kbit_prep=prep.name)
+    job = _writable_layout(t, job, cannot)
     run = as_run(t, job)
     if run.training.framework != job.training.framework:
         notes.append(f"{t.name} runs the {run.training.profile.label} profile, not "
                      f"{job.training.profile.label}: the figures are for {run.training.profile.label}")
     built = t.build(spec, run)
     return replace(built, cannot=tuple(cannot) + built.cannot), notes
+
+
+def _writable_layout(t: Target, job: Job, cannot: list[str]) -> Job:
+    """The job with the layout the target's files can say: no config written here sets
+    tensor, pipeline, context or expert parallelism, or a hybrid (HSDP) mesh, and a stack
+    runs only its own shardings (FrameworkProfile.shardings; the nearest stage instead). Each
+    change is a `cannot` line; the GPU count stays, as data parallelism."""
+    p = job.parallel
+    changes: dict = {}
+    if p.model_parallel or p.sequence_parallel:
+        dims = ", ".join(f"--{k} {v}" for k, v in (("tp", p.tensor), ("pp", p.pipeline), ("cp", p.context),
+                                                    ("ep", p.expert)) if v > 1)
+        cannot.append(f"{dims or '--sequence-parallel'}: the {t.name} file sets data parallelism only "
+                      "(estimated with those degrees at 1, the GPUs as data-parallel ranks)")
+        changes.update(tensor=1, pipeline=1, virtual_stages=1, context=1, expert=1, sequence_parallel=None)
+    sharding = SHARDINGS[p.sharding]
+    prof = FRAMEWORKS[t.framework] if t.framework is not None else job.training.profile
+    allowed = [s for s in SHARDINGS.values() if s.name in prof.shardings and not s.shard_group_node]
+    if p.num_gpus > 1 and (sharding.shard_group_node or sharding.name not in prof.shardings) and allowed:
+        same = [s for s in allowed if s.stage == sharding.stage] or \
+            [s for s in allowed if s.stage > sharding.stage] or allowed[::-1]
+        alt = same[0].name
+        cannot.append(f"--sharding {p.sharding}: the {t.name} file shards as {alt} "
+                      f"({SHARDINGS[alt].label}; estimated as --sharding {alt})")
+        changes["sharding"] = alt
+    return job.with_settings(**changes) if changes else job
 
 
 def export_job(name: str, spec: ModelSpec, job: Job, device: Device | None = None,

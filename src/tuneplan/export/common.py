@@ -242,7 +242,13 @@ def hf_adapt_parallel(sub: Substitutions, deepspeed: bool = False) -> None:
                      "(estimated as --precision mixed)", precision=mixed)
         job = sub.job
         d = job.training.dtypes
-        if job.parallel.shard_stage == 0 and d.param_bytes == 2 and not d.fp32_master:
+        if d.param_bytes == 2 and not d.fp32_master and not d.pure_16bit:
+            sub.swap(f"--precision {job.training.precision} under DeepSpeed: its optimizer keeps fp32 master "
+                     "weights and fp32 states (estimated as --precision mixed, the same bytes; --precision bf16-pure "
+                     "writes bf16_master_weights_and_grads)", precision=mixed)
+        job = sub.job
+        d = job.training.dtypes
+        if job.parallel.shard_stage == 0 and d.pure_16bit:
             sub.swap("16-bit master weights need DeepSpeed ZeRO 1-3 (bf16_master_weights_and_grads): written as "
                      "ZeRO-1 (--sharding zero1)", sharding="zero1")
     elif p.sharding == "fsdp" and d.fp32_master:
@@ -280,8 +286,9 @@ def deepspeed_config(job: Job, hf: bool = True) -> dict[str, Any]:
         out.update(train_micro_batch_size_per_gpu=t.micro_batch, gradient_accumulation_steps=t.grad_accum,
                    train_batch_size=t.micro_batch * t.grad_accum * p.data, gradient_clipping=1.0)
     half = "auto" if hf else True
-    if d.fp32_master:
-        out["bf16"] = {"enabled": half}
+    if d.fp32_master or not d.pure_16bit:  # DeepSpeed's default: fp32 master partitions and states
+        if d.fp32_master or d.torch_param_dtype == "bfloat16":
+            out["bf16"] = {"enabled": half}
     elif d.torch_param_dtype == "bfloat16":
         out["bf16"] = {"enabled": half, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
     zero: dict[str, Any] = {"stage": p.shard_stage}
@@ -349,7 +356,7 @@ def hf_read_precision(load_dtype: str, bf16: bool, fp16: bool, ds: dict[str, Any
               for (k, v), flag in zip(sections.items(), (bf16, fp16), strict=True)}
         b = sections["bf16"]
         if on["bf16"] and b.get("bf16_master_weights_and_grads") and b.get("bf16_optimizer_states"):
-            return precision_named("bfloat16", "bfloat16"), ""
+            return next(n for n, r in PRECISIONS.items() if r.pure_16bit), ""
         if on["bf16"] or on["fp16"]:
             return precision_named("bfloat16", None, True), ("DeepSpeed fp16: estimated as --precision mixed (bf16)"
                                                              if on["fp16"] and not on["bf16"] else "")

@@ -86,7 +86,7 @@ def engine_fp32_master(job: Job) -> bool:
     model although --precision says pure 16-bit: DeepSpeed ZeRO's optimizer (Sharding.
     fp32_master_states) and Megatron-Core's (FrameworkProfile.fp32_main_grads)."""
     t, p = job.training, job.parallel
-    return (t.param_bytes == 2 and not t.dtypes.fp32_master and not fsdp_fp32_params(job)
+    return (t.param_bytes == 2 and not t.dtypes.fp32_master and not t.dtypes.pure_16bit and not fsdp_fp32_params(job)
             and (p.layout.fp32_master_states or t.profile.fp32_main_grads))
 
 

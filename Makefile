@@ -3,11 +3,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-# The trace and probe extras need torch; 2.13.0 is the CPU wheel this machine kind provides locally
-# (installed first, so bitsandbytes' torch>=2.4 is already met and no CUDA torch is pulled).
+# The trace and probe extras need torch, installed first so bitsandbytes' torch>=2.4 is already met.
+# Here 2.13.0+cpu comes from the local wheels this machine kind provides (pip find-links). On any other
+# CPU-only machine the default PyPI index gives the multi-GB CUDA build: get the CPU wheel with
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (= pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu); empty = pip's own index.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench docs
 
 $(VENV)/.core: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,7 +19,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.trace: $(VENV)/.core
-	$(PIP) "$(TORCH)"
+	$(PIP) "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) -e ".[dev,trace,plot,probe]"
 	touch $@
 
@@ -44,3 +48,8 @@ lint: $(VENV)/.core
 
 bench: $(VENV)/.core
 	$(PY) benchmarks/speed.py
+
+# Every generated figure in README.md and docs/ (and the result files they quote), torch-free;
+# tests/test_docs_current.py fails when one is stale.
+docs: $(VENV)/.core
+	$(PY) scripts/regen_docs.py

@@ -4,6 +4,7 @@ peak, the device verdict and the command that reproduces them in its header."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tuneplan.cli.exports import output_for, write
 from tuneplan.cli.options import (
@@ -14,6 +15,7 @@ from tuneplan.cli.options import (
     name,
 )
 from tuneplan.export import TARGET_NAMES, Export, export_job
+from tuneplan.fit import NO
 from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.models import ModelSpec
@@ -46,4 +48,12 @@ def run(args: argparse.Namespace) -> int:
     exp = export_file(args.to, spec, job, device)
     out = output_for(args.output, exp.file_name, args.force, exp.target.label)
     write(exp, out)
+    warn_fit(exp)
     return 0
+
+
+def warn_fit(exp: Export) -> None:
+    """One stderr line when the job written does not fit the --gpu given (the header says the
+    same; a file written to disk is otherwise silent about it)."""
+    if exp.verdict is not None and exp.verdict.verdict == NO:
+        sys.stderr.write(f"tuneplan: warning: the exported job does not fit the --gpu given: {exp.verdict.summary()}\n")

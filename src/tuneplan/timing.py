@@ -15,6 +15,16 @@ their weight reads at the achieved bandwidth (the roofline rule of Williams et a
 every device) and overlapped transfers (checkpoint/param offload, ZeRO-3 gathers), plus the
 pointwise kernels' memory traffic (tuneplan.traffic: they run between the GEMMs, so their
 time adds) and the serial bitsandbytes dequantisation. Every constant is in tuneplan.calibration with its source.
+
+Training tasks (tuneplan.choices.tasks) are timed from the task record's fields, as the memory
+model sees them (tuneplan.memory.tasks.forward_view): the graded forward + backward runs
+Task.rows_per_sample x micro-batch rows (chosen and rejected concatenated); a scalar head
+(reward model) has no lm_head GEMM (2 x hidden x vocab FLOPs per token fewer, no logits
+traffic); the no-grad forwards (KTO's KL rows through the policy, the reference model over the
+graded and KL rows unless --ref-model precomputed) cost forward-only work: the base matmuls
+(~2 x params FLOPs per token, no adapters when the reference is the policy with its adapters
+disabled, no backward, no recomputation), their pointwise kernels, one more weight read (and
+QLoRA dequantisation) per pass, and their logits written and log-softmaxed once.
 """
 
 from __future__ import annotations
@@ -39,11 +49,12 @@ from tuneplan.memory import (
 from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.ranks import rank_views
+from tuneplan.memory.tasks import forward_view
 from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.models import ModelSpec, layer_linears, param_counts
 from tuneplan.systems import System, system_for
 from tuneplan.timing_comm import MicroTimes, layout_terms, rank_shape
-from tuneplan.traffic import fused, pointwise_bytes
+from tuneplan.traffic import forward_pass_bytes, fused, pointwise_bytes
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,15 @@ def _attn_widths(spec: ModelSpec) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=65536)
-def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int) -> TokenFlops:
+def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int, lm_head: bool = True) -> TokenFlops:
     """FLOPs per token of one training micro-step.
 
     Args:
         span: tokens each position attends over (sequence length, or the mean packed sample
             length with varlen attention); causal, so the mean span is (span+1)/2. Sliding
             windows are ignored (conservative).
+        lm_head: the model ends in the vocabulary projection (False: a reward model's scalar
+            score head, hidden x 1, whose 2 x hidden FLOPs per token are left out).
     """
     qk, vw = _attn_widths(spec)
     attn = 2 * (span + 1) / 2 * (qk + vw)
@@ -125,7 +138,7 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int) 
             rec += layer_fwd
         # forward (+ recomputation) and ~2x that in backward
         per_step += dora * (3 + (1 if checkpointing != "none" and keeps else 0))
-    head = 2 * spec.vocab_size * spec.hidden_size
+    head = 2 * spec.vocab_size * spec.hidden_size if lm_head else 0
     fwd += head
     head_weight_grad = method.kind == "full" or method.train_embeddings
     bwd += head * (2 if head_weight_grad else 1)
@@ -157,15 +170,50 @@ def _kernel_count(spec: ModelSpec, m: Method, recompute: bool, quantises_fused_e
     return total
 
 
+@lru_cache(maxsize=65536)
+def _forward_kernels(spec: ModelSpec, m: Method, adapters: bool, quantises_fused_experts: bool) -> int:
+    """Kernels of one no-grad forward of every decoder layer (a reference or KL pass): the
+    layers' forward kernels, the adapters' when they run, QLoRA's dequantisations."""
+    total = 0
+    for layer, n in layer_groups(spec):
+        lins = layer_linears(spec, layer)
+        adapted = sum(1 for lin in lins if adapters and m.is_adapter and is_target(lin, m))
+        quantised = sum(1 for lin in lins if stores_quantised(lin, quantises_fused_experts)) if m.kind == "qlora" else 0
+        total += (cal.KERNELS_PER_LAYER_FORWARD + adapted * cal.KERNELS_PER_ADAPTER_FORWARD + quantised) * n
+    return total
+
+
+def nograd_passes(job: Job) -> tuple[tuple[int, bool], ...]:
+    """The no-grad forwards of one micro-step besides the graded one, as (rows, adapters run):
+    KTO's KL rows through the policy (Task.kl_rows_per_sample), then the reference model
+    (separate copy, or the policy with its adapters disabled) over the graded rows and the KL
+    rows, one pass each (trl/trainer/dpo_trainer.py _compute_loss, kto_trainer.py :1478-1600).
+    Empty for SFT, reference-free tasks and --ref-model precomputed.
+
+    Args:
+        job: the job as the user gave it (micro_batch in samples: pairs for a pair task).
+    """
+    tk, b = job.task_record, job.training.micro_batch
+    kl = b * tk.kl_rows_per_sample
+    out: list[tuple[int, bool]] = [(kl, True)] if kl else []
+    if job.reference in ("separate", "adapter"):
+        out.append((b * tk.rows_per_sample, False))
+        if kl:
+            out.append((kl, False))
+    return tuple(out)
+
+
 def pointwise_traffic(spec: ModelSpec, job: Job) -> float:
     """DRAM bytes per token moved by one micro-step's pointwise kernels (not GEMMs, not weights).
 
     The decoder layers' casts, norms, rotary, activations, residual adds and adapter scalings
     (tuneplan.traffic, eager or fused), plus the logits and the cross-entropy's [tokens, vocab]
     arrays written and read once each (their bytes are the memory model's: transformers/PEFT,
-    or MLX's for an mlx-lm step).
+    or MLX's for an mlx-lm step). A scalar-head task (reward model) has no logits.
     """
     t = job.training
+    if job.task_record.head != "lm":
+        return pointwise_bytes(spec, job)
     one = replace(t, micro_batch=1)
     if t.profile.mlx_graph:
         logits = mlx_logits_bytes(spec, Job(job.method, one)) / t.seq_len
@@ -184,8 +232,14 @@ class StepTime:
         step_s: one optimizer step: grad_accum micro-batches on every data rank, the layout's
             exposed communication and pipeline bubble, the update.
         terms: (name, seconds) of every term, per micro-batch or per step as named.
-        tokens_per_step: tokens of one optimizer step over all devices (micro-batch x sequence
-            x accumulation x data-parallel ranks).
+        tokens_per_step: training tokens of one optimizer step over all devices: the tokens of
+            the graded rows (micro-batch x Task.rows_per_sample x sequence x accumulation x
+            data-parallel ranks). For a pair task (DPO, ORPO, reward model, ...) a "token" is
+            a token of a chosen or rejected row, so a pair of two rows of --seq-len counts
+            2 x --seq-len: a dataset's tokens counted over both rows of every pair (the prompt
+            once per row). KTO's no-grad KL rows are not dataset tokens and are not counted.
+        executed_flops_per_token / model_flops_per_token: per token of tokens_per_step, the
+            no-grad forwards (reference, KL) included in both.
         mfu: model FLOPs (no recomputation) per second / peak, as the plan predicts it.
         breakdown: (name, seconds per optimizer step) whose sum is step_s: "compute" (the
             micro-batches), each kind of exposed communication, "pipeline bubble", "optimizer".
@@ -280,17 +334,38 @@ def _rank_spec(spec: ModelSpec, job: Job) -> ModelSpec:
 
 @lru_cache(maxsize=16384)
 def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float) -> StepTime:
+    tk = job.task_record
+    nograd = nograd_passes(job)
+    # the graded forward as the task runs it (the same objects for SFT): micro-batch in rows,
+    # a scalar head without lm_head (tuneplan.memory.tasks.forward_view)
+    spec, job = forward_view(spec, job)
     m, t, p = job.method, job.training, job.parallel
     n = p.num_gpus
-    tf = token_flops(spec, m, t.checkpointing, span)
-    tokens = t.micro_batch * t.seq_len
+    lm_head = tk.head == "lm"
+    tf = token_flops(spec, m, t.checkpointing, span, lm_head)
+    tokens = t.micro_batch * t.seq_len  # graded rows x sequence
+    # no-grad forwards (reference, KL): forward FLOPs (adapters only where they run), their
+    # pointwise kernels and logits (written, then log-softmaxed and gathered: ~4 x c bytes
+    # per logit; none for a scalar head or TRL's Liger path, use_liger_kernel) and kernels.
+    # The graded rows' logits keep SFT's traffic (pointwise_traffic): TRL's selective
+    # log-softmax and its metrics' copies move about as much as the fp32 cross-entropy
+    ng_flops = ng_bytes = 0.0
+    ng_kernels = 0
+    liger = t.cross_entropy is not None and t.loss.fused
+    ng_logits = 4 * t.compute_bytes * spec.vocab_size if lm_head and not liger else 0
+    for rows, adapters in nograd:
+        f = tf if adapters else token_flops(spec, Method(kind="full"), "none", span, lm_head)
+        ng_flops += f.forward * rows * t.seq_len
+        ng_bytes += (forward_pass_bytes(spec, job, adapters) + ng_logits) * rows * t.seq_len
+        ng_kernels += _forward_kernels(spec, m, adapters, t.profile.quantises_fused_experts)
     peak = device.bf16_tflops * 1e12
     bw = device.bandwidth_gbps * cal.BANDWIDTH_EFFICIENCY
     pc = param_counts(spec)
     st = static_memory(spec, job)
     pb, c = t.param_bytes, t.compute_bytes
     recompute = t.checkpointing != "none"
-    passes = 3 if recompute else 2  # forward, backward (input gradients), recomputation
+    # forward, backward (input gradients), recomputation; one more per no-grad forward
+    passes = (3 if recompute else 2) + len(nograd)
     # each rank runs 1/(tp x pp x cp) of a replica's micro-batch: its heads and MLP columns
     # (TP), its stage's layers (PP), its share of the sequence (CP); expert parallelism moves
     # tokens to their experts without changing a rank's average work
@@ -303,9 +378,9 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     # GEMMs at the device's achievable matmul rate (tuneplan.calibration.MATMUL_SHARE)
     matmul = cal.matmul_scale(device.id)
     rate = peak * matmul * eff
-    compute = (tf.executed * tokens + tf.per_step) / share / rate
+    compute = (tf.executed * tokens + tf.per_step + ng_flops) / share / rate
     if t.profile.eager_kernels:
-        compute += kernel_count(spec, job) / p.pipeline * cal.SECONDS_PER_KERNEL
+        compute += (kernel_count(spec, job) + ng_kernels) / p.pipeline * cal.SECONDS_PER_KERNEL
     if m.kind == "qlora" and not m.fmt.dequant_copy:
         # MLX quantized_matmul reads the packed weight and its constants in the kernel
         dequant = 0.0
@@ -325,7 +400,7 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     # FLOP/s and their weight reads at the achieved bandwidth
     weights = _gb(weight_bytes * held, bw)
     # the pointwise kernels run between the GEMMs on the same stream: their time adds
-    pointwise = _gb(pointwise_traffic(spec, job) * tokens / share, bw)
+    pointwise = _gb((pointwise_traffic(spec, job) * tokens + ng_bytes) / share, bw)
     terms = [("compute", compute), ("weight reads", weights), ("pointwise kernels", pointwise)]
     ckpt_layers = (spec.num_layers - first_trained_layer(spec, m)) / p.pipeline
     if t.checkpointing == "offload" or (recompute and t.profile.offloads_checkpoints):
@@ -345,6 +420,8 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     comm_terms: dict[str, float] = {}
     if n > 1:
         fwd_share = tf.forward / tf.executed if tf.executed else 0.5
+        if ng_flops:  # the no-grad forwards run before the backward
+            fwd_share = (tf.forward * tokens + ng_flops) / (tf.executed * tokens + ng_flops)
         qk, vw = _attn_widths(spec)
         attn_layer = 2 * (span + 1) / 2 * (qk + vw) * tokens / share * p.pipeline / rate
         mt = MicroTimes(micro, fwd_share * micro, (1 - fwd_share) * micro, attn_layer)
@@ -388,7 +465,8 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     breakdown = {k: v for k, v in breakdown.items() if v or k in ("compute", "optimizer")}
     bound_by = max(breakdown, key=lambda k: breakdown[k])
     tokens_step = tokens * t.grad_accum * p.data
-    mfu = tf.model * tokens_step / step / (peak * n)
+    executed_pt, model_pt = tf.executed + ng_flops / tokens, tf.model + ng_flops / tokens
+    mfu = model_pt * tokens_step / step / (peak * n)
     assumptions = (
         f"{device.bf16_tflops:g} TFLOPS {device.tflops_basis} at {eff:.0%} efficiency "
         f"({t.framework} profile; recomputation counted as work)"
@@ -401,13 +479,43 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
            "(benchmarks/results/optimizer_update.md), assumed no shorter on other GPUs."
            if t.optim.update_s_per_param else "no per-parameter figure (not measured)."),
     )
+    if not tk.is_sft:
+        assumptions += (_task_assumption(job, nograd),)
     if n > 1:
         assumptions += (_layout_assumption(system, p, domain),)
     if p.offload_optimizer:
         assumptions += (f"Optimizer offload: PCIe transfers and the CPU optimizer step (host DRAM at "
                         f"{cal.HOST_DRAM_GBPS:g} GB/s per machine, shared by its GPUs' processes) counted.",)
-    return StepTime(device.id, n, eff, micro, step, bound, tuple(terms), tokens_step, tf.executed,
-                    tf.model, mfu, assumptions, tuple(breakdown.items()), bound_by, system.id if n > 1 else "")
+    return StepTime(device.id, n, eff, micro, step, bound, tuple(terms), tokens_step, executed_pt,
+                    model_pt, mfu, assumptions, tuple(breakdown.items()), bound_by, system.id if n > 1 else "")
+
+
+def _task_assumption(job: Job, nograd: tuple[tuple[int, bool], ...]) -> str:
+    """One sentence on how the task is timed, built from its record's fields (job: the forward
+    view, micro_batch in graded rows)."""
+    tk, t = job.task_record, job.training
+    rows = t.micro_batch
+    samples = rows // tk.rows_per_sample
+    parts = [f"{tk.name.upper()}, {tk.label}: "
+             + (f"chosen + rejected rows, {tk.rows_per_sample} x micro-batch = {rows} rows of {t.seq_len} tokens "
+                f"through the graded forward + backward; a token (tokens per step, --dataset-tokens) is a token of "
+                f"a chosen or rejected row: {rows} x {t.seq_len} per micro-step"
+                if tk.rows_per_sample > 1 else f"{rows} rows of {t.seq_len} tokens through the graded forward + backward")]
+    if tk.head != "lm":
+        parts.append("scalar score head: no lm_head FLOPs (2 x hidden x vocab per token) and no logits traffic")
+    if tk.kl_rows_per_sample:
+        parts.append(f"{samples * tk.kl_rows_per_sample} KL rows per micro-batch through the policy under no_grad "
+                     "(forward only, not counted as dataset tokens)")
+    ref = job.reference
+    if any(not a for _, a in nograd):
+        what = "adapter disabled: the base matmuls, no adapters" if ref == "adapter" else "separate frozen copy"
+        parts.append(f"reference forward ({what}) over the graded{' and KL' if tk.kl_rows_per_sample else ''} rows "
+                     "counted as forward-only work (~2 x params FLOPs per token, no backward, no recomputation, "
+                     "one more weight read per pass); its communication under a layout is not timed")
+    elif ref == "precomputed":
+        parts.append("reference log-probs precomputed: no reference forward in the step (the one-off forward "
+                     "over the dataset before training is not timed)")
+    return "; ".join(parts) + "."
 
 
 def _domain(system: System, p: Parallel) -> int:
@@ -474,9 +582,12 @@ def run_time(spec: ModelSpec, job: Job, device: Device, dataset: Dataset,
              efficiency: float | None = None) -> RunTime:
     """Time per epoch and per run: ceil(tokens / tokens per optimizer step) steps per epoch.
 
-    With samples x mean tokens, attention spans the mean sample (packed, varlen kernels).
+    With samples x mean tokens, attention spans the mean sample (packed, varlen kernels); for a
+    pair task a sample is a pair and its tokens are both rows' (StepTime.tokens_per_step), so
+    the span is the mean row: mean tokens / Task.rows_per_sample.
     """
-    span = int(math.ceil(dataset.mean_tokens)) if dataset.mean_tokens else None
+    rows = job.task_record.rows_per_sample
+    span = int(math.ceil(dataset.mean_tokens / rows)) if dataset.mean_tokens else None
     st = step_time(spec, job, device, span=span, efficiency=efficiency)
     steps = math.ceil(dataset.tokens / st.tokens_per_step)
     epoch = steps * st.step_s

@@ -72,13 +72,14 @@ def _mlp_pointwise(spec: ModelSpec, t: Training) -> int:
     return 18 if python_gelu(spec, t) else 2
 
 
-def layer_forward_bytes(spec: ModelSpec, job: Job, layer: int) -> float:
+def layer_forward_bytes(spec: ModelSpec, job: Job, layer: int, adapters: bool = True) -> float:
     """Pointwise-kernel bytes per token in one forward of decoder layer `layer`.
 
     Args:
         spec: the model.
         job: method (which linears carry adapters) and training (dtype, fused or eager).
         layer: 0-based decoder layer.
+        adapters: the adapters run (False: PEFT's disable_adapter, as a reference forward runs).
 
     Returns:
         Bytes read plus written per token.
@@ -89,7 +90,7 @@ def layer_forward_bytes(spec: ModelSpec, job: Job, layer: int) -> float:
     q = spec.num_heads * spec.head_dim
     kv = spec.num_kv_heads * spec.head_dim
     i = _mlp_width(spec, layer)
-    adapted = [lin for lin in layer_linears(spec, layer) if m.is_adapter and is_target(lin, m)]
+    adapted = [lin for lin in layer_linears(spec, layer) if adapters and m.is_adapter and is_target(lin, m)]
     if fused(t):
         total = spec.norms_per_layer * 4 * c * h + 2 * c * (q + kv) + (3 if spec.gated_mlp else 2) * c * i
         total += sum(3 * c * lin.d_out * lin.active for lin in adapted)
@@ -129,4 +130,27 @@ def pointwise_bytes(spec: ModelSpec, job: Job) -> float:
         if key not in cache:
             cache[key] = layer_forward_bytes(spec, job, layer)
         total += cache[key] * (passes if layer >= first else 1)
+    return total
+
+
+@lru_cache(maxsize=65536)
+def forward_pass_bytes(spec: ModelSpec, job: Job, adapters: bool = True) -> float:
+    """Pointwise-kernel bytes per token of one no-grad forward of every layer (no backward, no
+    recomputation): a preference task's reference forward (adapters off) or KTO's KL pass.
+
+    Args:
+        spec: the model.
+        job: the training job.
+        adapters: the adapters run in this forward (False: disabled, or a separate base copy).
+
+    Returns:
+        Bytes per token (read + written), logits excluded.
+    """
+    cache: dict[bool, float] = {}
+    total = 0.0
+    for layer in range(spec.num_layers):
+        key = bool(spec.moe_layers[layer]) if spec.moe_layers else False
+        if key not in cache:
+            cache[key] = layer_forward_bytes(spec, job, layer, adapters)
+        total += cache[key]
     return total

@@ -214,6 +214,4 @@ def task_assumptions(spec: ModelSpec, job: Job) -> list[str]:
     if tk.head == "scalar":
         out.append("Reward model: AutoModelForSequenceClassification with a 1-output score head; no lm_head, "
                    "no vocabulary logits.")
-    out.append("Time figures are not task-aware yet: they time a supervised step of --batch x --seq-len tokens "
-               "(no second row of a pair, no reference forward).")
     return out

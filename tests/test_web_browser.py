@@ -157,3 +157,40 @@ def test_pick_a_job_read_the_verdict_and_the_bar_change_the_sequence(server, bro
         page.screenshot(path=shot, full_page=False)
     page.close()
     assert time.monotonic() - t0 < 30
+
+
+def test_plan_rows_draw_their_time_split(server, browser):
+    """Each ranked setup's row has an inline SVG bar of its step's breakdown (time.step.breakdown),
+    scaled to the run with a dataset size: segments sum to the run time, the longest row is full
+    width, and nothing breaks the page's CSP."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    query = {"model": "llama-3.1-70b", "method": "full", "devices": "h100", "dataset-tokens": "100M"}
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(server + "/?" + urllib.parse.urlencode(query))
+    _settle(page, 0)
+    with urllib.request.urlopen(server + "/api/plan?" + urllib.parse.urlencode(query)) as r:
+        setups = json.loads(r.read())["setups"]
+    bars = page.locator("#plan tbody td.time-split svg.timebar")
+    assert bars.count() == min(len(setups), 15) >= 2
+    heads = [h.strip() for h in page.locator("#plan thead th").all_text_contents()]
+    assert heads[heads.index("run") + 1] == "time split"  # next to the run time it splits
+    widths = []
+    for i in range(bars.count()):
+        rects = bars.nth(i).locator("rect")
+        terms = [rects.nth(k).get_attribute("data-term") for k in range(rects.count())]
+        seconds = [float(rects.nth(k).get_attribute("data-seconds")) for k in range(rects.count())]
+        assert terms[0] == "compute" and list(terms) == [t for t, v in setups[i]["time"]["step"]["breakdown"].items()
+                                                          if v > 0]
+        assert abs(sum(seconds) - setups[i]["time"]["run_s"]) <= 1e-6 * setups[i]["time"]["run_s"]
+        assert all(rects.nth(k).locator("title").count() == 1 for k in range(rects.count()))
+        widths.append(sum(float(rects.nth(k).get_attribute("width")) for k in range(rects.count())))
+    assert abs(max(widths) - 140) < 0.1 and min(widths) < max(widths)
+    assert "tensor parallel" in page.text_content("#plan-legend")
+    assert not problems, problems
+    page.close()

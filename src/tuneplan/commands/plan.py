@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tuneplan import calibration as cal
 from tuneplan.checks import check_job
+from tuneplan.cli.files import check_output, write_output
 from tuneplan.cli.options import (
     add_dataset_arguments,
     add_from_arguments,
@@ -59,7 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the configs of the top-ranked setup into DIR (see --export-to)")
     p.add_argument("--export-to", metavar="TARGETS", default=None,
                    help="comma list of export targets for --export (default: the stack of --framework: hf -> trl)")
-    p.add_argument("--force", action="store_true", help="with --export, overwrite existing files")
+    p.add_argument("--png", metavar="PATH", default=None,
+                   help="also write the ranked setups' time split (compute, communication, bubble, optimizer) as a "
+                        "bar chart PNG (.png added if the name has no suffix; needs matplotlib: pip install -e '.[plot]')")
+    p.add_argument("--force", action="store_true", help="with --export or --png, overwrite existing files")
 
 
 def plan_data(args: argparse.Namespace, spec: ModelSpec | None = None) -> tuple[ModelSpec, PlanReport]:
@@ -91,13 +95,25 @@ def plan_json(spec: ModelSpec, report: PlanReport) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    png = None
+    if args.png is not None:  # checked before anything is computed
+        from tuneplan.cli.heatmap import check_matplotlib
+
+        check_matplotlib()
+        png = check_output("PNG", args.png, args.force, suffix=".png", stdout_ok=False)
     spec, report = plan_data(args)
+    if png is not None:
+        from tuneplan.cli.timebars import render_png, time_bars
+
+        write_output(png, render_png(time_bars(report, args.top)))
     if args.json:
         print_json(plan_json(spec, report))
     else:
         if spec.note:
             sys.stderr.write(f"tuneplan: note: {spec.note}\n")
         render_plan(report, args.top)
+    if png is not None:  # stdout may hold JSON: then the path goes to stderr
+        make_console(stderr=args.json).print(f"PNG written to {png.path}", markup=False, highlight=False)
     if args.export is not None:
         export_top(report, spec, args)
     return 0

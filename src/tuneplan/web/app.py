@@ -79,7 +79,7 @@ REFUSED = {
     "from": "reads a file on the server; POST the config.json as the request body instead",
     "from-format": "belongs to --from, which reads a file on the server",
     "csv": "writes a file on the server; the JSON has every cell",
-    "png": "writes a file on the server; the page draws the heat map",
+    "png": "writes a file on the server; the page draws the charts",
     "force": "only overwrites files, which the web page never writes",
     "export": "writes files on the server; use /api/export?to=TARGET",
     "export-to": "writes files on the server; use /api/export?to=TARGET",

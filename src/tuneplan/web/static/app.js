@@ -21,6 +21,15 @@ const COLOURS = {
 };
 const EXTRA_COLOURS = ["#76b7b2", "#d37295", "#b07aa1", "#499894", "#fabfd2"];
 const HEAT = { fits: "#2e9e5b", tight: "#e0a31a", no: "#d64545", na: "#c9ced6" };
+// the plan's time split (StepTime.breakdown terms): the colours of `plan --png` (tuneplan/cli/timebars.py)
+const TIME_COLOURS = {
+  compute: "#4e79a7", "pipeline bubble": "#bab0ac", optimizer: "#59a14f",
+  "tensor parallel": "#e15759", "ZeRO-3/FSDP gathers": "#f28e2b", "data-parallel sync": "#ffbe7d",
+  "pipeline send/recv": "#d37295", "context parallel": "#b07aa1", "expert all-to-all": "#9c755f",
+};
+const TIME_OTHER = "#ff9d9a";  // a kind of communication not named above
+const TIME_GROUPS = ["compute", "communication", "pipeline bubble", "optimizer"];
+const TIME_BAR_W = 140, TIME_BAR_H = 14;
 const VERDICT_TEXT = { fits: "fits", tight: "tight", no: "does not fit" };
 
 const state = { options: null, models: [], devices: [], upload: null, updates: 0, planAll: false };
@@ -425,28 +434,78 @@ function renderComponents(d) {
 
 // ---------------------------------------------------------------- plan
 
+// one setup's time split from /api/plan: time.step.breakdown (seconds per optimizer step, summing
+// to step_s), scaled to the run (x steps per epoch x epochs) when a dataset size was given
+function timeSplit(s, withSize) {
+  const step = s.time.step || {};
+  const scale = withSize && step.step_s && s.time.run_s ? s.time.run_s / step.step_s : 1;
+  const parts = Object.entries(step.breakdown || {}).filter(([, v]) => v > 0).map(([term, v]) => ({
+    term, seconds: v * scale, group: TIME_GROUPS.includes(term) ? term : "communication" }));
+  return { parts, total: parts.reduce((a, q) => a + q.seconds, 0) };
+}
+
+function timeText(seconds, withSize) {
+  return withSize ? duration(seconds) : `${Number(seconds.toPrecision(3))} s`;
+}
+
+function timeBar(split, longest, withSize) {
+  const { parts, total } = split;
+  const share = (q) => `${Math.round(100 * q.seconds / (total || 1))}%`;
+  const root = svg("svg", { width: TIME_BAR_W, height: TIME_BAR_H, viewBox: `0 0 ${TIME_BAR_W} ${TIME_BAR_H}`,
+    class: "timebar", role: "img", "data-total": total,
+    "aria-label": `${withSize ? "run" : "optimizer step"} ${timeText(total, withSize)}: ` +
+      parts.map((q) => `${q.term} ${share(q)}`).join(", ") });
+  let x = 0;
+  for (const q of parts) {
+    const w = longest > 0 ? TIME_BAR_W * q.seconds / longest : 0;
+    root.append(svg("rect", { x: x.toFixed(2), y: 1, width: w.toFixed(2), height: TIME_BAR_H - 2,
+      fill: TIME_COLOURS[q.term] || TIME_OTHER, class: `seg ${q.group.replace(" ", "-")}`, "data-term": q.term,
+      "data-group": q.group, "data-seconds": q.seconds },
+      svg("title", {}, `${q.term}${q.group === "communication" ? " (communication)" : ""}: ` +
+        `${timeText(q.seconds, withSize)}, ${share(q)}`)));
+    x += w;
+  }
+  return root;
+}
+
+function timeLegend(splits, withSize) {
+  const terms = Array.from(new Set(splits.flatMap((t) => t.parts.map((q) => q.term))));
+  terms.sort((a, b) => TIME_GROUPS.indexOf(TIME_GROUPS.includes(a) ? a : "communication") -
+    TIME_GROUPS.indexOf(TIME_GROUPS.includes(b) ? b : "communication"));
+  const what = withSize ? "time split of the run" : "time split of one optimizer step";
+  return [el("span", { text: `${what} (bar length: time, the longest row full width):` }),
+    ...terms.map((t) => el("span", {}, swatch(TIME_COLOURS[t] || TIME_OTHER),
+      TIME_GROUPS.includes(t) ? t : `communication: ${t}`))];
+}
+
 function renderPlan(d, p) {
   const withSize = d.dataset_tokens !== null;
   $("#plan-caption").textContent = withSize
     ? `${int(d.dataset_tokens)} tokens x ${d.epochs} epoch(s), ranked by ${d.rank_by}`
     : `no dataset size: throughput and cloud $ per ${d.cost_basis}, ranked by ${d.rank_by === "time" ? "throughput" : d.rank_by}`;
   const head = ["#", "setup", "batch x accum", "ckpt", "peak / usable GiB", "fit", "tok/s"]
-    .concat(withSize ? ["epoch", "run", "cloud $"] : ["cloud $/Mtok"], ["buy $", "break-even", "bound"]);
+    .concat(withSize ? ["epoch", "run", "time split", "cloud $"] : ["time split", "cloud $/Mtok"],
+      ["buy $", "break-even", "bound"]);
   const shown = state.planAll ? d.setups : d.setups.slice(0, PLAN_ROWS);
+  const splits = shown.map((s) => timeSplit(s, withSize));
+  const longest = Math.max(0, ...splits.map((t) => t.total));
   const rows = shown.map((s, i) => {
     const t = s.time;
     const step = t.step || {};
     const cost = s.cost;
-    let setup = `${s.count} x ${s.device}` + (s.count > 1 ? ` ${s.sharding}` : "");
+    let setup = `${s.count} x ${s.device}` + (s.count > 1 ? ` ${s.layout}` : "");
     if (s.offload_optimizer || s.offload_params) setup += " +offload";
     const cells = [String(i + 1), setup, `${s.micro_batch} x ${s.grad_accum}`, s.checkpointing,
       `${gib(s.peak_bytes + s.offloaded_bytes)} / ${gib(s.usable_bytes)}`,
       el("span", { class: `pill ${s.verdict}`, text: s.verdict }),
       int(step.tokens_per_s || 0)];
-    if (withSize) cells.push(duration(t.epoch_s), duration(t.run_s), money(cost.cloud_usd));
-    else cells.push(money(s.cloud_usd_per_million_tokens));
+    if (withSize) cells.push(duration(t.epoch_s), duration(t.run_s));
+    const splitAt = cells.push(timeBar(splits[i], longest, withSize)) - 1;  // next to the time it splits
+    cells.push(withSize ? money(cost.cloud_usd) : money(s.cloud_usd_per_million_tokens));
     cells.push(money(cost.purchase_usd), weeks(cost.breakeven_weeks), step.bound || "");
-    return el("tr", {}, cells.map((v, k) => el("td", { class: k === 0 || k >= 6 && k !== cells.length - 1 ? "num" : "" }, v)));
+    const last = cells.length - 1;
+    return el("tr", {}, cells.map((v, k) => el("td",
+      { class: k === splitAt ? "time-split" : k === 0 || k >= 6 && k !== last ? "num" : "" }, v)));
   });
   const more = d.setups.length > PLAN_ROWS
     ? el("tr", {}, el("td", { colspan: head.length },
@@ -454,6 +513,7 @@ function renderPlan(d, p) {
         text: state.planAll ? `show the first ${PLAN_ROWS}` : `show all ${d.setups.length} setups` })))
     : null;
   $("#plan").replaceChildren(el("thead", {}, el("tr", {}, head.map((h) => el("th", { text: h })))), el("tbody", {}, rows, more));
+  $("#plan-legend").replaceChildren(...(shown.length ? timeLegend(splits, withSize) : []));
   const unfit = d.unfit.length ? `Cannot run it (${d.unfit.length}): ${d.unfit.slice(0, 8).map((u) => u.device).join(", ")}` +
     `${d.unfit.length > 8 ? " …" : ""}. ` : "";
   const gpus = p.gpus ? "The planner chooses the GPU count (gpus is not sent; cap it with max gpus). " : "";

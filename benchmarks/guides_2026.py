@@ -22,13 +22,13 @@ from pathlib import Path
 from tuneplan.choices.frameworks import FRAMEWORKS
 from tuneplan.disk import estimate_disk
 from tuneplan.errors import TuneplanError
-from tuneplan.fit import FITS, NO, TIGHT, fit_verdict
+from tuneplan.fit import FITS, NO, TIGHT, fit_verdict, plan_base
 from tuneplan.hardware import Device, resolve_device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import ModelSpec, param_counts, resolve_model
 from tuneplan.plan import plan
-from tuneplan.search import max_seq_len, min_gpus
+from tuneplan.search import describe_layout, gpu_counts, max_seq_len, min_gpus
 from tuneplan.timing import Dataset, fmt_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -413,6 +413,82 @@ def unified_section() -> list[str]:
     return rows
 
 
+# The guides' cluster rows (issue 23): (claim, model, method, device, [(stack label, settings)])
+CLUSTER_ROWS = (
+    ("70B full fine-tune: 8x H100 80GB cluster", "llama-3.1-70b", "full", "h100", (
+        ("torchtune, FSDP2 pure bf16", dict(framework="torchtune", sharding="fsdp")),
+        ("torchtitan, FSDP2 (fp32 shards)", dict(framework="torchtitan", sharding="fsdp")),
+        ("HF + DeepSpeed ZeRO-3", dict(sharding="zero3")),
+        ("HF + DeepSpeed ZeRO-3 + CPU offload", dict(sharding="zero3", offload_optimizer=True, offload_params=True)),
+        ("HF + accelerate FSDP", dict(sharding="fsdp")),
+        ("HF, layout searched (TP inside a machine)", dict()),
+    )),
+    ("120B (gpt-oss) full: 16x H100 cluster", "gpt-oss-120b", "full", "h100", (
+        ("HF + DeepSpeed ZeRO-3", dict(sharding="zero3")),
+        ("torchtitan, FSDP2", dict(framework="torchtitan", sharding="fsdp")),
+        ("HF, layout searched", dict()),
+    )),
+    ("405B full: cluster-scale", "llama-3.1-405b", "full", "h100", (
+        ("HF + DeepSpeed ZeRO-3", dict(sharding="zero3")),
+        ("torchtitan, layout searched (TP x PP x FSDP)", dict(framework="torchtitan")),
+        ("Megatron-Core, layout searched", dict(framework="megatron")),
+    )),
+    ("405B LoRA: cluster-scale", "llama-3.1-405b", "lora", "h100", (
+        ("HF + PEFT, layout searched", dict()),
+    )),
+    ("405B QLoRA: multi-GPU", "llama-3.1-405b", "qlora", "h100", (
+        ("HF + PEFT, layout searched", dict()),
+    )),
+    ("70B LoRA on 2 GPUs with tensor parallelism (2 x 96 GB)", "llama-3.1-70b", "lora", "rtx-pro-6000-blackwell", (
+        ("HF + PEFT, TP 2", dict(tensor=2)),
+        ("HF + PEFT, layout searched", dict()),
+    )),
+    ("70B full on 4 x 96 GB", "llama-3.1-70b", "full", "rtx-pro-6000-blackwell", (
+        ("HF, TP 4", dict(tensor=4)),
+        ("torchtune, FSDP2 pure bf16", dict(framework="torchtune", sharding="fsdp")),
+    )),
+    ("70B LoRA: DGX Spark / 2x H100", "llama-3.1-70b", "lora", "h100", (
+        ("HF + PEFT, TP 2", dict(tensor=2)),
+    )),
+    ("120B (gpt-oss) LoRA: DGX Spark cluster", "gpt-oss-120b", "lora", "dgx-spark", (
+        ("HF + PEFT, layout searched", dict()),
+    )),
+)
+
+
+def cluster_section() -> list[str]:
+    """The guides' multi-GPU and cluster rows: the fewest GPUs of the named device that run the
+    job per stack (tuneplan.search.min_gpus: node-sized counts, whole machines beyond one,
+    the stack's layouts), with the per-GPU peak there; a fixed degree (TP 2) is kept."""
+    rows = ["## Clusters: the guides' multi-GPU rows by stack", "",
+            "The fewest GPUs of the named device that run the job under each stack (`tuneplan plan` / `min_gpus`: "
+            "1, 2, 4, 8 GPUs in a machine, then whole machines; data parallel with each sharding the stack runs, "
+            "TP inside a machine, PP across), with the layout and the per-GPU peak of the rank that peaks. "
+            "DeepSpeed keeps fp32 master weights and Adam states next to a bf16 model; torchtune's FSDP2 is pure bf16.",
+            "", "| guide's claim | stack | fewest GPUs | layout | peak GB / usable | machines |",
+            "|---|---|---|---|---|---|"]
+    for claim, model, method, dev, stacks in CLUSTER_ROWS:
+        spec, d = resolve_model(model), resolve_device(dev)
+        for label, settings in stacks:
+            try:
+                j = job(method, **({"num_gpus": settings["tensor"]} if "tensor" in settings else {}), **settings)
+                found = plan_base(spec, j, d, max_count=gpu_counts(d)[-1])
+            except TuneplanError as e:
+                rows.append(f"| {claim} | {label} | refused | {e} | | |")
+                continue
+            if found is None:
+                rows.append(f"| {claim} | {label} | does not fit | up to {gpu_counts(d)[-1]} x {d.id}, with any "
+                            "change that keeps the method (host RAM for offload included) | | |")
+                continue
+            n, fj, change = found
+            if change is not None:
+                label += f" (+ {change.description})"
+            est = estimate_memory(spec, fj)
+            rows.append(f"| {claim} | {label} | {n} x {d.id} | {describe_layout(fj)} | "
+                        f"{gb(est.peak_bytes)} / {gb(d.usable_bytes)} ({est.rank}) | {fj.parallel.machines} |")
+    return rows
+
+
 def render() -> str:
     out = ["# The 2026 fine-tuning guides, checked with tuneplan", "",
            "Generated by `python benchmarks/guides_2026.py` from ../shared/guides/claims-2026.md; do not edit by "
@@ -421,7 +497,8 @@ def render() -> str:
            "sentence on why they differ.", "",
            f"Settings tuneplan assumes where a guide is silent: {DEFAULTS}", "",
            f"Memory in GB (10^9 bytes) as the guides write it. MLX profile available: {'yes' if HAS_MLX else 'no'}.", ""]
-    for section in (vram_table, multiplier_table, fit_tables, time_table, disk_table, act_table, unified_section):
+    for section in (vram_table, multiplier_table, fit_tables, cluster_section, time_table, disk_table, act_table,
+                    unified_section):
         out += section() + [""]
     return "\n".join(out)
 

@@ -269,8 +269,9 @@ def test_plan_and_trace_help_do_not_list_refused_options(capsys):
     _, plan_help, _ = cli(capsys, "plan", "--help")
     _, trace_help, _ = cli(capsys, "trace", "--help")
     assert "--gpus" not in plan_help and "--max-gpus" in plan_help
-    for flag in ("--gpus", "--sharding", "--offload-optimizer", "--offload-params"):
+    for flag in ("--offload-optimizer", "--offload-params", "--pp", "--cp", "--ep", "--nodes"):
         assert flag not in trace_help, flag
+    assert "--gpus" in trace_help and "--tp" in trace_help  # one rank under a fake process group
     _, est_help, _ = cli(capsys, "estimate", "--help")
     assert "--gpus" in est_help and "--offload-params" in est_help
 

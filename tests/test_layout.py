@@ -159,11 +159,12 @@ def test_from_settings_round_trips():
     ({"fused_ce": "yes"}, "true or false"),
     ({"batch_size": 2}, "unknown setting"),
     ({"fused_ce": True, "cross_entropy": "chunked"}, "contradicts"),
-    ({"framework": "megatron"}, "unknown framework"),
+    ({"framework": "nemo-rl"}, "unknown framework"),
     ({"cross_entropy": "sparse"}, "unknown cross-entropy"),
-    ({"task": "dpo"}, "not modelled yet"),
-    ({"num_gpus": 4, "tensor": 2}, "tensor parallelism is not computed yet"),
-    ({"num_gpus": 4, "pipeline": 4}, "pipeline parallelism is not computed yet"),
+    ({"task": "grpo"}, "not modelled yet"),
+    ({"num_gpus": 4, "tensor": 3}, "cannot be split"),
+    ({"num_gpus": 4, "pipeline": 4}, "does not run --pp"),
+    ({"num_gpus": 8, "tensor": 2, "sharding": "zero3"}, "does not combine --tp/--pp"),
     ({"num_gpus": 3, "tensor": 2}, "cannot be split"),
 ])
 def test_from_settings_rejects_bad_values_in_one_line(settings, msg):
@@ -173,7 +174,7 @@ def test_from_settings_rejects_bad_values_in_one_line(settings, msg):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["estimate", "llama-3.1-8b", "--tp", "2", "--gpus", "2"], "tensor parallelism"),
+    (["estimate", "llama-3.1-8b", "--pp", "2", "--gpus", "2"], "does not run --pp"),
     (["estimate", "llama-3.1-8b", "--task", "grpo"], "not modelled yet"),
     (["estimate", "llama-3.1-8b", "--cross-entropy", "sparse"], "unknown cross-entropy"),
     (["estimat", "llama-3.1-8b"], "did you mean estimate"),

@@ -62,6 +62,8 @@ def group(system: System, size: int, stride: int = 1, domain: int = 0) -> Group:
             per machine); a job on fewer machines than the domain holds passes its own.
     """
     dom = max(1, domain or system.nvlink_domain or system.gpus_per_machine)
+    if system.intra_gbps <= 0:  # no GPU-to-GPU link inside a machine (one GPU each: DGX Spark, Mac)
+        dom = 1
     if size <= 1:
         return Group(1, 1, 1, math.inf, math.inf, math.inf, 0.0, 0.0)
     per = max(1, min(size, dom // stride)) if stride < dom else 1

@@ -377,7 +377,8 @@ def _size_changes(job: Job, device: Device, max_count: int | None = None,
     if spec is not None:
         # the fewest GPUs that leave 10% headroom, then the fewest that fit at all
         for usable in (int(device.usable_bytes * (1 - cal.TIGHT_HEADROOM)), device.usable_bytes):
-            found = min_gpus(spec, job, device, max_count=limit, usable=usable)
+            found = min_gpus(spec, job, device, max_count=limit, usable=usable,
+                             accept=lambda j: host_fits(spec, j, device))
             if found is not None and found[0] > p.num_gpus:
                 n, j = found
                 q = j.parallel
@@ -523,8 +524,8 @@ def plan_base(spec: ModelSpec, job: Job, device: Device, max_count: int | None =
     within `max_count` (default the device's max) x device.
     """
     job = job.on_vendor(device.vendor)
-    found = min_gpus(spec, job, device, max_count=max_count)
-    if found is not None and host_fits(spec, found[1], device):
+    found = min_gpus(spec, job, device, max_count=max_count, accept=lambda j: host_fits(spec, j, device))
+    if found is not None:
         return found[0], found[1], None
     ch = cheapest_change(spec, job, device, keep_method=True, max_count=max_count)
     if ch is None:

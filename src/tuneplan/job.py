@@ -613,6 +613,9 @@ def _check_layout(job: Job) -> None:
         if degree > 1 and dim not in prof.model_parallel:
             runs = ", ".join(f.name for f in FRAMEWORKS.values() if dim in f.model_parallel)
             raise TuneplanError(f"{prof.label} does not run {flag}; stacks that do: {runs}")
+    if (p.tensor > 1 or p.pipeline > 1) and p.data * p.context > 1 and p.sharding not in prof.model_parallel_shardings:
+        raise TuneplanError(f"{prof.label} does not combine --tp/--pp with --sharding {p.sharding}; with model "
+                            f"parallelism use --sharding {' or '.join(prof.model_parallel_shardings)}")
     if p.sequence_parallel is False and prof.sequence_parallel_default and p.tensor > 1 and "sp" not in prof.model_parallel:
         raise TuneplanError(f"{prof.label} always runs sequence parallelism with TP")
 

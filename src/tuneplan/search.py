@@ -179,7 +179,8 @@ def SHARDING_STAGE3(name: str) -> bool:  # noqa: N802 - a predicate over the sha
     return SHARDINGS[name].stage == 3
 
 
-def _try(spec: ModelSpec, job: Job, layout: dict, n: int, device: Device, usable: int | None = None) -> Job | None:
+def _try(spec: ModelSpec, job: Job, layout: dict, n: int, device: Device, usable: int | None = None,
+         accept: Callable[[Job], bool] | None = None) -> Job | None:
     """The job with `layout` on n GPUs if that layout is valid there and fits, else None."""
     tp, pp = layout["tensor"], layout["pipeline"]
     if n % (tp * pp):
@@ -193,11 +194,13 @@ def _try(spec: ModelSpec, job: Job, layout: dict, n: int, device: Device, usable
     except TuneplanError:
         return None
     pk = _safe_peak(spec, j, device.unified)
-    return j if pk is not None and pk <= (usable or device.usable_bytes) else None
+    if pk is None or pk > (usable or device.usable_bytes):
+        return None
+    return j if accept is None or accept(j) else None
 
 
 def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = None,
-             usable: int | None = None) -> tuple[int, Job] | None:
+             usable: int | None = None, accept: Callable[[Job], bool] | None = None) -> tuple[int, Job] | None:
     """Fewest GPUs of this kind that fit the job, and the layout that does it.
 
     Counts are the ones clusters come in (gpu_counts: 1, 2, 4, 8 in a machine, then whole
@@ -206,7 +209,8 @@ def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = 
     the smallest fitting count is found by bisection over the counts and checked directly;
     the fewest GPUs win, and at equal counts the layout with the least communication (the
     earlier one). Returns (count, job with that layout) or None up to `max_count`; `usable`
-    overrides the device's usable bytes (a fit with headroom).
+    overrides the device's usable bytes (a fit with headroom); `accept` is a further test of a
+    fitting job (the host RAM its offload needs: tuneplan.fit.host_fits).
     """
     try:
         job = job.on_vendor(device.vendor)  # the runtime the framework runs there (no CUDA context on MLX)
@@ -216,19 +220,19 @@ def min_gpus(spec: ModelSpec, job: Job, device: Device, max_count: int | None = 
     if not counts:
         return None
     first = _try(spec, job, dict(tensor=job.parallel.tensor, pipeline=job.parallel.pipeline,
-                                 sharding=job.parallel.sharding), counts[0], device, usable)
+                                 sharding=job.parallel.sharding), counts[0], device, usable, accept)
     if first is not None and counts[0] == 1:
         return 1, first
     best: tuple[int, int, Job] | None = None  # (count, layout order, job)
     for order, layout in enumerate(_layouts(spec, job, device.max_count)):
         hi = len(counts) if best is None else counts.index(best[0]) + 1
-        fits = [(k, _try(spec, job, layout, counts[k], device, usable)) for k in (hi - 1,)] if hi else []
+        fits = [(k, _try(spec, job, layout, counts[k], device, usable, accept)) for k in (hi - 1,)] if hi else []
         if not fits or fits[0][1] is None:
             continue
         lo_k, hi_k, found = -1, hi - 1, fits[0][1]
         while hi_k - lo_k > 1:
             mid = (lo_k + hi_k) // 2
-            j = _try(spec, job, layout, counts[mid], device, usable)
+            j = _try(spec, job, layout, counts[mid], device, usable, accept)
             if j is None:
                 lo_k = mid
             else:

@@ -130,6 +130,11 @@ class FrameworkProfile:
             on the shards (Megatron-Core vocab_parallel_cross_entropy; torchtitan loss_parallel);
             otherwise lm_head's output is gathered to the whole vocabulary on every rank
             (transformers' tp_plan "colwise_rep" lm_head, torchtune's Replicate() output).
+        model_parallel_shardings: the data-parallel shardings the stack combines with TP or PP:
+            torch FSDP / DDP on a 2-D mesh (accelerate ParallelismConfig dp_shard x tp,
+            torchtune, torchtitan); DeepSpeed's ZeRO does not shard a DTensor-parallel model
+            (its AutoTP trains with ZeRO 0-2 only, not through these stacks' configs); Megatron
+            runs its distributed optimizer (--sharding zero1) with TP and PP.
         selective_checkpointing: runs --checkpointing selective, torchtitan's op-level selective
             activation checkpointing (activation_checkpoint.mode "selective", option "op").
         suggest: the fit search may suggest moving to this stack (new layouts' stacks, whose
@@ -187,6 +192,7 @@ class FrameworkProfile:
     accumulates_unsharded: bool = False
     fp32_main_grads: bool = False
     loss_parallel: bool = False
+    model_parallel_shardings: tuple[str, ...] = ("ddp", "fsdp", "hsdp")
     selective_checkpointing: bool = False
     suggest: bool = True
     versioned_libraries: tuple[str, ...] = ("bitsandbytes", "transformers")
@@ -286,6 +292,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
         shardings=("ddp", "zero1", "fsdp"), model_parallel=("tp", "sp", "pp", "cp", "ep"),
         sequence_parallel_default=True, fsdp_version=2, fp32_main_grads=True, suggest=False, loss_parallel=True,
+        model_parallel_shardings=("ddp", "zero1", "fsdp"),
         calibration_framework="megatron"),
     FrameworkProfile(
         # mlx-lm 0.32.2 (`mlx_lm.lora`): LoRA/DoRA on every linear of the last num_layers

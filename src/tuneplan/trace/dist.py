@@ -512,7 +512,7 @@ def run_dist_trace(config: dict[str, Any], job: Job, *, tp: int | None = None, f
 
     layout = layout_of(job, tp=tp, fsdp_version=fsdp_version, sequence_parallel=sequence_parallel, rank=rank)
     t = job.training
-    mixed = t.precision == "mixed"
+    mixed = t.dtypes.fp32_master
     if job.method.kind == "qlora" and layout.world > 1:
         raise TuneplanError("the distributed trace does not replay QLoRA (FSDP needs bitsandbytes' quant_storage); "
                             "trace QLoRA on one GPU")

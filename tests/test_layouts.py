@@ -157,3 +157,26 @@ def test_torchtitan_rows_within_10_percent():
     s = mod.summary(rows)
     assert s["scored"] >= 4 and s["median_abs_error"] <= 0.10
     assert all(r.skip for r in rows if r.predicted_gib is None)
+
+
+@pytest.mark.parametrize("kind,n,tp,sharding", [
+    ("full", 4, 1, "fsdp"), ("lora", 4, 1, "fsdp"), ("full", 4, 4, "ddp"), ("lora", 2, 2, "ddp"),
+    ("full", 4, 2, "fsdp"),
+])
+def test_estimate_within_5_percent_of_the_multi_rank_trace(kind, n, tp, sharding):
+    """Rank 0 of the layout replayed under torch's fake process group (tuneplan.trace.dist:
+    FSDP2 fully_shard, DTensor TP with transformers' tp_plan) against the estimator's
+    allocated peak; the whole grid is benchmarks/trace_dist_grid.py."""
+    pytest.importorskip("torch")
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "trace_dist_grid.py"
+    spec = importlib.util.spec_from_file_location("trace_dist_grid", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["trace_dist_grid"] = mod
+    spec.loader.exec_module(mod)
+    row = mod.run_row("tiny-llama", mod.MODELS["tiny-llama"], kind, n, tp, sharding)
+    assert "error" in row, row
+    assert abs(row["error"]) <= 0.05, row

@@ -130,6 +130,10 @@ class FrameworkProfile:
             on the shards (Megatron-Core vocab_parallel_cross_entropy; torchtitan loss_parallel);
             otherwise lm_head's output is gathered to the whole vocabulary on every rank
             (transformers' tp_plan "colwise_rep" lm_head, torchtune's Replicate() output).
+        tp_splits_embedding: with TP the input embedding is split over the vocabulary
+            (torchtune base_llama_tp_plan and torchtitan: tok_embeddings RowwiseParallel;
+            Megatron VocabParallelEmbedding); transformers' base_model_tp_plan leaves
+            embed_tokens replicated and splits only lm_head (colwise_rep).
         model_parallel_shardings: the data-parallel shardings the stack combines with TP or PP:
             torch FSDP / DDP on a 2-D mesh (accelerate ParallelismConfig dp_shard x tp,
             torchtune, torchtitan); DeepSpeed's ZeRO does not shard a DTensor-parallel model
@@ -192,6 +196,7 @@ class FrameworkProfile:
     accumulates_unsharded: bool = False
     fp32_main_grads: bool = False
     loss_parallel: bool = False
+    tp_splits_embedding: bool = False
     model_parallel_shardings: tuple[str, ...] = ("ddp", "fsdp", "hsdp")
     selective_checkpointing: bool = False
     suggest: bool = True
@@ -244,7 +249,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
         expands_kv_heads=True, shardings=("ddp", "fsdp", "hsdp"), model_parallel=("tp",), fsdp_version=2,
-        versioned_libraries=(), adamw_fused=True),
+        versioned_libraries=(), adamw_fused=True, tp_splits_embedding=True),
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
@@ -280,7 +285,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
         fsdp_fp32_params=True, shardings=("ddp", "fsdp", "hsdp"), model_parallel=("tp", "sp", "pp", "cp", "ep"),
         sequence_parallel_default=True, fsdp_version=2, suggest=False, calibration_framework="torchtitan",
-        loss_parallel=True, selective_checkpointing=True),
+        loss_parallel=True, selective_checkpointing=True, tp_splits_embedding=True),
     FrameworkProfile(
         # Megatron-Core as NeMo 2 / Megatron-Bridge run it (fine-tuning and LoRA): bf16 weights,
         # fp32 main gradients, fp32 master weights and Adam states (distributed optimizer =
@@ -292,7 +297,7 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
         shardings=("ddp", "zero1", "fsdp"), model_parallel=("tp", "sp", "pp", "cp", "ep"),
         sequence_parallel_default=True, fsdp_version=2, fp32_main_grads=True, suggest=False, loss_parallel=True,
-        model_parallel_shardings=("ddp", "zero1", "fsdp"),
+        model_parallel_shardings=("ddp", "zero1", "fsdp"), tp_splits_embedding=True,
         calibration_framework="megatron"),
     FrameworkProfile(
         # mlx-lm 0.32.2 (`mlx_lm.lora`): LoRA/DoRA on every linear of the last num_layers

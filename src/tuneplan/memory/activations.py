@@ -292,8 +292,12 @@ def _plain_mlp_saves(spec: ModelSpec, t: Training, sv: _Saver, lins: tuple[Linea
     return saved, inter
 
 
-def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
+def layer_activations(spec: ModelSpec, job: Job, layer: int, adapters_16bit: bool = False) -> LayerActs:
     """Per-token activation bytes of decoder layer `layer` without checkpointing.
+
+    `adapters_16bit`: the fp32 adapters compute in the 16-bit dtype (FSDP's mixed-precision
+    policy gathers every parameter as param_dtype=bf16), so PEFT's cast of the input to the
+    adapter dtype is a no-op and keeps no copy (traced: benchmarks/results/trace_dist_grid.md).
 
     Norms per _norm_bytes, attention per _attention_saves, the MLP per _dense_mlp_saves or
     _moe_saves; linears and adapters per _Saver. Checked against `tuneplan trace`
@@ -304,7 +308,8 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int) -> LayerActs:
     full = m.kind in ("full", "freeze")
     lins = layer_linears(spec, layer)
     norm = _norm_bytes(spec, t, full)
-    copies = m.is_adapter and t.profile.adapter_input_copies and t.compilation.adapter_input_copies
+    copies = (m.is_adapter and t.profile.adapter_input_copies and t.compilation.adapter_input_copies
+              and not adapters_16bit)
     if t.autocast:
         # autocast casts PEFT's fp32 copy back and saves that compute-dtype copy; PEFT's 4-bit
         # LoRA layer does not cast under autocast (an fp32 residual stream still makes copies)
@@ -409,7 +414,8 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=16384)
-def stack_activations(spec: ModelSpec, method: Method, training: Training) -> tuple[int, LayerActs]:
+def stack_activations(spec: ModelSpec, method: Method, training: Training,
+                      adapters_16bit: bool = False) -> tuple[int, LayerActs]:
     """(saved bytes per token summed over the layers that keep activations, worst single layer).
 
     freeze keeps activations only for the trained top layers: nothing below them needs a
@@ -421,13 +427,13 @@ def stack_activations(spec: ModelSpec, method: Method, training: Training) -> tu
     total = 0
     worst = LayerActs(0, 0)
     for layer, n in layer_groups(spec):
-        la = layer_activations(spec, job, layer)
+        la = layer_activations(spec, job, layer, adapters_16bit)
         count = trained_layer_count(spec, method, layer, n)
         total += la.saved * count
         if la.saved + la.transient > worst.saved + worst.transient:
             worst = la
     if spec.parallel_block:  # only a parallel block has such a branch
-        total -= layer_activations(spec, job, first_trained_layer(spec, method)).grad_free_branch
+        total -= layer_activations(spec, job, first_trained_layer(spec, method), adapters_16bit).grad_free_branch
     return total, worst
 
 

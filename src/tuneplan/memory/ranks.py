@@ -60,8 +60,13 @@ def _split(n: int, parts: int, what: str, model: str) -> int:
     return n // parts
 
 
-def _tp_widths(spec: ModelSpec, tp: int, ep: int) -> ModelSpec:
-    """The rank's share of each layer under tensor and expert parallelism."""
+def _tp_widths(spec: ModelSpec, tp: int, ep: int, splits_embedding: bool = True) -> ModelSpec:
+    """The rank's share of each layer under tensor and expert parallelism.
+
+    The vocabulary dimension is the rank's elements of the embedding and lm_head: both split
+    by t where the stack splits the embedding; else (transformers' tp_plan: embed_tokens
+    replicated, lm_head colwise) v + v/t elements of an untied pair, written as a width of
+    v (1 + 1/t) / 2 each so the counts are exact, and the whole v when they are tied."""
     if tp == 1 and ep == 1:
         return spec
     name = spec.name
@@ -72,8 +77,10 @@ def _tp_widths(spec: ModelSpec, tp: int, ep: int) -> ModelSpec:
             raise TuneplanError(f"{name}: {kv} key/value heads cannot be split over tensor parallelism {tp}")
         kv = max(1, kv // tp)  # fewer k/v heads than ranks: each rank keeps a replica of one
     inter = _split(spec.intermediate_size, tp, "MLP width", name) if tp > 1 and spec.intermediate_size else spec.intermediate_size
-    changes = dict(num_heads=heads, num_kv_heads=kv, intermediate_size=inter,
-                   vocab_size=math.ceil(spec.vocab_size / tp))
+    v = spec.vocab_size
+    vocab = (math.ceil(v / tp) if splits_embedding else v if spec.tie_embeddings
+             else math.ceil(v * (1 + 1 / tp) / 2))
+    changes = dict(num_heads=heads, num_kv_heads=kv, intermediate_size=inter, vocab_size=vocab)
     if spec.num_experts:
         changes["num_experts"] = _split(spec.num_experts, ep, "routed experts", name)
         changes["experts_per_token"] = min(spec.experts_per_token, changes["num_experts"])
@@ -109,21 +116,21 @@ def rank_views(spec: ModelSpec, job: Job) -> tuple[RankView, ...]:
         return (RankView("every rank", spec, spec, 1, spec, t.seq_len, 1.0, p.shard_world),)
     prof = t.profile
     return _model_parallel_views(spec, p, t.seq_len, t.grad_accum, prof.sequence_parallel_default,
-                                 prof.loss_parallel)
+                                 prof.loss_parallel, prof.tp_splits_embedding)
 
 
 @lru_cache(maxsize=4096)
 def _model_parallel_views(spec: ModelSpec, p, seq_len: int, grad_accum: int, sp_default: bool,
-                          loss_parallel: bool) -> tuple[RankView, ...]:
+                          loss_parallel: bool, splits_embedding: bool) -> tuple[RankView, ...]:
     tp, pp, vp, cp, ep = p.tensor, p.pipeline, p.virtual_stages, p.context, p.expert
     seq = seq_len
     if cp > 1:
         seq = _split(seq_len, cp, "tokens per sequence", f"--seq-len {seq_len:,} with --cp {cp}")
     world = max(1, p.shard_world // ep) if ep > 1 else p.shard_world
-    local = _tp_widths(spec, tp, ep)
+    local = _tp_widths(spec, tp, ep, splits_embedding)
     sp = p.sequence_parallel if p.sequence_parallel is not None else sp_default
     sp = bool(sp) and tp > 1
-    loss_spec = local if loss_parallel else replace(local, vocab_size=spec.vocab_size)
+    loss_spec = replace(local, vocab_size=math.ceil(spec.vocab_size / tp) if loss_parallel else spec.vocab_size)
     if pp == 1:
         act = replace(_tp_widths(spec, 1, ep), vocab_size=local.vocab_size) if sp else local
         return (RankView("every rank", local, act, tp if sp else 1, loss_spec, seq, 1.0, world),)

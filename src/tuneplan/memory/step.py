@@ -230,7 +230,8 @@ def _autocast_copies(spec: ModelSpec, job: Job, world: int) -> int:
         # an fp32 lm_head under autocast: its compute-dtype cast is saved by its matmul for
         # the input gradient (the frozen weight is not cached; it dies with the backward)
         copies += t.compute_bytes * spec.vocab_size * spec.hidden_size // (world if stage == 3 else 1)
-    if t.checkpointing == "none" and m.is_adapter and t.autocast and t.adapter_bytes != t.compute_bytes:
+    if (t.checkpointing == "none" and m.is_adapter and t.autocast and t.adapter_bytes != t.compute_bytes
+            and not fsdp_fp32_params(job)):
         # the cached compute-dtype casts of the fp32 adapters are saved by their matmuls
         # until backward (with checkpointing they die with the forward): measured by trace
         copies += t.compute_bytes * trainable(spec, m).adapter
@@ -297,7 +298,9 @@ def _moments(spec: ModelSpec, job: Job, view: RankView) -> _Moments:
 
     # --- activations (Korthikanti et al. 2022: split by t with sequence parallelism)
     ckpt = t.checkpointing
-    acts_full, worst_layer = stack_activations(view.act_spec, m, replace(t, micro_batch=1))
+    # under FSDP's mixed-precision policy the fp32 adapters are gathered in the compute dtype
+    fsdp_mixed = fsdp_fp32_params(job)
+    acts_full, worst_layer = stack_activations(view.act_spec, m, replace(t, micro_batch=1), fsdp_mixed)
     if div > 1:
         acts_full //= div
         worst_layer = replace(worst_layer, saved=worst_layer.saved // div, transient=worst_layer.transient // div)

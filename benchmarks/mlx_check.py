@@ -4,11 +4,12 @@ Builds small randomly initialised models from config dicts with mlx-lm's own mod
 (mlx_lm.models.llama / qwen2), applies the method as `mlx_lm.lora` does (nn.quantize for
 QLoRA, tuner.utils.linear_to_lora_layers for LoRA/DoRA on the last `num_layers` layers,
 unfreezing the last layers for full), and runs mlx_lm.tuner.trainer.train (its compiled
-step: default_loss, nn.value_and_grad, Adam update) for one optimizer step with the
-optimizer state already created (the steady state). MLX's own counter is read:
-mx.get_peak_memory() after mx.reset_peak_memory(), the figure mlx-lm prints as "Peak mem".
-It is compared with tuneplan's estimate on that counter (MemoryEstimate.peak_allocated_bytes
-with runtime mlx-cpu). mlx 0.32.4, mlx-lm 0.32.2.
+step: default_loss, nn.value_and_grad, Adam update) for two optimizer steps with the
+optimizer state already created, and measures the second (the steady state; see measure()
+for why the first is not measured). MLX's own counter is read: mx.get_peak_memory() after
+mx.reset_peak_memory(), the figure mlx-lm prints as "Peak mem". It is compared with
+tuneplan's estimate on that counter (MemoryEstimate.peak_allocated_bytes with runtime
+mlx-cpu). mlx 0.32.4, mlx-lm 0.32.2 (on Linux the `mlx[cpu]` wheel: MLX's CPU backend).
 
     python benchmarks/mlx_check.py        # writes benchmarks/results/mlx_check.md (~30 s on 2 cores)
 
@@ -75,8 +76,53 @@ def estimate(name: str, job: dict[str, Any]) -> int:
     return estimate_memory(spec_of(name), Job.from_settings(**settings_of(job))).peak_allocated_bytes
 
 
+WARMUP_STEPS = 1  # steps run before the measured one (see measure())
+
+
 def measure(name: str, job: dict[str, Any]) -> int:
-    """Peak bytes MLX reports (mx.get_peak_memory) over one steady-state mlx-lm training step."""
+    """Peak bytes MLX reports (mx.get_peak_memory) over one steady-state mlx-lm training step.
+
+    Why the step after a warm-up, with the buffer cache off (tests/test_mlx_check.py failed
+    once on a fresh clone: lora-s64 73.9 MB measured, 84.5 predicted, then 85.3/84.9 MB):
+    MLX's CPU backend is asynchronous. mx.eval walks the graph on the calling thread, which
+    allocates each op's output and hands the computation to the CPU stream's worker thread;
+    an op's inputs are released only when the worker has run it (mlx/backend/cpu/eval.cpp),
+    and the calling thread may run up to ~10 tasks of 10 dispatches ahead (transforms.cpp
+    MAX_ACTIVE_TASKS). The peak therefore includes whatever the calling thread allocated
+    ahead of the worker. In steady state it is far ahead (the worker does the arithmetic),
+    which is what mlx-lm prints and what tuneplan's MLX rules are checked against. In the
+    first step of a process the calling thread also builds every fused kernel of the
+    mx.compile'd step (mlx/backend/cpu/compiled.cpp: C++ source compiled with the system
+    compiler, cached in $TMPDIR/mlx/<version>/cpu, then dlopen'ed); with a cold cache (a
+    fresh machine or clone) each kernel stalls it for about a second, the worker catches up
+    and frees inputs early, and the first step's peak drops towards the synchronous figure
+    (lora-s64: 73.9 MB with a cold cache, 84.7-85.3 MB warm; 73.8-74.2 MB with
+    mx.set_memory_limit(0), which makes eval wait for the worker). So the first step (mx.compile's
+    trace, kernel compilation and loading) is a warm-up and the peak is reset, after the
+    worker has drained, before the measured step. The buffer cache is off for the measured step
+    (mx.set_cache_limit(0)) so the counter is the sum of the live arrays' sizes: a cached
+    buffer is reused for any request up to 2 pages smaller and counted at its own size, and
+    which buffers are free at a given allocation depends on the same thread timing. Earlier
+    jobs in the process leave no active memory (checked: the active bytes before the model
+    is built are subtracted; they are 0 after gc, apart from MLX's 16-byte random state).
+    Each job runs on a CPU stream of its own (mx.new_stream): a stream's encoder counts its
+    dispatches and makes every tenth the end of a task (backend/cpu/encoder.h
+    DISPATCHES_PER_TASK), so on a shared stream where the in-flight cap falls in the measured
+    step, and so the peak, depended on how many ops earlier tests had run (q-dora-s64 measured
+    33.37 MB alone and 33.86 MB after q-full-s128 in one process). On a new stream the count
+    starts at 0 and the warm-up step is the same graph every time. What remains is the
+    worker's exact lag at the peak, thread timing: over 4 job orders in fresh processes, 9 of
+    the 12 jobs gave the same figure every time and the others moved by at most 0.7%.
+    """
+    import mlx.core as mx
+
+    with mx.stream(mx.new_stream(mx.cpu)):
+        return _measure(name, job)
+
+
+def _measure(name: str, job: dict[str, Any]) -> int:
+    import gc
+
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -88,6 +134,10 @@ def measure(name: str, job: dict[str, Any]) -> int:
     s = settings_of(job)
     cfg = CONFIGS[name]
     mod = {"llama": llama, "qwen2": qwen2}[cfg["model_type"]]
+    gc.collect()  # arrays of an earlier job held only by reference cycles
+    mx.synchronize()
+    mx.clear_cache()
+    leftover = mx.get_active_memory()
     mx.random.seed(0)
     model = mod.Model(mod.ModelArgs.from_dict(cfg))
     model.set_dtype(mx.bfloat16)
@@ -110,10 +160,16 @@ def measure(name: str, job: dict[str, Any]) -> int:
             yield mx.random.randint(0, vocab, (batch, seq + 1)), mx.array([[0, seq + 1]] * batch)
 
     peaks: list[int] = []
+    cache_limit = mx.set_cache_limit(0)  # read the limit; the warm-up runs with it
+    mx.set_cache_limit(cache_limit)
 
-    class Peak(TrainingCallback):
+    class Peak(TrainingCallback):  # called after each step's mx.eval and .item() reads
         def on_train_loss_report(self, info):
             peaks.append(mx.get_peak_memory())
+            mx.synchronize()  # the worker has run every task: nothing in flight
+            if len(peaks) == WARMUP_STEPS:
+                mx.set_cache_limit(0)  # frees the cached buffers too
+            mx.reset_peak_memory()
 
     mx.synchronize()
     mx.clear_cache()
@@ -121,14 +177,15 @@ def measure(name: str, job: dict[str, Any]) -> int:
     block = type(model.layers[0])
     call = block.__call__  # trainer.grad_checkpoint patches the class; restored below
     with tempfile.TemporaryDirectory() as d:
-        args = TrainingArgs(batch_size=batch, iters=1, steps_per_report=1, steps_per_save=10**9,
+        args = TrainingArgs(batch_size=batch, iters=WARMUP_STEPS + 1, steps_per_report=1, steps_per_save=10**9,
                             max_seq_length=seq + 1, adapter_file=f"{d}/adapters.safetensors",
                             grad_checkpoint=s["checkpointing"] != "none")
         try:
             train(model, opt, [0], None, args, iterate_batches=batches, training_callback=Peak())
         finally:
             block.__call__ = call
-    return peaks[0]
+            mx.set_cache_limit(cache_limit)
+    return peaks[WARMUP_STEPS] - leftover
 
 
 def run(jobs=JOBS) -> list[dict[str, Any]]:

@@ -3,7 +3,11 @@
 Runs benchmarks/mlx_check.py's jobs (small random models built from config dicts with
 mlx-lm's own classes, its trainer's compiled step, nn.quantize, linear_to_lora_layers) and
 holds tuneplan's prediction of mx.get_peak_memory() within 5% of the measured figure for each.
-Skipped where mlx or mlx-lm is not importable. ~40 s on 2 CPU cores.
+The measured step is the second of a run: the first compiles MLX's CPU kernels, which with a
+cold kernel cache (a fresh machine) stalls the graph-walking thread so the worker frees inputs
+earlier and the peak drops by up to 14% (the flake of issue 26; bench.measure says why).
+Skipped where mlx or mlx-lm is not importable. ~50 s on 2 CPU cores with a warm kernel cache
+(MLX caches them in $TMPDIR/mlx), about two minutes more the first time.
 """
 
 from __future__ import annotations
@@ -32,3 +36,11 @@ def test_estimate_within_5_percent_of_mlx_peak(jid, name, job):
     measured = bench.measure(name, job)
     predicted = bench.estimate(name, job)
     assert abs(predicted / measured - 1) <= 0.05, (jid, measured, predicted)
+
+
+def test_measurement_is_repeatable_in_one_process():
+    """Two measurements of the same job in one process (the second after other work) agree:
+    no state of an earlier job (buffer cache, compiled kernels, leftover arrays) moves the peak."""
+    jid, name, job = next(j for j in bench.JOBS if j[0] == "q-dora-s64")
+    first, second = bench.measure(name, job), bench.measure(name, job)
+    assert abs(second / first - 1) <= 0.01, (jid, first, second)

@@ -311,6 +311,11 @@ def run(args: argparse.Namespace) -> int:
     spec, config = resolve_config(args.model, hub=args.hub)
     check_job(spec, job, args.allow_long_context)
     check_probeable(spec, job, args)
+    # the record file is checked before the probe runs (30 s to minutes), not after it
+    from tuneplan.cli.files import check_append
+    from tuneplan.probe.system import default_record_path
+
+    record_path = None if args.no_record else check_append("--record", args.record or default_record_path())
     est = estimate_memory(spec, job)
     limit = int(args.memory_limit * GiB) if args.memory_limit is not None else None
     if args.device == "cpu" and limit is None and not args.search:
@@ -323,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     quiet_libraries()
     from tuneplan.probe.device import COUNTERS, pick_kind
-    from tuneplan.probe.system import default_record_path, match_catalog, versions
+    from tuneplan.probe.system import match_catalog, versions
 
     kind = pick_kind(args.device)
     if args.search and kind == "cpu" and limit is None:
@@ -380,11 +385,9 @@ def run(args: argparse.Namespace) -> int:
         "elapsed_s": round(time.perf_counter() - started, 2), "search": search,
         "notes": notes + list(info.get("notes", [])) + ([pred["time_note"]] if pred.get("time_note") else []),
     }
-    record_path = None
-    if not args.no_record:
+    if record_path is not None:
         from tuneplan.probe.record import append, record
 
-        record_path = args.record or default_record_path()
         append(record_path, record(out, job, _model_arg(args.model, spec)))
     out["record"] = str(record_path) if record_path else None
     if args.json:

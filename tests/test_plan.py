@@ -139,9 +139,12 @@ def test_min_gpus_counts_whole_machines_and_spans_them():
     # LLaMA-Factory runs data parallelism only (no TP): the 70B full fine-tune spans machines
     n, j = min_gpus(resolve_model("llama-3.1-70b"), Job.from_settings(method="full", framework="llamafactory"), d)
     assert n > 8 and n % 8 == 0 and j.parallel.nodes == n // 8
-    # with tensor parallelism inside the machine, HF fits it on one 8 x H100
+    # torchtune's pure-bf16 FSDP2 fits it on one 8 x H100; HF's tp_plan keeps embed_tokens
+    # replicated, so HF needs whole machines
+    n, j = min_gpus(resolve_model("llama-3.1-70b"), Job.from_settings(method="full", framework="torchtune"), d)
+    assert n == 8 and j.parallel.sharding == "fsdp"
     n, j = min_gpus(resolve_model("llama-3.1-70b"), job("full"), d)
-    assert n == 8 and j.parallel.tensor > 1
+    assert n > 8 and n % 8 == 0
 
 
 def test_min_gpus_none_when_out_of_reach():

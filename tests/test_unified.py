@@ -158,7 +158,7 @@ def test_gb10_pair_over_connectx7(dev):
     ddp = Job.from_settings(method="qlora", num_gpus=2)  # DDP: each box holds the whole model
     assert fit_verdict(resolve_model("llama-3.1-8b"), ddp, d).verdict != NO
     setups = plan(spec, lora, Dataset(10_000_000), [d]).setups
-    assert setups and setups[0].count == 2
+    assert setups and min(s.count for s in setups) == 2  # the fewest: one pair (more pairs run faster)
     with pytest.raises(TuneplanError, match="whole machines"):  # a pair is one machine; clusters are pairs
         fit_verdict(spec, lora.with_settings(num_gpus=3, sharding="fsdp"), d)
     assert fit_verdict(spec, lora.with_settings(num_gpus=4, sharding="fsdp"), d).verdict != NO

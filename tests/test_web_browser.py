@@ -191,6 +191,6 @@ def test_plan_rows_draw_their_time_split(server, browser):
         assert all(rects.nth(k).locator("title").count() == 1 for k in range(rects.count()))
         widths.append(sum(float(rects.nth(k).get_attribute("width")) for k in range(rects.count())))
     assert abs(max(widths) - 140) < 0.1 and min(widths) < max(widths)
-    assert "tensor parallel" in page.text_content("#plan-legend")
+    assert "communication" in page.text_content("#plan-legend")
     assert not problems, problems
     page.close()

@@ -64,6 +64,16 @@ def test_core_import_loads_no_shell_at_run_time():
     assert out.strip() == "[]"
 
 
+# A module holds one concern; one much over 600 lines holds several and is split along them.
+MAX_MODULE_LINES = 650
+
+
+def test_no_module_is_much_over_600_lines():
+    big = {str(path.relative_to(SRC)): n for path in sorted(SRC.rglob("*.py"))
+           if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not big, f"modules over {MAX_MODULE_LINES} lines (split them along their concerns): {big}"
+
+
 def test_commands_never_import_each_other_or_the_entry_point():
     for rel, tree in _modules():
         if rel.parts[0] != "commands":

@@ -16,7 +16,7 @@ from tuneplan.errors import TuneplanError, TuneplanWarning
 from tuneplan.hardware import Device
 from tuneplan.job import TARGET_PRESETS, Job, Method
 from tuneplan.memory import check_method, is_target
-from tuneplan.models import ModelSpec, layer_linears
+from tuneplan.model_spec import ModelSpec, layer_linears
 
 
 def check_context(spec: ModelSpec, seq_len: int, allow_long_context: bool = False, warn: bool = False) -> None:

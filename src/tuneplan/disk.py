@@ -16,7 +16,7 @@ from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Job
 from tuneplan.memory import static_memory, trainable
-from tuneplan.models import ModelSpec, param_counts
+from tuneplan.model_spec import ModelSpec, param_counts
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "fp32": 4}
 

@@ -36,7 +36,7 @@ from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.memory.components import OVERHEAD
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 from tuneplan.search import (
     describe_layout,
     gpu_counts,
@@ -177,7 +177,7 @@ class Change:
 
 def _step(job: Job, kind: str, description: str, **settings: Any) -> Change | None:
     """The change, or None where the job's stack or runtime refuses it (an 8-bit optimizer on
-    MPS, a fused loss or more GPUs under mlx-lm: tuneplan.job._check_stack)."""
+    MPS, a fused loss or more GPUs under mlx-lm: tuneplan.job_checks.check_stack)."""
     try:
         new = job.with_settings(**settings)
     except TuneplanError:

@@ -7,6 +7,9 @@ is a record in tuneplan.choices; the properties here return those records. Valid
 happens in ``__post_init__`` so a bad value fails at the boundary with a one-line
 :class:`~tuneplan.errors.TuneplanError`. ``Job.from_settings`` builds a Job from flat
 settings and is what the API, the CLI, tests and benchmarks use.
+
+The layout (Parallel) is tuneplan.parallel, the value bounds tuneplan.bounds and the
+stack's refusals tuneplan.job_checks; their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import math
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from tuneplan.bounds import LIMITS, MAX_COUNT, MAX_SEQ_LEN, check_choice, check_positive, show_value
 from tuneplan.choices.attention import ATTENTION, Attention, attention
 from tuneplan.choices.compilation import COMPILATION, Compilation, compilation
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY, CrossEntropy, cross_entropy
 from tuneplan.choices.frameworks import FRAMEWORKS, FrameworkProfile, framework
 from tuneplan.choices.kbit_prep import KBIT_PREPS, KbitPrep, kbit_prep
-from tuneplan.choices.layouts import SHARDINGS, Sharding
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, canonical_optimizer, optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision, precision
 from tuneplan.choices.quantisation import QUANT_FORMATS, QuantFormat
@@ -28,11 +31,12 @@ from tuneplan.choices.runtimes import RUNTIMES, Runtime
 from tuneplan.choices.tasks import TASKS, Task, reference_for, task
 from tuneplan.choices.versions import STACKS, Stack, stack
 from tuneplan.errors import TuneplanError
+from tuneplan.job_checks import check_request_parallel, check_stack, check_task
+from tuneplan.parallel import SHARDING, Parallel
 
 METHODS = ("full", "lora", "qlora", "dora", "freeze")
 QUANT_TYPES = tuple(QUANT_FORMATS)
 CHECKPOINTING = ("none", "full", "offload", "selective")
-SHARDING = tuple(SHARDINGS)
 # names of the choice tables, for help texts
 PRECISION_NAMES = tuple(PRECISIONS)
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
@@ -53,37 +57,6 @@ TARGET_PRESETS = {
     "qv": ("q_proj", "v_proj"),
     "mlp": ("gate_proj", "up_proj", "down_proj"),
 }
-
-
-# Largest value accepted for each whole-number setting: far beyond any real job, small
-# enough that every figure stays a finite float (10**400 tokens would not).
-MAX_COUNT = 1 << 20
-MAX_SEQ_LEN = 1 << 30
-LIMITS = {"seq_len": MAX_SEQ_LEN}
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise TuneplanError(f"unknown {name} {show_value(value)}; choose one of: {', '.join(allowed)}")
-
-
-def show_value(value: Any) -> str:
-    """A value for a one-line message: huge integers by their size, long texts cut."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
-        return f"a {int(value.bit_length() * 0.30103) + 1}-digit number"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _positive(name: str, value: int | float, hi: int | None = None) -> None:
-    try:
-        ok = value > 0
-    except TypeError:
-        raise TuneplanError(f"{name} must be a number, got {show_value(value)}") from None
-    if not ok:
-        raise TuneplanError(f"{name} must be positive, got {show_value(value)}")
-    if hi is not None and value > hi:
-        raise TuneplanError(f"{name} {show_value(value)} is above the {hi:,} tuneplan accepts")
 
 
 @dataclass(frozen=True)
@@ -118,15 +91,15 @@ class Method:
     lora_layers: int = 0
 
     def __post_init__(self) -> None:
-        _choice("method", self.kind, METHODS)
-        _choice("quantisation", self.quant, QUANT_TYPES)
+        check_choice("method", self.kind, METHODS)
+        check_choice("quantisation", self.quant, QUANT_TYPES)
         if not 0 <= self.lora_layers <= MAX_COUNT:
             raise TuneplanError(f"--lora-layers must be a positive count, got {show_value(self.lora_layers)}")
         if self.kind in ("lora", "qlora", "dora"):
-            _positive("LoRA rank", self.rank, MAX_COUNT)
-        _positive("quantisation block size", self.quant_blocksize, MAX_COUNT)
+            check_positive("LoRA rank", self.rank, MAX_COUNT)
+        check_positive("quantisation block size", self.quant_blocksize, MAX_COUNT)
         if self.kind == "freeze":
-            _positive("trainable layers", self.trainable_layers, MAX_COUNT)
+            check_positive("trainable layers", self.trainable_layers, MAX_COUNT)
         if not 0.0 <= self.lora_dropout < 1.0:
             raise TuneplanError(f"lora dropout must be in [0, 1), got {show_value(self.lora_dropout)}")
 
@@ -201,12 +174,12 @@ class Training:
     kbit_prep: str = "none"
 
     def __post_init__(self) -> None:
-        _positive("micro-batch", self.micro_batch, MAX_COUNT)
-        _positive("sequence length", self.seq_len, MAX_SEQ_LEN)
-        _positive("gradient accumulation steps", self.grad_accum, MAX_COUNT)
+        check_positive("micro-batch", self.micro_batch, MAX_COUNT)
+        check_positive("sequence length", self.seq_len, MAX_SEQ_LEN)
+        check_positive("gradient accumulation steps", self.grad_accum, MAX_COUNT)
         precision(self.precision)
         optimizer(self.optimizer)
-        _choice("checkpointing mode", self.checkpointing, CHECKPOINTING)
+        check_choice("checkpointing mode", self.checkpointing, CHECKPOINTING)
         attention(self.attention)
         framework(self.framework)
         if self.cross_entropy is not None:
@@ -303,101 +276,6 @@ class Training:
         return 4 if self.profile.adapter_fp32 else self.param_bytes
 
 
-@dataclass(frozen=True)
-class Parallel:
-    """How the job is laid out over GPUs (Megatron-Core's order of dimensions: the world is
-    tensor x context x data x pipeline, and expert parallelism is carved out of data x context).
-
-    Args:
-        num_gpus: world size (tensor x context x data x pipeline).
-        sharding: a row of tuneplan.choices.layouts: ddp (replicate) | zero1 | zero2 | zero3
-            (DeepSpeed ZeRO) | fsdp (torch FSDP, the stack's version) | hsdp (FSDP inside a
-            machine, replicas across), over the data (x context) group.
-        offload_optimizer: optimizer states (and master weights) live in CPU RAM.
-        offload_params: parameters live in CPU RAM (ZeRO-3/FSDP only).
-        tensor: tensor-parallel degree (heads, MLP width and vocabulary split).
-        pipeline: pipeline-parallel degree (decoder layers split into stages).
-        virtual_stages: pipeline stages per rank (interleaved 1F1B; 1 = plain 1F1B).
-        context: context-parallel degree (the sequence split, ring attention).
-        expert: expert-parallel degree (MoE experts split over data x context ranks).
-        sequence_parallel: with tensor parallelism, norms, dropout and the residual stream
-            are split along the sequence too (Korthikanti et al. 2022); None: the stack's default.
-        nodes: machines the GPUs span (num_gpus / nodes GPUs each); 0: as few as the device allows.
-    """
-
-    num_gpus: int = 1
-    sharding: str = "ddp"
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    tensor: int = 1
-    pipeline: int = 1
-    virtual_stages: int = 1
-    context: int = 1
-    expert: int = 1
-    sequence_parallel: bool | None = None
-    nodes: int = 0
-
-    def __post_init__(self) -> None:
-        _positive("number of GPUs", self.num_gpus, MAX_COUNT)
-        _choice("sharding", self.sharding, SHARDING)
-        for degree, what in ((self.tensor, "tensor-parallel degree"), (self.pipeline, "pipeline-parallel degree"),
-                             (self.virtual_stages, "virtual pipeline stages"),
-                             (self.context, "context-parallel degree"), (self.expert, "expert-parallel degree")):
-            _positive(what, degree, MAX_COUNT)
-        if not 0 <= self.nodes <= MAX_COUNT:
-            raise TuneplanError(f"--nodes must be a positive count, got {show_value(self.nodes)}")
-        if self.offload_params and self.shard_stage < 3:
-            raise TuneplanError("parameter offload needs --sharding zero3, fsdp or hsdp")
-        model = self.tensor * self.pipeline * self.context
-        if self.num_gpus % model:
-            raise TuneplanError(f"{self.num_gpus} GPUs cannot be split into tensor {self.tensor} x pipeline "
-                                f"{self.pipeline} x context {self.context} groups ({model} GPUs each)")
-        if (self.data * self.context) % self.expert:
-            raise TuneplanError(f"expert parallelism {self.expert} must divide data x context "
-                                f"({self.data} x {self.context}): experts are split over those ranks")
-        if self.virtual_stages > 1 and self.pipeline == 1:
-            raise TuneplanError("--vp (virtual pipeline stages) needs --pp above 1")
-        if self.sequence_parallel and self.tensor == 1:
-            raise TuneplanError("--sequence-parallel splits activations over the tensor-parallel group; it needs --tp above 1")
-        if self.nodes and self.num_gpus % self.nodes:
-            raise TuneplanError(f"{self.num_gpus} GPUs do not spread evenly over {self.nodes} machines")
-
-    @property
-    def data(self) -> int:
-        """Data-parallel degree (replicas of the model-parallel group)."""
-        return self.num_gpus // (self.tensor * self.pipeline * self.context)
-
-    @property
-    def layout(self) -> Sharding:
-        """The sharding record (tuneplan.choices.layouts)."""
-        return SHARDINGS[self.sharding]
-
-    @property
-    def shard_stage(self) -> int:
-        """ZeRO stage: 0 = replicate, 1 = optimizer, 2 = +grads, 3 = +params."""
-        return SHARDINGS[self.sharding].stage
-
-    @property
-    def model_parallel(self) -> bool:
-        """Any of tensor, pipeline, context or expert parallelism."""
-        return self.tensor * self.pipeline * self.context * self.expert > 1
-
-    @property
-    def machines(self) -> int:
-        """Machines the job spans (1 unless --nodes says otherwise or a search set it)."""
-        return self.nodes or 1
-
-    @property
-    def shard_world(self) -> int:
-        """Ranks one state is sharded over: the data x context group (torchtitan's dp_shard_cp
-        mesh, Megatron's distributed optimizer over data x context), inside one machine for
-        HSDP (replicated across machines)."""
-        world = self.data * self.context
-        if self.layout.shard_group_node and self.machines > 1 and world % self.machines == 0:
-            world //= self.machines
-        return world
-
-
 # Flat setting names that are spelled differently from the dataclass fields (the CLI's
 # option names are accepted too: batch, gpus, tp, pp, optim, gc).
 _ALIASES = {"method": "kind", "batch": "micro_batch", "gpus": "num_gpus", "tp": "tensor", "pp": "pipeline",
@@ -423,8 +301,8 @@ class Job:
             raise TuneplanError(f"training task {t.name} ({t.label}) is not modelled yet: it needs "
                                 f"{t.what_differs}; tuneplan estimates sft and the offline tasks "
                                 f"({', '.join(n for n, r in TASKS.items() if r.modelled and not r.is_sft)})")
-        _check_task(self, t)
-        _check_stack(self)
+        check_task(self, t)
+        check_stack(self)
 
     @property
     def task_record(self) -> Task:
@@ -506,7 +384,7 @@ class Job:
             TuneplanError: as from_settings, or a setting the method does not read.
         """
         job = cls.from_settings(**settings)
-        _check_request_parallel(job)
+        check_request_parallel(job)
         given = [_ALIASES.get(k, k) for k in _method_spelling(dict(settings)) if k not in ("method", "kind")]
         ignored = job.method.ignored(given)
         if ignored:
@@ -543,92 +421,6 @@ class Job:
 
 
 _FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel)}
-
-
-def _check_task(job: Job, t: Task) -> None:
-    """One-line refusal of a task the chosen stack or settings cannot run as modelled."""
-    reference_for(t, job.ref_model, job.method.is_adapter)
-    if t.trainers and job.training.framework not in t.trainers:
-        raise TuneplanError(f"task {t.name} is modelled as TRL's trainer runs it; --framework "
-                            f"{job.training.framework} is not one of: {', '.join(t.trainers)}")
-    loss = job.training.loss
-    if (not t.is_sft and t.head == "lm" and job.training.cross_entropy and not loss.fused
-            and (loss.chunks or loss.chunk_tokens)):
-        raise TuneplanError(f"task {t.name}: TRL computes the log-probabilities itself; --cross-entropy "
-                            f"{loss.name} does not apply (plain, or fused for use_liger_kernel)")
-
-
-def _check_stack(job: Job) -> None:
-    """One-line refusal of a job its framework or runtime cannot run, with the alternative."""
-    m, t = job.method, job.training
-    prof, rt = t.profile, t.rt
-    if rt.name not in dict((r, v) for v, r in prof.runtimes):
-        names = ", ".join(dict.fromkeys(r for _, r in prof.runtimes))
-        raise TuneplanError(f"--framework {prof.name} does not run on runtime {rt.name}; choose one of: {names}")
-    lib = t.prep.library
-    if lib is not None and (m.kind != "qlora" or m.fmt.library != lib):
-        quants = ", ".join(q.name for q in QUANT_FORMATS.values() if q.library == lib)
-        raise TuneplanError(f"--kbit-prep {t.kbit_prep} prepares a {lib}-quantised model; it needs "
-                            f"--method qlora with --quant {quants} (or drop it)")
-    if m.kind == "qlora":
-        fmt = m.fmt
-        if fmt.library not in prof.quant_libraries:
-            alts = ", ".join(q.name for q in QUANT_FORMATS.values() if q.library in prof.quant_libraries)
-            raise TuneplanError(f"--quant {fmt.name} is {fmt.label}, which {prof.label} does not use; "
-                                f"use --quant {alts}")
-        if fmt.library not in rt.quant_libraries:
-            raise TuneplanError(f"QLoRA ({fmt.label}) does not run on {rt.label}; use --framework mlx "
-                                "(MLX affine 4/8-bit)")
-    if (t.optim.eight_bit or t.optim.paged) and not rt.bnb_optimizers:
-        raise TuneplanError(f"--optimizer {t.optimizer} (bitsandbytes) does not run on {rt.label}; use adamw, "
-                            "or --framework mlx")
-    if prof.optimizers and t.optimizer not in prof.optimizers:
-        raise TuneplanError(f"{prof.label} has no optimizer {t.optimizer}; choose one of: {', '.join(prof.optimizers)}")
-    for what, value, allowed in (("precision", t.precision, prof.precisions),
-                                 ("checkpointing mode", t.checkpointing, prof.checkpointing_modes),
-                                 ("cross-entropy", t.loss.name, prof.cross_entropies)):
-        if allowed and value not in allowed:
-            raise TuneplanError(f"{prof.label} has no {what} {value}; choose one of: {', '.join(allowed)}")
-    if t.checkpointing == "selective" and not prof.selective_checkpointing:
-        runs = ", ".join(f.name for f in FRAMEWORKS.values() if f.selective_checkpointing)
-        raise TuneplanError(f"--checkpointing selective is torchtitan's op-level selective checkpointing; "
-                            f"{prof.label} does not run it (stacks that do: {runs})")
-    if m.lora_layers and not prof.layer_subset:
-        raise TuneplanError(f"--lora-layers is mlx-lm's num_layers; {prof.label} adapts every layer (drop it, or "
-                            "use --framework mlx)")
-    if t.optimizer_in_backward and not prof.data_parallel:
-        raise TuneplanError(f"{prof.label} has no optimizer in backward")
-    _check_layout(job)
-
-
-def _check_layout(job: Job) -> None:
-    """One-line refusal of a layout the stack does not run (FrameworkProfile.shardings,
-    model_parallel), with what it does run."""
-    prof, p = job.training.profile, job.parallel
-    if prof.data_parallel and p.data * p.context > 1 and p.sharding not in prof.shardings:
-        raise TuneplanError(f"{prof.label} does not run --sharding {p.sharding}; choose one of: "
-                            f"{', '.join(prof.shardings)}")
-    for dim, degree, flag in (("tp", p.tensor, "--tp"), ("pp", p.pipeline, "--pp"), ("cp", p.context, "--cp"),
-                              ("ep", p.expert, "--ep"), ("sp", 2 if p.sequence_parallel else 1, "--sequence-parallel")):
-        if degree > 1 and dim not in prof.model_parallel:
-            runs = ", ".join(f.name for f in FRAMEWORKS.values() if dim in f.model_parallel)
-            raise TuneplanError(f"{prof.label} does not run {flag}; stacks that do: {runs}")
-    if (p.tensor > 1 or p.pipeline > 1) and p.data * p.context > 1 and p.sharding not in prof.model_parallel_shardings:
-        raise TuneplanError(f"{prof.label} does not combine --tp/--pp with --sharding {p.sharding}; with model "
-                            f"parallelism use --sharding {' or '.join(prof.model_parallel_shardings)}")
-    if p.sequence_parallel is False and prof.sequence_parallel_default and p.tensor > 1 and "sp" not in prof.model_parallel:
-        raise TuneplanError(f"{prof.label} always runs sequence parallelism with TP")
-
-
-def _check_request_parallel(job: Job) -> None:
-    """A user's request for a layout the stack does not shard (mlx-lm's distributed training is
-    data parallel: every process holds the whole model, mlx_lm/tuner/trainer.py
-    average_gradients); the planner may still try device counts, which the memory model
-    prices as replicas."""
-    prof, p = job.training.profile, job.parallel
-    if not prof.data_parallel and (p.shard_stage or p.offload_optimizer or p.offload_params):
-        raise TuneplanError(f"{prof.label} does not shard or offload (its multi-device training is data "
-                            "parallel); use --sharding ddp without offload")
 
 
 def _profile_defaults(settings: dict[str, Any]) -> dict[str, Any]:
@@ -716,4 +508,5 @@ def parse_targets(text: str) -> str | tuple[str, ...]:
     return names
 
 
-__all__ = ["Job", "Method", "Training", "Parallel", "parse_targets", "replace"]
+__all__ = ["LIMITS", "MAX_COUNT", "MAX_SEQ_LEN", "SHARDING", "Job", "Method", "Parallel", "Training",
+           "parse_targets", "replace", "show_value"]

@@ -17,7 +17,7 @@ from tuneplan.errors import TuneplanError
 from tuneplan.fit import verdict_of
 from tuneplan.hardware import Device
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 from tuneplan.search import MAX_BATCH, max_micro_batch, offloads, pool_bytes
 from tuneplan.units import GiB
 

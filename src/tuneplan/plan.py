@@ -22,14 +22,15 @@ import math
 from dataclasses import dataclass, replace
 
 from tuneplan import calibration as cal
+from tuneplan.bounds import MAX_COUNT, MAX_SEQ_LEN, show_value
 from tuneplan.cost import CostEstimate, estimate_cost
 from tuneplan.disk import DiskEstimate, estimate_disk
 from tuneplan.errors import TuneplanError
 from tuneplan.fit import FITS, HOST_RAM_ASSUMPTION, Change, host_fits, plan_base, support_notes, verdict_of
 from tuneplan.hardware import Device
-from tuneplan.job import MAX_COUNT, MAX_SEQ_LEN, Job, show_value
+from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 from tuneplan.search import (
     at_count,
     describe_layout,

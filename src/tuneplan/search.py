@@ -19,7 +19,7 @@ from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory, peak_bytes
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 MAX_BATCH = 4096
 MAX_SEQ = 1 << 22  # 4M tokens

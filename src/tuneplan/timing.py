@@ -2,7 +2,7 @@
 
 (Named timing, not time, so it never shadows the standard library's ``time``.)
 
-FLOPs per token, counted from the model's matrices (tuneplan.models.layer_linears):
+FLOPs per token, counted from the model's matrices (tuneplan.model_spec.layer_linears):
 - forward: 2 x active matrix params (routed experts: experts_per_token copies) + lm_head
   2*v*h + causal attention 2*span_eff*(q width + v width) per layer (QK^T and AV);
 - backward: full fine-tuning 2x forward (input and weight gradients); LoRA/QLoRA/DoRA skip
@@ -36,7 +36,7 @@ from functools import lru_cache
 from tuneplan import calibration as cal
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
-from tuneplan.job import Job, Method, Parallel
+from tuneplan.job import Job, Method
 from tuneplan.memory import (
     Static,
     first_trained_layer,
@@ -51,7 +51,8 @@ from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.ranks import rank_views
 from tuneplan.memory.tasks import forward_view
 from tuneplan.memory.trained import layer_groups, trained_layer_count
-from tuneplan.models import ModelSpec, layer_linears, param_counts
+from tuneplan.model_spec import ModelSpec, layer_linears, param_counts
+from tuneplan.parallel import Parallel
 from tuneplan.systems import System, system_for
 from tuneplan.timing_comm import MicroTimes, layout_terms, rank_shape
 from tuneplan.traffic import forward_pass_bytes, fused, pointwise_bytes

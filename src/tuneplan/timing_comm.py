@@ -42,7 +42,7 @@ from tuneplan import calibration as cal
 from tuneplan.collectives import all_gather, all_reduce, all_to_all, group, reduce_scatter, send_recv
 from tuneplan.job import Job
 from tuneplan.memory.trained import trainable
-from tuneplan.models import ModelSpec, param_counts
+from tuneplan.model_spec import ModelSpec, param_counts
 from tuneplan.systems import System
 
 

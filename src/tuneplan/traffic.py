@@ -35,7 +35,7 @@ from tuneplan.job import Job, Training
 from tuneplan.memory import is_target
 from tuneplan.memory.activations import python_gelu
 from tuneplan.memory.trained import first_trained_layer
-from tuneplan.models import ModelSpec, layer_linears
+from tuneplan.model_spec import ModelSpec, layer_linears
 
 FP32 = 4
 # Backward bytes per forward byte of a pointwise op: 1x for adds (the gradient passes

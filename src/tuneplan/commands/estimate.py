@@ -16,7 +16,7 @@ from tuneplan.fit import FitVerdict, fit_verdict, support_notes
 from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.memory import MemoryEstimate, estimate_memory
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 from tuneplan.search import describe_layout
 from tuneplan.timing import StepTime, step_time
 from tuneplan.units import GiB, fmt_gib, fmt_params

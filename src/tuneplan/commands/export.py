@@ -18,7 +18,7 @@ from tuneplan.export import TARGET_NAMES, Export, export_job
 from tuneplan.fit import NO
 from tuneplan.hardware import Device
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 DESCRIPTION = ("Write the config a training stack loads as is (TRL, Axolotl, LLaMA-Factory, torchtune, Unsloth, "
                "accelerate, DeepSpeed) for a job. Every setting the estimate assumed is in it, or named on stderr "

@@ -37,7 +37,7 @@ from tuneplan.fit import FitVerdict, fit_verdict
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Training
 from tuneplan.memory import MemoryEstimate, estimate_memory
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from tuneplan.export.common import (
     uses_deepspeed,
 )
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 VERSION = "axolotl 0.19.0"
 FRAMEWORK = "axolotl"

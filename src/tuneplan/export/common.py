@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneplan.bounds import show_value
 from tuneplan.choices.attention import ATTENTION
 from tuneplan.choices.compilation import COMPILED
 from tuneplan.choices.cross_entropy import CROSS_ENTROPY
 from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer
 from tuneplan.choices.precision import PRECISIONS, Precision
 from tuneplan.errors import TuneplanError
-from tuneplan.job import Job, Training, show_value
+from tuneplan.job import Job, Training
 from tuneplan.memory.trained import targets_text
-from tuneplan.models import ModelSpec, layer_linears
+from tuneplan.model_spec import ModelSpec, layer_linears
 
 # ---------------------------------------------------------------- records
 

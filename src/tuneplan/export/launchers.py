@@ -20,7 +20,7 @@ from tuneplan.export.common import (
     uses_deepspeed,
 )
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 ACCELERATE_VERSION = "accelerate 1.15"
 DEEPSPEED_VERSION = "deepspeed 0.19.8"

@@ -42,7 +42,7 @@ from tuneplan.export.common import (
     uses_deepspeed,
 )
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 VERSION = "llamafactory 0.9.5"
 FRAMEWORK = "llamafactory"

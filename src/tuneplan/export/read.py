@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneplan.bounds import show_value
 from tuneplan.errors import TuneplanError
 from tuneplan.export import axolotl, llamafactory, torchtune, trl
 from tuneplan.export.common import Read
-from tuneplan.job import Job, show_value
-from tuneplan.models import read_regular_file
+from tuneplan.job import Job
+from tuneplan.model_config import read_regular_file
 
 MAX_BYTES = 1 << 20
 MAX_ALIASES = 100

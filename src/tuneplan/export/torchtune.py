@@ -32,7 +32,7 @@ from tuneplan.export.common import (
     sdpa_attention,
 )
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 VERSION = "torchtune 0.6.1"
 FRAMEWORK = "torchtune"

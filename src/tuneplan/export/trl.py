@@ -41,7 +41,7 @@ from tuneplan.export.common import (
     uses_deepspeed,
 )
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 VERSION = "trl 1.16.0 (transformers 5.23, peft 0.21)"
 FRAMEWORK = "hf"

@@ -21,7 +21,7 @@ from tuneplan.export.common import (
     target_list,
 )
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 VERSION = "unsloth 2025.x with trl 1.16 (SFTConfig keywords checked by tuneplan's tests)"
 FRAMEWORK = "unsloth"

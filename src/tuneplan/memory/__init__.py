@@ -6,6 +6,7 @@ Built from what PyTorch actually keeps alive, component by component, one concer
   gradients, optimizer states, fp32 master weights;
 - activations: what autograd saves per decoder layer, logits and the cross-entropy;
 - step: the moments of a steady-state step, the peak and its breakdown;
+- notes: what the figures assume, per component and in sentences;
 - components: the component keys and labels.
 """
 
@@ -16,8 +17,9 @@ from tuneplan.memory.activations import (
     logits_bytes,
     stack_activations,
 )
+from tuneplan.memory.notes import assumptions
 from tuneplan.memory.static import Static, quantised_bytes, quantised_params, static_memory, stores_quantised
-from tuneplan.memory.step import Component, MemoryEstimate, assumptions, estimate_memory, peak_bytes
+from tuneplan.memory.step import Component, MemoryEstimate, estimate_memory, peak_bytes
 from tuneplan.memory.trained import Trainable, check_method, first_trained_layer, is_target, trainable
 
 __all__ = [

@@ -14,7 +14,7 @@ from functools import lru_cache
 from tuneplan.choices.attention import Attention, kernel_for
 from tuneplan.job import Job, Method, Training
 from tuneplan.memory.trained import first_trained_layer, is_target, layer_groups, trained_layer_count
-from tuneplan.models import Linear, ModelSpec, layer_linears
+from tuneplan.model_spec import Linear, ModelSpec, layer_linears
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from tuneplan.job import Job
 from tuneplan.memory.trained import is_target, layer_groups, trained_layer_count
-from tuneplan.models import ModelSpec, layer_linears
+from tuneplan.model_spec import ModelSpec, layer_linears
 
 
 def _layer(spec: ModelSpec, job: Job, layer: int) -> tuple[float, float]:

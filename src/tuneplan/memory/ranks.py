@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Job
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from tuneplan import calibration as cal
 from tuneplan.job import Job, Method, Training
 from tuneplan.memory.trained import layer_groups, trainable
-from tuneplan.models import Linear, ModelSpec, layer_linears, param_counts
+from tuneplan.model_spec import Linear, ModelSpec, layer_linears, param_counts
 
 
 def quantised_bytes(n: int, method: Method) -> tuple[int, int]:

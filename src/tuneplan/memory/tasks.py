@@ -23,7 +23,7 @@ from typing import Any
 from tuneplan.job import Job
 from tuneplan.memory import components as K
 from tuneplan.memory.activations import logits_bytes
-from tuneplan.models import ModelSpec
+from tuneplan.model_spec import ModelSpec
 
 REF_WEIGHTS = "reference_model"
 REF_FORWARD = "reference_forward"

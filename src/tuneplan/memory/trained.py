@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Method
-from tuneplan.models import Linear, ModelSpec, layer_linears, layer_small_params, param_counts
+from tuneplan.model_spec import Linear, ModelSpec, layer_linears, layer_small_params, param_counts
 
 _TARGET_ALIASES = {
     "q_proj": ("q_proj", "qkv_proj", "q_a_proj", "q_b_proj"),
@@ -19,7 +19,7 @@ _TARGET_ALIASES = {
     "down_proj": ("down_proj",),
     "w1": ("gate_proj",), "w3": ("up_proj",), "w2": ("down_proj",),
     # transformers' names in Phi-1/2 (dense, fc1, fc2) and GPT-NeoX (query_key_value, dense,
-    # dense_h_to_4h, dense_4h_to_h) for the matrices tuneplan.models names by role
+    # dense_h_to_4h, dense_4h_to_h) for the matrices tuneplan.model_spec names by role
     "query_key_value": ("qkv_proj",), "dense": ("o_proj",), "fc1": ("up_proj",), "fc2": ("down_proj",),
     "dense_h_to_4h": ("up_proj",), "dense_4h_to_h": ("down_proj",),
 }

@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from tuneplan.models import MAX_CONFIG_BYTES
+from tuneplan.model_config import MAX_CONFIG_BYTES
 
 log = logging.getLogger("tuneplan.web")
 

@@ -75,9 +75,11 @@ def optimizer_bytes(tensors: tuple[tuple[int, int, int, int], ...], training: Tr
 def fsdp_fp32_params(job: Job) -> bool:
     """Whether trained parameters are held as fp32 shards: FSDP under a stack that upcasts a
     16-bit model's flat parameters (FrameworkProfile.fsdp_fp32_params) with bf16/fp16
-    mixed precision (the precision whose autocast the profile decides)."""
+    mixed precision (the precision whose autocast the profile decides). Asked for on one GPU
+    (--gpus 1 --sharding fsdp, as a single process launched with an FSDP config runs), FSDP
+    still wraps and upcasts: the upcast does not depend on the world size."""
     t, p = job.training, job.parallel
-    return (t.profile.fsdp_fp32_params and p.layout.engine == "fsdp" and p.num_gpus > 1
+    return (t.profile.fsdp_fp32_params and p.layout.engine == "fsdp"
             and t.dtypes.autocast == "profile" and t.param_bytes == 2)
 
 

@@ -245,10 +245,15 @@ def _fsdp_root_bytes(spec: ModelSpec, job: Job, world: int) -> int:
     Only for stacks whose FSDP wrap leaves the embeddings, final norm and lm_head in the root
     unit (FrameworkProfile.fsdp_root_unit): FSDP does not reshard the root after forward, so
     its unsharded compute-dtype copy lives until the root's post-backward hook, after the
-    embedding's backward. The root's own shard is already counted in the weights.
+    embedding's backward. The root's own shard is already counted in the weights. On one GPU
+    the shard is the whole parameter, but a separate compute-dtype copy still exists where
+    the flat parameters are fp32 (the upcast) or live in CPU RAM (--offload-params), so the
+    figure does not depend on the world size (1 GPU is never below 2 for the same job).
     """
     p, t = job.parallel, job.training
-    if p.layout.engine != "fsdp" or world < 2 or not t.profile.fsdp_root_unit:
+    if p.layout.engine != "fsdp" or not t.profile.fsdp_root_unit:
+        return 0
+    if world < 2 and not (fsdp_fp32_params(job) or p.offload_params):
         return 0
     pc = param_counts(spec)
     return t.compute_bytes * (pc.embed + pc.lm_head + spec.hidden_size)

@@ -585,3 +585,19 @@ def test_plan_uses_the_fit_search_where_no_count_fits():
     assert s.to_dict()["change"]["description"] == v.change.description
     assert any("fits no GPU count" in n for n in rep.notes)
     assert plan(spec, job("qlora"), None, [resolve_device("rtx-4090")], max_gpus=1).setups
+
+
+def test_plan_says_why_the_winner_won():
+    """Issue 23 item 5: one line on the winning layout: the fewest GPUs that run it and why a
+    larger count or a multi-machine layout ranks first."""
+    from tuneplan.plan import plan_report
+
+    spec, d = resolve_model("llama-3.1-70b"), resolve_device("h100")
+    rep = plan_report(spec, Job.from_settings(method="full", framework="torchtune"), Dataset(100_000_000), [d])
+    top = rep.result.setups[0]
+    assert rep.why.startswith(f"{top.count} x h100-sxm") and "torchtune" in rep.why
+    assert "8 GPUs run it" in rep.why or top.count == 8
+    assert rep.to_dict()["why"] == rep.why and "\n" not in rep.why
+    rep = plan_report(spec, Job.from_settings(method="full", framework="llamafactory"), Dataset(100_000_000), [d],
+                      max_gpus=16)
+    assert "does not fit one machine" in rep.why

@@ -145,7 +145,9 @@ class PlanReport:
         """One line on why the first setup won: its layout and what forced it."""
         if not self.result.setups:
             return ""
-        return why_line(self.result.setups[0], self.result.rank_by)
+        top = self.result.setups[0]
+        fewest = min(s.count for s in self.result.setups if s.device.id == top.device.id)
+        return why_line(top, self.result.rank_by, fewest)
 
     def to_dict(self) -> dict:
         """JSON view (bytes, seconds, USD)."""
@@ -304,11 +306,16 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
     return PlanResult(tuple(sorted(setups, key=key)), tuple(unfit), rank_by)
 
 
-def why_line(s: Setup, rank_by: str) -> str:
-    """'TP 8 x fsdp 4 over 4 machines on h100-sxm: ...' - the layout and the reason for it."""
+def why_line(s: Setup, rank_by: str, fewest: int | None = None) -> str:
+    """'TP 8 x fsdp 4 over 4 machines on h100-sxm: ...' - the layout and the reason for it.
+    `fewest`: the fewest GPUs of that device that run the job (more than it are for speed)."""
     p, per = s.job.parallel, s.device.max_count
+    fewest = fewest or s.count
     reasons = []
-    if p.machines > 1:
+    if s.count > fewest:
+        reasons.append(f"{fewest} GPUs run it; {s.count} over {p.machines} machine{'s' if p.machines > 1 else ''} "
+                       + ("finish sooner" if rank_by == "time" else "cost no more and finish sooner"))
+    elif p.machines > 1:
         reasons.append(f"the job does not fit one machine ({per} x {s.device.id})")
     if p.pipeline > 1:
         reasons.append("pipeline stages split the layers where a tensor-parallel group inside a machine is not enough")

@@ -46,10 +46,12 @@ SEARCHES = ("batch", "seq")
 SEQ_MULTIPLE = 128  # --search seq tries multiples of this many tokens
 MAX_SEARCH_BATCH = 4096
 PROBE_MAX_LAYERS = 256
+RDZV_PORT = 29500  # tuneplan.probe.dist.RDZV_PORT (not imported: that module is the worker's)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog id or alias, or a path to config.json")
+    p.add_argument("model", nargs="?", default=None,
+                   help="catalog id or alias, or a path to config.json (not with --merge)")
     add_job_arguments(p)
     g = p.add_argument_group("probe")
     g.add_argument("--steps", type=count, default=5, help="measured optimizer steps (default 5)")
@@ -72,6 +74,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-record", action="store_true", help="write no record")
     g.add_argument("--timeout", type=number, default=None, metavar="S",
                    help="give up a multi-process probe after this many seconds")
+    g.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                   help="--gpus N: keep the request and every rank's result file here (for --merge); with "
+                        "--nodes M: where the request is written and each machine writes its ranks' files")
+    g.add_argument("--rdzv-endpoint", default=f"HOST:{RDZV_PORT}", metavar="HOST:PORT",
+                   help=f"--nodes M: machine 0's address in the printed torchrun commands (default HOST:{RDZV_PORT}, "
+                        "a placeholder)")
+    g.add_argument("--merge", type=Path, default=None, metavar="DIR",
+                   help="read back the request and every rank's result file (rank<N>.json) of a multi-process or "
+                        "multi-machine probe from DIR and print the comparison; runs nothing")
     p.add_argument("--json", action="store_true", help="print JSON (bytes, seconds) instead of tables")
 
 
@@ -112,8 +123,15 @@ def check_probeable(spec: ModelSpec, job: Job, args: argparse.Namespace) -> None
                             "device or with --sharding ddp")
     if spec.num_layers > PROBE_MAX_LAYERS:
         raise TuneplanError(f"{spec.name} has {spec.num_layers} layers; probe builds at most {PROBE_MAX_LAYERS}")
+    for degree, flag in ((p.pipeline, "--pp"), (p.context, "--cp"), (p.expert, "--ep")):
+        if degree > 1:
+            raise TuneplanError(f"probe runs data and tensor parallelism (--gpus, --sharding, --tp); drop {flag}")
+    if p.tensor > 1:
+        _check_tensor_parallel(spec, job)
     if args.search and p.num_gpus > 1:
         raise TuneplanError("--search runs on one device; drop --gpus")
+    if args.out_dir is not None and p.num_gpus == 1:
+        raise TuneplanError("--out-dir keeps the files of a multi-process probe; add --gpus N (or drop --out-dir)")
     if args.search and args.device == "cpu" and args.memory_limit is None:
         raise TuneplanError("--search on the CPU needs --memory-limit GIB: the budget of the device it stands for "
                             "(the probe never runs the machine out of RAM)")
@@ -121,6 +139,35 @@ def check_probeable(spec: ModelSpec, job: Job, args: argparse.Namespace) -> None
         raise TuneplanError("--memory-limit must be positive")
     if args.gpu:
         resolve_device(args.gpu)
+
+
+def _check_tensor_parallel(spec: ModelSpec, job: Job) -> None:
+    """What the probe's DTensor tensor parallelism cannot run, refused in one line."""
+    p, m = job.parallel, job.method
+    tp = p.tensor
+    if m.weight_bits is not None:
+        raise TuneplanError("probe does not split bitsandbytes 4-bit/8-bit weights with tensor parallelism "
+                            "(DTensor cannot shard Linear4bit); drop --tp or use --method lora")
+    if m.kind == "dora":
+        raise TuneplanError("probe does not run DoRA under tensor parallelism (its weight norm needs the full "
+                            "weight); use --method lora")
+    if p.sharding == "ddp" and p.num_gpus > tp:
+        raise TuneplanError("probe does not run DDP with tensor parallelism: torch's DistributedDataParallel cannot "
+                            "wrap DTensor parameters (aten.cat got mixed torch.Tensor and DTensor); use --sharding "
+                            "fsdp (FSDP2 over the data ranks)")
+    for n, what in ((spec.num_heads, "attention heads"), (spec.num_kv_heads, "key/value heads")):
+        if n and n % tp:
+            raise TuneplanError(f"{spec.name}'s {n} {what} do not split into --tp {tp} ranks")
+
+
+def sequence_parallel_of(job: Job) -> bool:
+    """Whether the tensor-parallel ranks run sequence parallelism: --sequence-parallel, else the
+    framework profile's default (torchtitan, megatron), as the estimate reads it."""
+    p = job.parallel
+    if p.tensor == 1:
+        return False
+    return bool(p.sequence_parallel if p.sequence_parallel is not None
+                else job.training.profile.sequence_parallel_default)
 
 
 def _model_arg(name: str, spec: ModelSpec) -> str:
@@ -200,8 +247,9 @@ def _progress(console: Console, quiet: bool):
     return bar, (lambda s: bar.update(task, description=s))
 
 
-def _combine_ranks(ranks: list[dict[str, Any]], world: int) -> dict[str, Any]:
-    """Per-rank results -> the measured figures: the highest peak of any rank, the slowest rank's step."""
+def _combine_ranks(ranks: list[dict[str, Any]], world: int, tp: int = 1) -> dict[str, Any]:
+    """Per-rank results -> the measured figures: the highest peak of any rank, the slowest rank's step;
+    the tokens of a step are each data-parallel replica's (a tensor group shares its batch)."""
     runs = [r["run"] for r in ranks if "run" in r]
     meas: dict[str, Any] = {}
     for key in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes"):
@@ -213,32 +261,48 @@ def _combine_ranks(ranks: list[dict[str, Any]], world: int) -> dict[str, Any]:
     steps = [r["step_s"] for r in runs if r.get("step_s")]
     meas["step_s"] = max(steps) if steps else None
     per_rank_tokens = runs[0]["tokens_per_step"] if runs else 0
-    meas["tokens_per_step"] = per_rank_tokens * world
+    meas["tokens_per_step"] = per_rank_tokens * (world // tp)
     meas["tokens_per_s"] = meas["tokens_per_step"] / meas["step_s"] if meas["step_s"] else None
     ooms = [r for r in runs if r["status"] != "ok"]
     meas["oom_phase"] = ooms[0].get("oom_phase") if ooms else None
     meas["oom_message"] = ooms[0].get("oom_message") if ooms else None
     meas["ranks"] = [{"rank": r["rank"], **{k: r.get("run", {}).get(k) for k in (
-        "status", "peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase", "step_s")}}
+        "status", "peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase", "step_s")},
+        **({"error": r.get("refused") or r.get("error")} if "run" not in r else {})}
         for r in ranks]
     return meas
 
 
-def _run_multi(config: dict[str, Any], spec: ModelSpec, job: Job, kind: str, args: argparse.Namespace,
-               limit: int | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+def _request(config: dict[str, Any], spec: ModelSpec, job: Job, kind: str, args: argparse.Namespace,
+             limit: int | None) -> dict[str, Any]:
+    """What every rank runs (tuneplan.probe.dist.worker reads it), and what --merge reports against."""
+    return {"config": config, "name": spec.name, "model": _model_arg(args.model, spec), "settings": job.settings(),
+            "steps": args.steps, "warmup": args.warmup, "kind": kind, "limit": limit, "force": args.force,
+            "tp": job.parallel.tensor, "sequence_parallel": sequence_parallel_of(job), "nodes": job.parallel.machines,
+            "gpu": args.gpu}
+
+
+def _run_multi(request: dict[str, Any], job: Job, kind: str, args: argparse.Namespace
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
     from tuneplan.probe.dist import launch
 
+    ranks = launch(request, job.parallel.num_gpus, kind, timeout_s=args.timeout, out_dir=args.out_dir)
+    return _gather(ranks, job, kind)
+
+
+def _gather(ranks: list[dict[str, Any]], job: Job, kind: str
+            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """Every rank's result file -> measured figures, build info, device, status."""
     n = job.parallel.num_gpus
-    request = {"config": config, "name": spec.name, "settings": job.settings(), "steps": args.steps,
-               "warmup": args.warmup, "kind": kind, "limit": limit, "force": args.force}
-    ranks = launch(request, n, kind, timeout_s=args.timeout)
     refused = [r["refused"] for r in ranks if r.get("refused")]
     if refused:
         raise TuneplanError(refused[0])
     errors = [r for r in ranks if r.get("error")]
     if errors and not any("run" in r for r in ranks):
         raise TuneplanError(f"rank {errors[0]['rank']} failed: {errors[0]['error']}")
-    meas = _combine_ranks(ranks, n)
+    meas = _combine_ranks(ranks, n, job.parallel.tensor)
+    missing = sorted(set(range(n)) - {r.get("rank") for r in ranks})
+    meas["missing_ranks"] = missing
     statuses = {r.get("run", {}).get("status") for r in ranks if "run" in r}
     status = "oom" if "oom" in statuses or errors else ("over-limit" if "over-limit" in statuses else "ok")
     info = next((r["info"] for r in ranks if "info" in r), {})
@@ -306,18 +370,24 @@ def _search(session: Any, dev: Any, spec: ModelSpec, job: Job, args: argparse.Na
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge is not None:
+        return merge(args)
+    if not args.model:
+        raise TuneplanError("probe needs a MODEL (catalog id or config.json), or --merge DIR")
     # validate the model and the settings first: torch is imported only for a job it can run
     job = job_from_args(args)
     spec, config = resolve_config(args.model, hub=args.hub)
     check_job(spec, job, args.allow_long_context)
     check_probeable(spec, job, args)
+    est = estimate_memory(spec, job)
+    limit = int(args.memory_limit * GiB) if args.memory_limit is not None else None
+    if job.parallel.machines > 1:
+        return _print_node_commands(config, spec, job, args, limit)
     # the record file is checked before the probe runs (30 s to minutes), not after it
     from tuneplan.cli.files import check_append
     from tuneplan.probe.system import default_record_path
 
     record_path = None if args.no_record else check_append("--record", args.record or default_record_path())
-    est = estimate_memory(spec, job)
-    limit = int(args.memory_limit * GiB) if args.memory_limit is not None else None
     if args.device == "cpu" and limit is None and not args.search:
         check_cpu_ram(est, spec, job, args.force)
 
@@ -327,8 +397,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(INSTALL_HINT)
         return 2
     quiet_libraries()
-    from tuneplan.probe.device import COUNTERS, pick_kind
-    from tuneplan.probe.system import match_catalog, versions
+    from tuneplan.probe.device import pick_kind
 
     kind = pick_kind(args.device)
     if args.search and kind == "cpu" and limit is None:
@@ -336,10 +405,6 @@ def run(args: argparse.Namespace) -> int:
                             "(the probe never runs the machine out of RAM)")
     console = make_console(stderr=True)
     bar, say = _progress(console, args.json)
-    notes: list[str] = []
-    if not job.training.profile.trace_exact:
-        notes.append(f"framework {job.training.framework}: run as the HF Trainer + PEFT step with its profile's "
-                     "dtypes (its own kernels are not run).")
     started = time.perf_counter()
     search = None
     lora_targets: list[str] = []
@@ -347,7 +412,8 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(), (bar or _null()):
             warnings.simplefilter("ignore")
             if job.parallel.num_gpus > 1:
-                meas, info, device, status = _run_multi(config, spec, job, kind, args, limit)
+                request = _request(config, spec, job, kind, args, limit)
+                meas, info, device, status = _run_multi(request, job, kind, args)
             else:
                 dev, session, _ = _run_single(config, spec, job, est, kind, args, limit, say or (lambda _s: None))
                 try:
@@ -371,30 +437,134 @@ def run(args: argparse.Namespace) -> int:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise TuneplanError(f"probe failed inside torch/transformers ({type(e).__name__}: {first}); "
                             "`tuneplan estimate` still gives the figures") from None
-    catalog = resolve_device(args.gpu) if args.gpu else (
+    return _report(args, spec, job, est, kind, meas, info, device, status, record_path,
+                   elapsed_s=time.perf_counter() - started, search=search, lora_targets=lora_targets,
+                   model_arg=_model_arg(args.model, spec))
+
+
+def _report(args: argparse.Namespace, spec: ModelSpec, job: Job, est: MemoryEstimate, kind: str,
+            meas: dict[str, Any], info: dict[str, Any], device: dict[str, Any], status: str,
+            record_path: Path | None, *, elapsed_s: float, search: dict[str, Any] | None = None,
+            lora_targets: list[str] | None = None, model_arg: str, steps: int | None = None,
+            warmup: int | None = None, gpu: str | None = None, merged: str | None = None) -> int:
+    """The measured figures beside the estimate: one record, then the table (or JSON)."""
+    from tuneplan.probe.device import COUNTERS
+    from tuneplan.probe.system import match_catalog, versions
+
+    gpu = gpu if gpu is not None else args.gpu
+    notes: list[str] = []
+    if not job.training.profile.trace_exact:
+        notes.append(f"framework {job.training.framework}: run as the HF Trainer + PEFT step with its profile's "
+                     "dtypes (its own kernels are not run).")
+    p = job.parallel
+    if p.num_gpus > 1 and p.tensor == p.num_gpus and p.sharding != "ddp":
+        notes.append(f"one data-parallel rank (--tp {p.tensor} of {p.num_gpus}): no FSDP wrapper ran (as `trace` and "
+                     f"torchtitan lay it out); the estimate counts --sharding {p.sharding} on that rank")
+    if meas.get("missing_ranks"):
+        notes.append("no result file from rank(s) " + ", ".join(map(str, meas["missing_ranks"])))
+    catalog = resolve_device(gpu) if gpu else (
         match_catalog(device.get("name", ""), device.get("total_bytes")) if kind != "cpu" else None)
     pred = predicted(spec, job, est, catalog)
+    layout = None
+    if p.num_gpus > 1:
+        layout = {"world": p.num_gpus, "data": p.num_gpus // p.tensor, "tensor": p.tensor,
+                  "sequence_parallel": sequence_parallel_of(job), "sharding": p.sharding, "nodes": p.machines}
     out: dict[str, Any] = {
         "unit": "bytes, seconds", "model": spec.name, "job": job.settings(), "device": {**device,
                                                                                        "catalog": catalog.id if catalog else None},
-        "versions": versions(), "steps": args.steps, "warmup": args.warmup, "status": status,
+        "versions": versions(), "steps": steps or args.steps, "warmup": warmup or args.warmup, "status": status,
+        "layout": layout,
         "measured": meas, "predicted": pred, "difference": differences(pred, meas, kind) if status == "ok" else None,
         "counters": COUNTERS[kind], "attn_implementation": info.get("attn_implementation"),
-        "lora_targets": lora_targets, "build_s": info.get("build_s"),
+        "lora_targets": lora_targets or [], "build_s": info.get("build_s"),
         "trainable_params": info.get("trainable_params"), "total_params": info.get("total_params"),
-        "elapsed_s": round(time.perf_counter() - started, 2), "search": search,
+        "elapsed_s": round(elapsed_s, 2), "search": search, "merged_from": merged,
         "notes": notes + list(info.get("notes", [])) + ([pred["time_note"]] if pred.get("time_note") else []),
     }
     if record_path is not None:
         from tuneplan.probe.record import append, record
 
-        append(record_path, record(out, job, _model_arg(args.model, spec)))
+        append(record_path, record(out, job, model_arg))
     out["record"] = str(record_path) if record_path else None
     if args.json:
         print_json(out)
     else:
         _print(out, spec, job)
     return 0
+
+
+# ---------------------------------------------------------------- several machines
+
+
+def _default_out_dir(spec: ModelSpec) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in spec.name.split("/")[-1])
+    return Path(f"tuneplan-probe-{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _print_node_commands(config: dict[str, Any], spec: ModelSpec, job: Job, args: argparse.Namespace,
+                         limit: int | None) -> int:
+    """--nodes M: write the request, print one torchrun command per machine, run nothing."""
+    from tuneplan.probe.dist import node_commands, write_request
+
+    p = job.parallel
+    kind = args.device or "cuda"
+    out_dir = args.out_dir or _default_out_dir(spec)
+    request = _request(config, spec, job, kind, args, limit)
+    path = write_request(request, out_dir)
+    cmds = node_commands(path, out_dir, p.num_gpus, p.machines, args.rdzv_endpoint)
+    if args.json:
+        print_json({"request": str(path), "out_dir": str(out_dir), "nodes": p.machines,
+                    "nproc_per_node": p.num_gpus // p.machines, "commands": cmds,
+                    "merge": f"tuneplan probe --merge {out_dir}"})
+        return 0
+    host = "; HOST: machine 0's address" if args.rdzv_endpoint.startswith("HOST:") else ""
+    print(f"probe does not launch other machines. Wrote {path}; copy it to the same path on each of the "
+          f"{p.machines} machines (the probe extra installed) and run there, machine I with --node-rank I{host}:")
+    for i, c in enumerate(cmds):
+        print(f"  machine {i}: {c}")
+    print(f"Then gather every machine's {out_dir}/rank*.json into {out_dir} here and run: "
+          f"tuneplan probe --merge {out_dir}")
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """--merge DIR: a multi-process probe's request and rank files, reported as the probe reports them."""
+    from tuneplan.models import spec_from_config
+    from tuneplan.probe.dist import REQUEST_FILE, read_ranks
+
+    if args.model:
+        raise TuneplanError("--merge reads the model from DIR/request.json; drop MODEL")
+    d = args.merge
+    req_path = d / REQUEST_FILE
+    if not req_path.is_file():
+        raise TuneplanError(f"--merge: no {REQUEST_FILE} in {d} (the folder a multi-process probe wrote)")
+    import json
+
+    try:
+        req = json.loads(req_path.read_text())
+        job = Job.from_settings(**req["settings"])
+        config, name, kind = req["config"], req.get("name", "model"), req["kind"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TuneplanError(f"--merge: cannot read {req_path}: {e}") from None
+    spec = spec_from_config(config, name=name)
+    model = req.get("model") or name
+    try:  # the catalog's record of the model, as the run resolved it, when it is the same config
+        cat_spec, cat_config = resolve_config(model)
+        if cat_config == config:
+            spec = cat_spec
+    except TuneplanError:
+        pass
+    ranks = read_ranks(d)
+    if not ranks:
+        raise TuneplanError(f"--merge: no rank*.json in {d}; gather every machine's result files there first")
+    from tuneplan.cli.files import check_append
+    from tuneplan.probe.system import default_record_path
+
+    record_path = None if args.no_record else check_append("--record", args.record or default_record_path())
+    meas, info, device, status = _gather(ranks, job, kind)
+    return _report(args, spec, job, estimate_memory(spec, job), kind, meas, info, device, status, record_path,
+                   elapsed_s=0.0, model_arg=model, steps=req.get("steps"), warmup=req.get("warmup"),
+                   gpu=args.gpu or req.get("gpu"), merged=str(d))
 
 
 class _null:
@@ -434,7 +604,10 @@ def _print(out: dict[str, Any], spec: ModelSpec, job: Job) -> None:
     where = f"{dev.get('name')} ({dev.get('kind')}" + (f" x {p.num_gpus}" if p.num_gpus > 1 else "") + ")"
     title = (f"{spec.name}: {m.kind}" + (f" r={m.rank}" if m.is_adapter else "")
              + f", batch {t.micro_batch} x {t.seq_len}, {t.precision}, checkpointing {t.checkpointing}, {t.optimizer}"
-             + (f", {p.num_gpus} x {p.sharding}" if p.num_gpus > 1 else "") + f" on {where}")
+             + (f", {p.num_gpus} x {p.sharding}" if p.num_gpus > 1 else "")
+             + (f" (data {p.num_gpus // p.tensor} x tensor {p.tensor}"
+                + (", sequence parallel" if sequence_parallel_of(job) else "") + ")" if p.tensor > 1 else "")
+             + f" on {where}")
     if out["status"] != "ok":
         what = "out of memory" if out["status"] == "oom" else "over --memory-limit"
         console.print(f"[bold]{title}[/bold]")
@@ -465,6 +638,8 @@ def _print(out: dict[str, Any], spec: ModelSpec, job: Job) -> None:
             ranks = ", ".join(f"rank {r['rank']} {_g(r.get('peak_allocated_bytes'))}/{_g(r.get('peak_reserved_bytes'))}"
                               for r in meas["ranks"])
             console.print(f"Per-rank peak allocated/reserved (GiB): {ranks}")
+    if out.get("merged_from"):
+        console.print(f"Merged from {out['merged_from']} ({len(meas.get('ranks') or [])} rank files)")
     s = out.get("search")
     if s:
         tried = ", ".join(f"{r['value']} {'ok' if r.get('status') == 'ok' else r.get('status')}" for r in s["tried"])

@@ -77,9 +77,10 @@ def fsdp_fp32_params(job: Job) -> bool:
     16-bit model's flat parameters (FrameworkProfile.fsdp_fp32_params) with bf16/fp16
     mixed precision (the precision whose autocast the profile decides). Asked for on one GPU
     (--gpus 1 --sharding fsdp, as a single process launched with an FSDP config runs), FSDP
-    still wraps and upcasts: the upcast does not depend on the world size."""
+    still wraps and upcasts: the upcast does not depend on the world size. With model
+    parallelism and a single data rank no FSDP wrapper runs (torchtitan, trace, probe)."""
     t, p = job.training, job.parallel
-    return (t.profile.fsdp_fp32_params and p.layout.engine == "fsdp"
+    return (t.profile.fsdp_fp32_params and p.layout.engine == "fsdp" and (p.data * p.context > 1 or p.num_gpus == 1)
             and t.dtypes.autocast == "profile" and t.param_bytes == 2)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from tuneplan.cli.system import available_ram, total_ram
 from tuneplan.errors import TuneplanError
@@ -288,13 +289,57 @@ class CudaCounters(Counters):
         return self.peaks
 
 
+def _storages(t: torch.Tensor) -> list[torch.UntypedStorage]:
+    """The storages behind `t`, through tensor subclasses (a DTensor -> its local tensor), as
+    torch.distributed._tools.common_utils.get_untyped_storages does."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    out, todo = [], [t]
+    while todo:
+        x = todo.pop()
+        if is_traceable_wrapper_subclass(x):
+            attrs, _ = x.__tensor_flatten__()
+            todo.extend(v for v in (getattr(x, a) for a in attrs) if isinstance(v, torch.Tensor))
+        else:
+            out.append(x.untyped_storage())
+    return out
+
+
+class LocalTracker(MemoryTracker):
+    """The trace's tracker, seeing through tensor subclasses: a DTensor op (tensor parallelism,
+    FSDP2's sharded parameters) reaches the mode with DTensor outputs while its local ops run
+    below it, so outputs are counted by their local storages."""
+
+    def track(self, tensor: torch.Tensor, category: str) -> None:
+        if tensor is None:
+            return
+        for s in _storages(tensor):
+            entry = self._live.get(id(s))
+            if entry is None:
+                self._add(s, category)
+            elif entry[2] != category:
+                ref, nbytes, old = entry
+                self.current[old] -= nbytes
+                self.current[category] += nbytes
+                self._live[id(s)] = (ref, nbytes, category)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                for s in _storages(t):
+                    self._add(s, self.category)
+        return out
+
+
 class TrackedCounters(Counters):
     """CPU and MPS: the trace's dispatch-level tracker (allocated), torch's CPU allocator events
     from the profiler (reserved, CPU only), RSS high-water mark (CPU) or the Metal driver (MPS)."""
 
     def __init__(self, dev: Device) -> None:
         self.dev = dev
-        self.tracker = MemoryTracker(block=CUDA_BLOCK)
+        self.tracker = LocalTracker(block=CUDA_BLOCK)
         self.profiler = None
         self.base = 0
         self.driver_peak = 0

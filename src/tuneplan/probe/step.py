@@ -162,6 +162,26 @@ class Session:
         self.build_s = 0.0
         self.trainable = self.total = 0
         self.attn_impl = ""
+        self.batch_seed: int | None = None  # tensor parallel: ids from a generator shared by the TP group
+        self.position_ids = False  # sequence parallel: the model is given the full sequence's positions
+        self.step_context: Callable[[], Any] = contextlib.nullcontext
+        self._gen: torch.Generator | None = None
+
+    def tensor_parallel(self, data_rank: int, sequence_parallel: bool = False) -> None:
+        """Run the steps of a tensor-parallel rank: every rank of a tensor group takes the same
+        token ids (a generator seeded with the data-parallel rank), plain tensors meet DTensors
+        as replicated (torch's implicit_replication, as the trace runs it), and under sequence
+        parallelism the model is handed the positions of the whole sequence (its embeddings'
+        output holds the rank's sequence shard)."""
+        from torch.distributed.tensor.experimental import implicit_replication
+
+        self.batch_seed = 1000 + data_rank
+        self.position_ids = sequence_parallel
+        self.step_context = implicit_replication
+        self.notes.append("Tensor parallel: transformers' base_model_tp_plan (q/k/v/gate/up colwise, o/down "
+                          "rowwise), lm_head colwise with gathered logits, embeddings and norms replicated"
+                          + ("; sequence-parallel norms and residual (torchtitan plan)" if sequence_parallel else "")
+                          + "; LoRA factors split with their base layer (DTensor parallelize_module).")
 
     # ------------------------------------------------------------ build
 
@@ -235,22 +255,32 @@ class Session:
         dev = self.dev.torch_device
         autocast = (torch.autocast(self.dev.kind, dtype=prec.autocast_dtype) if prec.autocast_dtype
                     else contextlib.nullcontext())
+        kwargs: dict[str, Any] = {}
+        if self.position_ids:
+            kwargs["position_ids"] = torch.arange(seq_len, device=dev).unsqueeze(0).expand(micro_batch, -1)
         for _ in range(t.grad_accum):
             mark("forward")
-            ids = torch.randint(0, vocab, (micro_batch, seq_len), device=dev)
+            if self.batch_seed is None:
+                ids = torch.randint(0, vocab, (micro_batch, seq_len), device=dev)
+            else:
+                if self._gen is None:
+                    self._gen = torch.Generator().manual_seed(self.batch_seed)
+                ids = torch.randint(0, vocab, (micro_batch, seq_len), generator=self._gen).to(dev)
             labels = ids.clone()
-            with autocast:
-                out = self.model(input_ids=ids, labels=labels)
+            with autocast, self.step_context():
+                out = self.model(input_ids=ids, labels=labels, **kwargs)
             loss = out.loss / t.grad_accum if t.grad_accum > 1 else out.loss
             del out  # Trainer.compute_loss keeps only the loss
             mark("backward")
-            loss.backward()
+            with self.step_context():
+                loss.backward()
             del loss, ids, labels
         mark("optimizer")
         if not t.optimizer_in_backward:
-            for opt in self.optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            with self.step_context():
+                for opt in self.optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
 
     @contextlib.contextmanager
     def _device_autocast_test(self):
@@ -371,7 +401,8 @@ def _step_in_backward(opt: torch.optim.Optimizer) -> Callable[[torch.Tensor], No
 
 def _vocab_size(model: nn.Module) -> int:
     inner = getattr(model, "module", model)  # DDP
-    return inner.get_input_embeddings().num_embeddings
+    emb = inner.get_input_embeddings()
+    return getattr(emb, "num_embeddings", None) or inner.config.vocab_size
 
 
 def _config_bytes(config: dict[str, Any], param_bytes: int) -> int:

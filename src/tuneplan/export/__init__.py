@@ -21,7 +21,7 @@ from tuneplan.choices import lookup
 from tuneplan.choices.frameworks import FRAMEWORKS
 from tuneplan.choices.layouts import SHARDINGS
 from tuneplan.errors import TuneplanError
-from tuneplan.export import axolotl, launchers, llamafactory, torchtune, trl, unsloth
+from tuneplan.export import axolotl, launchers, llamafactory, tasks, torchtune, trl, unsloth
 from tuneplan.export.common import (
     Built,
     canonical,
@@ -65,7 +65,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("trl", "TRL config (trl sft)", trl.FRAMEWORK, "trl.yaml", "yaml", trl.build, trl.VERSION),
+    Target("trl", "TRL config (trl sft|dpo|kto|reward)", trl.FRAMEWORK, "trl.yaml", "yaml", trl.build, trl.VERSION),
     Target("axolotl", "Axolotl config", axolotl.FRAMEWORK, "axolotl.yaml", "yaml", axolotl.build, axolotl.VERSION),
     Target("llamafactory", "LLaMA-Factory config", llamafactory.FRAMEWORK, "llamafactory.yaml", "yaml", llamafactory.build,
            llamafactory.VERSION),
@@ -139,13 +139,14 @@ def build(name: str, spec: ModelSpec, job: Job) -> tuple[Built, list[str]]:
         cannot.append(f"--kbit-prep {job.training.kbit_prep} ({job.training.prep.label}): the file loads the "
                       f"quantised model as today's stack does, without it (estimated with --kbit-prep {prep.name})")
         job = job.with_settings(kbit_prep=prep.name)
+    job = tasks.writable(t.name, job, cannot)
     job = _writable_layout(t, job, cannot)
     run = as_run(t, job)
     if run.training.framework != job.training.framework:
         notes.append(f"{t.name} runs the {run.training.profile.label} profile, not "
                      f"{job.training.profile.label}: the figures are for {run.training.profile.label}")
     built = t.build(spec, run)
-    return replace(built, cannot=tuple(cannot) + built.cannot), notes
+    return replace(built, cannot=tuple(cannot) + built.cannot + tuple(tasks.unexpressed(t.name, built.job))), notes
 
 
 def _writable_layout(t: Target, job: Job, cannot: list[str]) -> Job:
@@ -187,7 +188,9 @@ def export_job(name: str, spec: ModelSpec, job: Job, device: Device | None = Non
     est = estimate_memory(spec, built.job)
     verdict = fit_verdict(spec, built.job, device) if device is not None else None
     launch = built.launch.replace("{file}", t.file_name)
-    lines = header_lines(f"tuneplan export --to {t.name}: {t.label} for {describe(spec, built.job)}",
+    task = "" if built.job.task == "sft" else f", task {built.job.task}" + (
+        f" (reference: {built.job.reference})" if built.job.reference != "none" else "")
+    lines = header_lines(f"tuneplan export --to {t.name}: {t.label} for {describe(spec, built.job)}{task}",
                          est, device, verdict, command(built.job), launch, built.fill_in, built.cannot,
                          t.written_for)
     if t.syntax == "json":

@@ -40,6 +40,7 @@ from tuneplan.export.common import (
     refuse,
     uses_deepspeed,
 )
+from tuneplan.export.tasks import axolotl_dataset, axolotl_fields, read_axolotl
 from tuneplan.job import Job
 from tuneplan.model_spec import ModelSpec
 
@@ -95,8 +96,12 @@ def build(spec: ModelSpec, job: Job) -> Built:
         body["unfrozen_parameters"] = ([f"^model.layers.{i}." for i in
                                         range(spec.num_layers - m.trainable_layers, spec.num_layers)]
                                        + (["^model.embed_tokens.", "^lm_head."] if m.train_embeddings else []))
-    body.update(datasets=[{"path": fill_in("dataset (Hub id or local path)"), "type": "alpaca"}],
-                sequence_len=t.seq_len, sample_packing=True, micro_batch_size=t.micro_batch,
+    body.update(axolotl_fields(job))
+    body.update(datasets=[{"path": fill_in("dataset (Hub id or local path)"), "type": axolotl_dataset(job)}],
+                sequence_len=t.seq_len)
+    if job.task == "sft":
+        body["sample_packing"] = True
+    body.update(micro_batch_size=t.micro_batch,
                 gradient_accumulation_steps=t.grad_accum, num_epochs=1,
                 learning_rate=2e-4 if m.is_adapter else 2e-5, optimizer=t.optim.hf_name)
     if t.optim.hf_optim_args:
@@ -136,8 +141,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     origin: dict[str, str] = {}
     notes: list[str] = []
     model = f.text("base_model")
-    for key, why in (("rl", "tuneplan estimates supervised fine-tuning (dpo, grpo, ... are not modelled)"),
-                     ("gptq", "GPTQ-quantised bases are not modelled"),
+    for key, why in (("gptq", "GPTQ-quantised bases are not modelled"),
                      ("fp8", "FP8 training is not modelled"),
                      ("tiled_mlp", "tiled MLP activations are not modelled"),
                      ("relora", "ReLoRA is not modelled")):
@@ -202,6 +206,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
                                         f"false, got {dq!r}")
                 s["double_quant"] = dq
                 origin.update(quant="bnb_config_kwargs", double_quant="bnb_config_kwargs")
+    read_axolotl(f, s, origin, notes, adapter is not None)
     read_counts(f, s, origin, DEFAULTS, seq_len="sequence_len", micro_batch="micro_batch_size",
                 grad_accum="gradient_accumulation_steps")
     s["optimizer"] = optimizer_from_hf(f.text("optimizer", DEFAULTS["optimizer"]), _optim_args(f))

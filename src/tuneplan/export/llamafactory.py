@@ -41,6 +41,7 @@ from tuneplan.export.common import (
     refuse,
     uses_deepspeed,
 )
+from tuneplan.export.tasks import llamafactory_fields, read_llamafactory
 from tuneplan.job import Job
 from tuneplan.model_spec import ModelSpec
 
@@ -52,7 +53,6 @@ DEFAULTS = {"finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "cu
             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused",
             "quantization_type": "nf4", "double_quantization": True, "freeze_trainable_layers": 2,
             "flash_attn": "auto", "stage": "sft"}
-PURPOSES = {"sft": "sft", "pt": "sft"}  # pre-training runs the same causal-LM step
 
 
 def adapt(spec: ModelSpec, job: Job) -> Substitutions:
@@ -96,8 +96,8 @@ def build(spec: ModelSpec, job: Job) -> Built:
     sub = adapt(spec, job)
     job = sub.job
     m, t, p = job.method, job.training, job.parallel
-    body: dict[str, Any] = {"model_name_or_path": model_id(spec), "stage": "sft", "do_train": True,
-                            "finetuning_type": "lora" if m.is_adapter else m.kind}
+    body: dict[str, Any] = {"model_name_or_path": model_id(spec), **llamafactory_fields(job, model_id(spec)),
+                            "do_train": True, "finetuning_type": "lora" if m.is_adapter else m.kind}
     if m.is_adapter:
         body.update(lora_rank=m.rank, lora_alpha=2 * m.rank, lora_dropout=m.lora_dropout,
                     lora_target="all" if isinstance(m.targets, str) else ",".join(m.targets))
@@ -114,7 +114,10 @@ def build(spec: ModelSpec, job: Job) -> Built:
         if m.train_embeddings:
             body["freeze_extra_modules"] = "embed_tokens,lm_head"
     body.update(dataset=fill_in("dataset name in data/dataset_info.json"), template="default",
-                cutoff_len=t.seq_len, packing=True, per_device_train_batch_size=t.micro_batch,
+                cutoff_len=t.seq_len)
+    if job.task == "sft":
+        body["packing"] = True  # LLaMA-Factory packs only supervised data (data/loader.py)
+    body.update(per_device_train_batch_size=t.micro_batch,
                 gradient_accumulation_steps=t.grad_accum, learning_rate=1e-4 if m.is_adapter else 1e-5,
                 num_train_epochs=1.0, optim=t.optim.hf_name)
     if t.optim.hf_optim_args:
@@ -148,9 +151,6 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     notes: list[str] = []
     model = f.text("model_name_or_path")
     stage = f.text("stage", DEFAULTS["stage"])
-    if stage not in PURPOSES:
-        raise refuse("llamafactory", "stage", stage, "tuneplan estimates sft (and pt, the same step); "
-                                                     "rm, ppo, dpo and kto are not modelled")
     for key in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon", "pissa_init", "use_llama_pro"):
         if f.flag(key):
             raise refuse("llamafactory", key, True, "this optimizer or method is not modelled")
@@ -203,6 +203,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     else:
         s["method"] = "full"
         origin["method"] = "finetuning_type"
+    read_llamafactory(f, s, origin, notes, stage, kind == "lora")
     read_counts(f, s, origin, DEFAULTS, seq_len="cutoff_len", micro_batch="per_device_train_batch_size",
                 grad_accum="gradient_accumulation_steps")
     s["optimizer"] = optimizer_from_hf(f.text("optim", DEFAULTS["optim"]), f.text("optim_args"))

@@ -17,7 +17,7 @@ from typing import Any
 
 from tuneplan.bounds import show_value
 from tuneplan.errors import TuneplanError
-from tuneplan.export import axolotl, llamafactory, torchtune, trl
+from tuneplan.export import axolotl, llamafactory, tasks, torchtune, trl
 from tuneplan.export.common import Read
 from tuneplan.job import Job
 from tuneplan.model_config import read_regular_file
@@ -141,7 +141,8 @@ def read_config(path: str, fmt: str | None = None) -> Imported:
             or an option tuneplan does not model.
     """
     where = _show(path)
-    cfg = parse_yaml(read_text(path), where)
+    text = read_text(path)
+    cfg = parse_yaml(text, where)
     if fmt is None:
         fmt = detect(cfg, where)
     elif fmt not in READERS:
@@ -166,7 +167,7 @@ def read_config(path: str, fmt: str | None = None) -> Imported:
         raise TuneplanError(f"{fmt} field {key} names {_show(named)}, which is neither next to {where} nor in the "
                             "current folder; give its settings with --sharding/--offload-* instead")
 
-    got = reader(cfg, load_json)
+    got = trl.read(cfg, load_json, tasks.trl_command(text)) if fmt == "trl" else reader(cfg, load_json)
     read = set(got.read)
     return Imported(path, fmt, got.model, got.settings, got.origin, tuple(got.read),
                     tuple(k for k in cfg if k not in read), got.defaults, got.notes, dict(got.missing))

@@ -1,11 +1,13 @@
-"""TRL: the `trl sft --config FILE` YAML (ScriptArguments + SFTConfig + ModelConfig fields),
-checked against trl 1.16.0 (trl/scripts/sft.py make_parser, trl/trainer/sft_config.py,
-trl/trainer/model_config.py, trl/cli/commands/training.py).
+"""TRL: the `trl sft|dpo|kto|reward --config FILE` YAML (ScriptArguments + SFTConfig, DPOConfig,
+KTOConfig or RewardConfig + ModelConfig fields), checked against trl 1.16.0 (trl/scripts/sft.py,
+dpo.py, kto.py, reward.py make_parser, trl/trainer/*_config.py, trl/trainer/model_config.py,
+trl/cli/commands/training.py; the task's fields: tuneplan.export.tasks).
 
 Keys that are no dataclass field go to `accelerate launch` (TrlParser.set_defaults_with_config
 returns them as `--key value`), so `num_processes` in the file sets the GPU count.
 TRL 1.16's SFTTrainer always computes the loss with its fused LM head
-(trl/trainer/sft_trainer.py: add_fused_lm_head, "without materializing the full logits"),
+(trl/trainer/sft_trainer.py: add_fused_lm_head, "without materializing the full logits"; DPO and
+KTO patch the policy and the reference the same way: dpo_trainer.py, kto_trainer.py add_fused_lm_head),
 so the logits never exist whatever the config says.
 """
 
@@ -40,6 +42,7 @@ from tuneplan.export.common import (
     refuse,
     uses_deepspeed,
 )
+from tuneplan.export.tasks import read_trl, trl_fields
 from tuneplan.job import Job
 from tuneplan.model_spec import ModelSpec
 
@@ -61,8 +64,8 @@ def adapt(spec: ModelSpec, job: Job) -> Substitutions:
     hf_trainer_swaps(sub)
     loss = sub.job.training.loss
     if not loss.fused:
-        sub.swap(f"--cross-entropy {loss.name}: TRL's SFTTrainer always uses its fused LM head (the logits never "
-                 "exist; estimated as --cross-entropy fused)", cross_entropy=fused_loss())
+        sub.swap(f"--cross-entropy {loss.name}: TRL's SFT, DPO and KTO trainers always use a fused LM head (the "
+                 "logits never exist; estimated as --cross-entropy fused)", cross_entropy=fused_loss())
     hf_adapt_parallel(sub)
     return sub
 
@@ -85,10 +88,16 @@ def build(spec: ModelSpec, job: Job) -> Built:
                 body["load_in_8bit"] = True
             else:
                 body.update(load_in_4bit=True, bnb_4bit_quant_type=m.quant, use_bnb_nested_quant=m.double_quant)
-    body.update(dataset_name=fill_in("dataset (Hub id or local path)"), max_length=t.seq_len, packing=True,
-                # padding-free packing needs FlashAttention (sft_config.py padding_free); otherwise wrap
-                packing_strategy="bfd" if t.attn.hf_impl.startswith("flash") else "wrapped",
-                per_device_train_batch_size=t.micro_batch, gradient_accumulation_steps=t.grad_accum,
+    command, task_fields = trl_fields(job)
+    if command == "reward" and m.is_adapter:
+        body["lora_task_type"] = task_fields.pop("lora_task_type")
+    body.update(dataset_name=fill_in("dataset (Hub id or local path)"), max_length=t.seq_len)
+    if command == "sft":
+        body.update(packing=True,
+                    # padding-free packing needs FlashAttention (sft_config.py padding_free); otherwise wrap
+                    packing_strategy="bfd" if t.attn.hf_impl.startswith("flash") else "wrapped")
+    body.update(task_fields)
+    body.update(per_device_train_batch_size=t.micro_batch, gradient_accumulation_steps=t.grad_accum,
                 bf16=pr.bf16, fp16=pr.fp16, optim=t.optim.hf_name)
     if t.optim.hf_optim_args:
         body["optim_args"] = t.optim.hf_optim_args
@@ -102,11 +111,12 @@ def build(spec: ModelSpec, job: Job) -> Built:
     elif p.sharding == "fsdp":
         body.update(hf_fsdp(job, switch=True))
     body["output_dir"] = fill_in("output directory")
-    return Built(job, body, tuple(sub.cannot), "trl sft --config {file}", ("dataset_name", "output_dir"),
+    return Built(job, body, tuple(sub.cannot), f"trl {command} --config {{file}}", ("dataset_name", "output_dir"),
                  ("lora_alpha is written as 2 x rank (it does not change memory)",) if m.is_adapter else ())
 
 
-def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
+def read(cfg: dict[str, Any], load_json: Any = None, command: str | None = None) -> Read:
+    """`command`: the trl subcommand (sft, dpo, kto, reward) when the file's comments name it."""
     f = Fields(cfg, "trl", load_json)
     s: dict[str, Any] = {"framework": FRAMEWORK, "cross_entropy": None}
     origin: dict[str, str] = {}
@@ -185,4 +195,5 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
         missing["num_gpus"] = "the file shards the model but sets no num_processes"
     s["cross_entropy"] = loss_setting(Job.from_settings(framework=FRAMEWORK), fused_loss())
     origin["cross_entropy"] = "TRL's fused LM head (always on)"
+    read_trl(f, s, origin, notes, command)
     return Read(model, s, origin, tuple(f.read), tuple(f.defaults), tuple(notes), missing)

@@ -41,6 +41,9 @@ READERS: dict[str, tuple[Callable[..., Read], frozenset[str]]] = {
                                              "loss", "optimizer_in_bwd", "max_steps_per_epoch"})),
 }
 FORMATS = tuple(READERS)
+# formats whose file does not name its task: TRL's subcommand (trl dpo|kto|reward) is on the
+# run line of tuneplan's header, which their reader takes as a third argument
+TASK_COMMAND_READERS = frozenset({"trl"})
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def read_config(path: str, fmt: str | None = None) -> Imported:
         raise TuneplanError(f"{fmt} field {key} names {_show(named)}, which is neither next to {where} nor in the "
                             "current folder; give its settings with --sharding/--offload-* instead")
 
-    got = trl.read(cfg, load_json, tasks.trl_command(text)) if fmt == "trl" else reader(cfg, load_json)
+    got = reader(cfg, load_json, tasks.trl_command(text)) if fmt in TASK_COMMAND_READERS else reader(cfg, load_json)
     read = set(got.read)
     return Imported(path, fmt, got.model, got.settings, got.origin, tuple(got.read),
                     tuple(k for k in cfg if k not in read), got.defaults, got.notes, dict(got.missing))

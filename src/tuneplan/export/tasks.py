@@ -22,6 +22,8 @@ Read from the stacks at the versions the exporters target:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tuneplan.choices.tasks import TASKS, reference_for
@@ -82,16 +84,13 @@ def writable(target: str, job: Job, cannot: list[str]) -> Job:
     ref, adapter = job.ref_model, job.method.is_adapter
     if ref is not None and (ref == "none" or ref == _default_ref(job)):
         return _with(job, ref_model=None)
+    rules = REF_RULES.get(target, RefRules())
     why = ""
-    if ref == "separate" and adapter and target in ("trl", "axolotl"):
+    if ref == "separate" and adapter and rules.no_separate_with_adapter:
         why = (f"{target} takes the reference from the policy with its adapters disabled under PEFT; a separate copy "
                "cannot be asked for in the config")
-    elif ref == "precomputed" and target == "llamafactory":
-        why = "LLaMA-Factory's DPO/KTO trainers never precompute reference log-probs"
-    elif ref == "precomputed" and target == "axolotl" and (job.task == "kto" or not adapter):
-        why = ("axolotl passes precompute_ref_log_probs to DPO/IPO only" if job.task == "kto" else
-               "axolotl loads the reference copy for full fine-tuning whether or not it precomputes "
-               "(train.py setup_reference_model)")
+    elif ref == "precomputed" and rules.precompute_refused is not None:
+        why = rules.precompute_refused(job)
     if why:
         default = _default_ref(job)
         cannot.append(f"--ref-model {ref}: {why} (estimated as --ref-model {default})")
@@ -101,15 +100,60 @@ def writable(target: str, job: Job, cannot: list[str]) -> Job:
 
 def unexpressed(target: str, job: Job) -> list[str]:
     """What the file runs beyond the estimate, with no setting to say it (named, nothing swapped)."""
-    if target == "axolotl" and not job.method.is_adapter and job.task in ("kto", "simpo"):
+    rules = REF_RULES.get(target, RefRules())
+    return rules.unexpressed(job) if rules.unexpressed is not None else []
+
+
+def _axolotl_precompute(job: Job) -> str:
+    if job.task == "kto":
+        return "axolotl passes precompute_ref_log_probs to DPO/IPO only"
+    if not job.method.is_adapter:
+        return ("axolotl loads the reference copy for full fine-tuning whether or not it precomputes "
+                "(train.py setup_reference_model)")
+    return ""
+
+
+def _axolotl_unexpressed(job: Job) -> list[str]:
+    if not job.method.is_adapter and job.task in ("kto", "simpo"):
         return [f"--task {job.task} with {job.method.kind} fine-tuning: axolotl also loads a reference copy of the "
                 "model that it does not pass to the trainer (train.py setup_reference_model); the estimate does not "
                 "count it"]
-    if target == "llamafactory" and job.task == "rm":
+    return []
+
+
+def _llamafactory_unexpressed(job: Job) -> list[str]:
+    if job.task_record.head == "scalar":
         return ["--task rm: LLaMA-Factory's rm stage puts a value head on the causal LM (TRL's "
                 "AutoModelForCausalLMWithValueHead), whose forward also computes the vocabulary logits; the estimate "
                 "(a scalar head, no logits) does not count them"]
     return []
+
+
+@dataclass(frozen=True)
+class RefRules:
+    """What one export target's config cannot say about the reference model or runs beyond
+    the estimate (a row per target in REF_RULES; targets without a row have none).
+
+    Args:
+        no_separate_with_adapter: under PEFT the stack takes the reference from the policy with
+            its adapters disabled; a separate copy cannot be asked for.
+        precompute_refused: why --ref-model precomputed cannot be written for this job ("" if it can).
+        unexpressed: what the file runs beyond the estimate with no setting to say it.
+    """
+
+    no_separate_with_adapter: bool = False
+    precompute_refused: Callable[[Job], str] | None = None
+    unexpressed: Callable[[Job], list[str]] | None = None
+
+
+REF_RULES: dict[str, RefRules] = {
+    "trl": RefRules(no_separate_with_adapter=True),
+    "axolotl": RefRules(no_separate_with_adapter=True, precompute_refused=_axolotl_precompute,
+                        unexpressed=_axolotl_unexpressed),
+    "llamafactory": RefRules(precompute_refused=lambda job: "LLaMA-Factory's DPO/KTO trainers never precompute "
+                                                            "reference log-probs",
+                             unexpressed=_llamafactory_unexpressed),
+}
 
 
 # ---------------------------------------------------------------- TRL

@@ -313,7 +313,8 @@ def why_line(s: Setup, rank_by: str, fewest: int | None = None) -> str:
     fewest = fewest or s.count
     reasons = []
     if s.count > fewest:
-        reasons.append(f"{fewest} GPUs run it; {s.count} over {p.machines} machine{'s' if p.machines > 1 else ''} "
+        where = f"over {p.machines} machines" if p.machines > 1 else "in one machine"
+        reasons.append(f"{fewest} GPU{'s' if fewest > 1 else ''} run{'' if fewest > 1 else 's'} it; {s.count} {where} "
                        + ("finish sooner" if rank_by == "time" else "cost no more and finish sooner"))
     elif p.machines > 1:
         reasons.append(f"the job does not fit one machine ({per} x {s.device.id})")

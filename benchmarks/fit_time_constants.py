@@ -31,7 +31,7 @@ from tuneplan.models import resolve_model
 from tuneplan.timing import kernel_count, pointwise_traffic, step_time, token_flops
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIBRATION = ROOT.parent / "shared" / "calibration"
+CALIBRATION = ROOT / "benchmarks" / "data" / "calibration"  # a copy of ../shared/calibration, in the repo
 QWEN = {"7b": ROOT / "benchmarks" / "calibration_models" / "qwen-7b-v1.json",
         "14b": ROOT / "benchmarks" / "calibration_models" / "qwen-14b-v1.json"}
 LORA_ROWS = ("QW-01", "QW-02", "QW-03", "QW-04")

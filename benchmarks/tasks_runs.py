@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tuneplan.api import estimate  # noqa: E402
 
-DEFAULT_CALIBRATION = ROOT.parent / "shared" / "calibration"
+DEFAULT_CALIBRATION = ROOT / "benchmarks" / "data" / "calibration"  # a copy of ../shared/calibration, in the repo
 MODELS_DIR = Path(__file__).resolve().parent / "calibration_models"
 RESULTS = Path(__file__).resolve().parent / "results"
 GiB = 2**30

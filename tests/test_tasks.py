@@ -23,7 +23,7 @@ from tuneplan.memory import components as K
 from tuneplan.memory.tasks import REF_FORWARD, REF_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIBRATION = ROOT.parent / "shared" / "calibration"
+CALIBRATION = ROOT / "benchmarks" / "data" / "calibration"  # a copy of ../shared/calibration, in the repo
 GiB = 2**30
 MODEL = "llama-3.1-8b"
 JOB = dict(seq_len=2048, batch=2)

@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_flatten
 from tuneplan.cli.system import available_ram, total_ram
 from tuneplan.errors import TuneplanError
 from tuneplan.probe.system import cpu_name, peak_rss, reset_peak_rss, rss_bytes
-from tuneplan.trace.tracker import CUDA_BLOCK, MemoryTracker, rounded
+from tuneplan.trace.tracker import CUDA_BLOCK, MemoryTracker, rounded, storage_resizes, storages_of
 
 KINDS = ("cuda", "mps", "cpu")
 
@@ -289,22 +289,6 @@ class CudaCounters(Counters):
         return self.peaks
 
 
-def _storages(t: torch.Tensor) -> list[torch.UntypedStorage]:
-    """The storages behind `t`, through tensor subclasses (a DTensor -> its local tensor), as
-    torch.distributed._tools.common_utils.get_untyped_storages does."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-    out, todo = [], [t]
-    while todo:
-        x = todo.pop()
-        if is_traceable_wrapper_subclass(x):
-            attrs, _ = x.__tensor_flatten__()
-            todo.extend(v for v in (getattr(x, a) for a in attrs) if isinstance(v, torch.Tensor))
-        else:
-            out.append(x.untyped_storage())
-    return out
-
-
 class LocalTracker(MemoryTracker):
     """The trace's tracker, seeing through tensor subclasses: a DTensor op (tensor parallelism,
     FSDP2's sharded parameters) reaches the mode with DTensor outputs while its local ops run
@@ -313,7 +297,7 @@ class LocalTracker(MemoryTracker):
     def track(self, tensor: torch.Tensor, category: str) -> None:
         if tensor is None:
             return
-        for s in _storages(tensor):
+        for s in storages_of(tensor):
             entry = self._live.get(id(s))
             if entry is None:
                 self._add(s, category)
@@ -328,7 +312,7 @@ class LocalTracker(MemoryTracker):
         self.ops += 1
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                for s in _storages(t):
+                for s in storages_of(t):
                     self._add(s, self.category)
         return out
 
@@ -359,7 +343,7 @@ class TrackedCounters(Counters):
             self._stack.callback(_quiet_exit, self._stack.pop_all())
             reset_peak_rss()
         self._stack.enter_context(self.tracker)
-        self._stack.enter_context(_storage_resizes(self.tracker))
+        self._stack.enter_context(storage_resizes(self.tracker))
         self.tracker.set_phase("forward", "activations")
 
     def phase(self, name: str) -> None:
@@ -385,23 +369,6 @@ class TrackedCounters(Counters):
         else:
             peaks.device = self.driver_peak
         return peaks
-
-
-@contextlib.contextmanager
-def _storage_resizes(tracker: MemoryTracker):
-    """Tell the tracker about in-place storage resizes (FSDP2 frees unsharded parameters with
-    storage.resize_(0) and re-allocates them with resize_(n))."""
-    from unittest import mock
-
-    orig = torch.UntypedStorage.resize_
-
-    def resize_(storage, size):
-        out = orig(storage, size)
-        tracker.resized(storage)
-        return out
-
-    with mock.patch.object(torch.UntypedStorage, "resize_", resize_):
-        yield
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ from tuneplan.trace.run import (
     _vocab_size,
     make_optimizer,
 )
-from tuneplan.trace.tracker import CATEGORIES, MemoryTracker
+from tuneplan.trace.tracker import CATEGORIES, MemoryTracker, storage_resizes, storages_of
 
 # the tracker's categories plus the parameters FSDP gathers (unsharded copies, all-gather buffers)
 DIST_CATEGORIES = (*CATEGORIES, "gathered")
@@ -80,22 +80,6 @@ class DistTraceResult(TraceResult):
 # ---------------------------------------------------------------- tracker
 
 
-def _storages(t: torch.Tensor) -> list[torch.UntypedStorage]:
-    """The storages behind `t`, through tensor subclasses (DTensor -> its local tensor), as
-    torch.distributed._tools.common_utils.get_untyped_storages does."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-    out, todo = [], [t]
-    while todo:
-        x = todo.pop()
-        if is_traceable_wrapper_subclass(x):
-            attrs, _ = x.__tensor_flatten__()
-            todo.extend(v for v in (getattr(x, a) for a in attrs) if isinstance(v, torch.Tensor))
-        else:
-            out.append(x.untyped_storage())
-    return out
-
-
 class DistTracker(MemoryTracker):
     """MemoryTracker that sees through DTensor and counts FSDP's gathered parameters apart.
 
@@ -111,7 +95,7 @@ class DistTracker(MemoryTracker):
     def track(self, tensor: torch.Tensor, category: str) -> None:
         if tensor is None:
             return
-        for s in _storages(tensor):
+        for s in storages_of(tensor):
             entry = self._live.get(id(s))
             if entry is None:
                 self._add(s, category)
@@ -135,26 +119,9 @@ class DistTracker(MemoryTracker):
         self.ops += 1
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                for s in _storages(t):
+                for s in storages_of(t):
                     self._add(s, self.category)
         return out
-
-
-@contextlib.contextmanager
-def _storage_resizes(tracker: DistTracker):
-    """Tell the tracker about UntypedStorage.resize_ (FSDP frees and re-allocates unsharded
-    parameters that way; dispatch never sees it)."""
-    from unittest import mock
-
-    orig = torch.UntypedStorage.resize_
-
-    def resize_(storage, size):
-        out = orig(storage, size)
-        tracker.resized(storage)
-        return out
-
-    with mock.patch.object(torch.UntypedStorage, "resize_", resize_):
-        yield
 
 
 @contextlib.contextmanager
@@ -305,7 +272,7 @@ def run_dist_trace(config: dict[str, Any], job: Job, *, tp: int | None = None, f
             replicate = implicit_replication() if layout.tp > 1 else contextlib.nullcontext
             first_peak = 0
             fsdp2 = layout.fsdp and layout.fsdp_version == 2
-            with tracker, _storage_resizes(tracker), (_fsdp2_grad_tags(tracker) if fsdp2 else contextlib.nullcontext()):
+            with tracker, storage_resizes(tracker), (_fsdp2_grad_tags(tracker) if fsdp2 else contextlib.nullcontext()):
                 for step in range(1, steps + 1):
                     state["step"] = step
                     if step == steps:

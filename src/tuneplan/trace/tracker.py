@@ -16,6 +16,7 @@ counts), so the figures read as a CUDA run would report them.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 
@@ -158,3 +159,37 @@ class MemoryTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self._add(t.untyped_storage(), self.category)
         return out
+
+
+def storages_of(t: torch.Tensor) -> list[torch.UntypedStorage]:
+    """The storages behind `t`, through tensor subclasses (a DTensor -> its local tensor), as
+    torch.distributed._tools.common_utils.get_untyped_storages does: what a tracker counts
+    when a DTensor op reaches the dispatch mode (trace under a fake process group, probe)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    out, todo = [], [t]
+    while todo:
+        x = todo.pop()
+        if is_traceable_wrapper_subclass(x):
+            attrs, _ = x.__tensor_flatten__()
+            todo.extend(v for v in (getattr(x, a) for a in attrs) if isinstance(v, torch.Tensor))
+        else:
+            out.append(x.untyped_storage())
+    return out
+
+
+@contextlib.contextmanager
+def storage_resizes(tracker: MemoryTracker):
+    """Tell the tracker about in-place storage resizes: FSDP frees unsharded parameters with
+    UntypedStorage.resize_(0) and re-allocates them with resize_(n), which dispatch never sees."""
+    from unittest import mock
+
+    orig = torch.UntypedStorage.resize_
+
+    def resize_(storage, size):
+        out = orig(storage, size)
+        tracker.resized(storage)
+        return out
+
+    with mock.patch.object(torch.UntypedStorage, "resize_", resize_):
+        yield

@@ -9,6 +9,9 @@ tests/test_time_calibration.py re-runs this fit and fails if calibration.py drif
   pointwise kernels' traffic / bandwidth (counted by tuneplan.traffic, not fitted).
 - FRAMEWORK_EFFICIENCY["mlx"]: the median implied efficiency of the mlx-examples Apple rows
   MX-01 (M2 Ultra) and MX-02 (M1 Max), as for torchtune.
+- SECONDS_PER_KERNEL_BY_FRAMEWORK["Megatron-DeepSpeed"]: the host cost per kernel at which the
+  median signed tokens/s error over vTrain's 1,440 Megatron-DeepSpeed rows of parallel.csv is
+  zero, everything else modelled (benchmarks/parallel_time.py interprets the rows).
 - FRAMEWORK_EFFICIENCY["torchtune"]: the median, over torchtune's README A100 rows that are
   compiled and compute-bound (TT-07, TT-08, TT-11..18), of the efficiency at which tuneplan's
   step time equals the measured tokens/s (bisection on the full time model).
@@ -82,12 +85,17 @@ def fit_hf_and_kernel(rows: dict[str, dict[str, str]]) -> tuple[float, float, li
     return 1 / a, b, res
 
 
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks folder is not a package)."""
+    spec_ = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec_)
+    sys.modules.setdefault(name, mod)
+    spec_.loader.exec_module(mod)
+    return mod
+
+
 def _measured_runs():
-    spec_ = importlib.util.spec_from_file_location("measured_runs", ROOT / "benchmarks" / "measured_runs.py")
-    mr = importlib.util.module_from_spec(spec_)
-    sys.modules.setdefault("measured_runs", mr)
-    spec_.loader.exec_module(mr)
-    return mr
+    return _benchmark("measured_runs")
 
 
 def _implied_efficiency(spec, job, dev, measured: float, real_tokens: int | None = None) -> float:
@@ -144,6 +152,42 @@ def fit_torchtune() -> tuple[float, list[tuple[str, float]]]:
     return eff, implied
 
 
+def _parallel_time():
+    return _benchmark("parallel_time")
+
+
+def fit_seconds_per_kernel(library: str, cases) -> float | None:
+    """SECONDS_PER_KERNEL_BY_FRAMEWORK[library]: the per-kernel host cost at which the median
+    signed error of tokens/s over `cases` (parallel_time.Case rows run by that library) is zero
+    (bisection: a larger cost only slows a step). None when no case runs the library."""
+    pt = _parallel_time()
+    mine = [c for c in cases if not c.skip and c.library == library]
+    if not mine:
+        return None
+    saved = dict(cal.SECONDS_PER_KERNEL_BY_FRAMEWORK)
+    lo, hi = 1e-6, 500e-6
+    try:
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            cal.SECONDS_PER_KERNEL_BY_FRAMEWORK[library] = mid
+            errs = [c.error for c in pt.score(mine, fresh=True) if c.error is not None]
+            if statistics.median(errs) > 0:  # still predicted too fast
+                lo = mid
+            else:
+                hi = mid
+    finally:
+        cal.SECONDS_PER_KERNEL_BY_FRAMEWORK.clear()
+        cal.SECONDS_PER_KERNEL_BY_FRAMEWORK.update(saved)
+        pt.clear_caches()
+    return (lo + hi) / 2
+
+
+def fit_megatron_deepspeed(every: int = 1) -> float:
+    """SECONDS_PER_KERNEL_BY_FRAMEWORK['Megatron-DeepSpeed'] from vTrain's rows (parallel.csv VT-S)."""
+    pt = _parallel_time()
+    return fit_seconds_per_kernel("Megatron-DeepSpeed", pt.load(every=every))
+
+
 def main() -> int:
     rows = _rows()
     eff, sec, res = fit_hf_and_kernel(rows)
@@ -155,6 +199,9 @@ def main() -> int:
     mlx, implied = fit_mlx()
     print(f"FRAMEWORK_EFFICIENCY['mlx'] = {mlx:.3f} (median of implied efficiencies)")
     print("  implied per row: " + ", ".join(f"{i} {e:.3f}" for i, e in implied))
+    mds = fit_megatron_deepspeed()
+    print(f"SECONDS_PER_KERNEL_BY_FRAMEWORK['Megatron-DeepSpeed'] = {mds:.3e} (median signed error 0 over "
+          "parallel.csv's 1,440 vTrain rows)")
     return 0
 
 

@@ -22,14 +22,14 @@ from pathlib import Path
 from tuneplan.choices.frameworks import FRAMEWORKS
 from tuneplan.disk import estimate_disk
 from tuneplan.errors import TuneplanError
-from tuneplan.fit import FITS, NO, TIGHT, fit_verdict, plan_base
+from tuneplan.fit import FITS, NO, TIGHT, UNCERTAIN, fit_verdict, plan_base
 from tuneplan.hardware import Device, resolve_device
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import ModelSpec, param_counts, resolve_model
 from tuneplan.plan import plan
 from tuneplan.search import describe_layout, gpu_counts, max_seq_len, min_gpus
-from tuneplan.timing import Dataset, fmt_duration
+from tuneplan.timing import Dataset, fmt_duration, run_time
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "guides_2026.md"
@@ -220,7 +220,7 @@ FIT_GUIDE = {  # (size, method) -> (guide text, [(device, count), ...])
     ("120B (gpt-oss)", "lora"): ("DGX Spark cluster", [("dgx-spark", 2)]),
     ("120B (gpt-oss)", "full"): ("16x H100 cluster", [("h100", 8)]),
 }
-SHORT = {FITS: "fits", TIGHT: "tight", NO: "no"}
+SHORT = {FITS: "fits", TIGHT: "tight", UNCERTAIN: "uncertain", NO: "no"}
 
 
 def verdict_cell(spec: ModelSpec, method: str, dev: str, n: int) -> tuple[str, str, str]:
@@ -464,9 +464,12 @@ def cluster_section() -> list[str]:
             "The fewest GPUs of the named device that run the job under each stack (`tuneplan plan` / `min_gpus`: "
             "1, 2, 4, 8 GPUs in a machine, then whole machines; data parallel with each sharding the stack runs, "
             "TP inside a machine, PP across), with the layout and the per-GPU peak of the rank that peaks. "
-            "DeepSpeed keeps fp32 master weights and Adam states next to a bf16 model; torchtune's FSDP2 is pure bf16.",
-            "", "| guide's claim | stack | fewest GPUs | layout | peak GB / usable | machines |",
-            "|---|---|---|---|---|---|"]
+            "DeepSpeed keeps fp32 master weights and Adam states next to a bf16 model; torchtune's FSDP2 is pure bf16. "
+            "The epoch is the second guide's 50,000 samples x 2048 tokens on that many GPUs at micro-batch 1 and no "
+            "gradient accumulation (tuneplan.timing.run_time: compute, the layout's exposed communication and bubble on "
+            "the device's default machine type, tuneplan.systems), with tokens/s per GPU and the term that bounds the step.",
+            "", "| guide's claim | stack | fewest GPUs | layout | peak GB / usable | machines | epoch (tok/s/GPU, bound by) |",
+            "|---|---|---|---|---|---|---|"]
     for claim, model, method, dev, stacks in CLUSTER_ROWS:
         spec, d = resolve_model(model), resolve_device(dev)
         for label, settings in stacks:
@@ -474,18 +477,21 @@ def cluster_section() -> list[str]:
                 j = job(method, **({"num_gpus": settings["tensor"]} if "tensor" in settings else {}), **settings)
                 found = plan_base(spec, j, d, max_count=gpu_counts(d)[-1])
             except TuneplanError as e:
-                rows.append(f"| {claim} | {label} | refused | {e} | | |")
+                rows.append(f"| {claim} | {label} | refused | {e} | | | |")
                 continue
             if found is None:
                 rows.append(f"| {claim} | {label} | does not fit | up to {gpu_counts(d)[-1]} x {d.id}, with any "
-                            "change that keeps the method (host RAM for offload included) | | |")
+                            "change that keeps the method (host RAM for offload included) | | | |")
                 continue
             n, fj, change = found
             if change is not None:
                 label += f" (+ {change.description})"
             est = estimate_memory(spec, fj)
+            rt = run_time(spec, fj, d, DATASET)
+            when = (f"{fmt_duration(rt.epoch_s)} ({rt.step.tokens_per_s_per_gpu:,.0f}, {rt.step.bound})"
+                    if d.bf16_tflops else "no FLOP/s figure")
             rows.append(f"| {claim} | {label} | {n} x {d.id} | {describe_layout(fj)} | "
-                        f"{gb(est.peak_bytes)} / {gb(d.usable_bytes)} ({est.rank}) | {fj.parallel.machines} |")
+                        f"{gb(est.peak_bytes)} / {gb(d.usable_bytes)} ({est.rank}) | {fj.parallel.machines} | {when} |")
     return rows
 
 

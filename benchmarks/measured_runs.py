@@ -12,10 +12,13 @@ bounds: the verdict is right when the device-level prediction exceeds the bound;
 predicted fit for an OOM row is the most harmful error and is counted apart.
 Time: tokens/s (per GPU or total, as the row states) against tuneplan.timing.step_time.
 
-Nothing here is fitted: a row's settings come from the row (its columns and notes), and
-every approximation is recorded on the row as a caveat.
+Nothing in the estimate is fitted here: a row's settings come from the row (its columns and
+notes), and every approximation is recorded on the row as a caveat. What is fitted to these
+rows is the uncertainty band (tuneplan.uncertainty): its table, src/tuneplan/data/uncertainty.json,
+is written by the default run, and its leave-one-source-out coverage is reported (band_report).
 
     python benchmarks/measured_runs.py                      # writes benchmarks/results/measured_runs.{md,json}
+                                                            # and src/tuneplan/data/uncertainty.json
     python benchmarks/measured_runs.py --calibration DIR --records probe.jsonl --no-write
 
 No network, no torch; runs in well under 10 s.
@@ -35,11 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from tuneplan.uncertainty import LEVEL, fit_table, kind_of, lookup, min_rows  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIBRATION = ROOT / "benchmarks" / "data" / "calibration"  # a copy of ../shared/calibration, in the repo
 MODELS_DIR = Path(__file__).resolve().parent / "calibration_models"
 RESULTS = Path(__file__).resolve().parent / "results"
 GiB = 2**30
+BAND_TABLE = ROOT / "src" / "tuneplan" / "data" / "uncertainty.json"
 
 # ---------------------------------------------------------------- tuneplan entry points
 # Only these are used (they stay stable through refactors): resolve_model, estimate,
@@ -967,28 +974,38 @@ def score_memory(r: Row) -> None:
         r.skip = f"tuneplan rejects the settings: {e}"
         return
     c = counters(est)
+    r.extra["kind"] = kind_of(est.job)
+    r.extra["peak_bytes"] = est.peak_bytes
     r.extra["counters_gib"] = {k: v / GiB for k, v in c.items()}
     r.extra["peak_phase"] = est.peak_phase
     r.predicted = c[r.counter] / GiB
     r.error = r.predicted / r.measured_gib - 1
     if r.bound:
         r.verdict = "right (predicted OOM)" if r.predicted > r.measured_gib else "WRONG (predicted fit)"
-        r.extra["fit_verdict"] = _fit_verdict(r, est.peak_bytes)
+        from tuneplan.uncertainty import high_bytes
+
+        r.extra["fit_verdict"] = _fit_verdict(r, est.peak_bytes, high_bytes(est.job, est.peak_bytes))
         if r.extra["fit_verdict"]:
             r.verdict += f"; tuneplan's verdict on the device: {r.extra['fit_verdict']}"
 
 
-def _fit_verdict(r: Row, peak_bytes: int) -> str:
-    """What `tuneplan estimate --gpu` would tell the user for this row's device: fits (>= 10%
-    headroom), tight or no (tuneplan.fit.verdict_of against the device's usable memory)."""
+def _fit_verdict(r: Row, peak_bytes: int, high: int | None = None) -> str:
+    """What `tuneplan estimate --gpu` would tell the user for this row's device: fits (the band's
+    upper end `high` clears usable memory with >= 10% headroom), tight, uncertain (the peak fits,
+    the band's upper end does not) or no (tuneplan.fit.verdict_of against the device's usable
+    memory). Without `high`, the band of the committed table (tuneplan.uncertainty)."""
     from tuneplan.fit import verdict_of
     from tuneplan.hardware import resolve_device
+    from tuneplan.uncertainty import high_bytes
 
     dev_id, _ = map_device(r.source.get("device", ""))
     if dev_id is None:
         return ""
     usable = resolve_device(dev_id).usable_bytes
-    return f"{verdict_of(peak_bytes, usable)} ({(usable - peak_bytes) / usable:+.0%} headroom of {usable / GiB:.1f} GiB usable)"
+    if high is None:
+        high = high_bytes(make_job(r.settings), peak_bytes)
+    return (f"{verdict_of(peak_bytes, usable, high)} ({(usable - peak_bytes) / usable:+.0%} headroom of "
+            f"{usable / GiB:.1f} GiB usable)")
 
 
 def score_time(r: Row) -> None:
@@ -1068,6 +1085,116 @@ def breakdowns(rows: list[Row], kind: str) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- uncertainty band, leave-one-source-out
+# A row's source is the repository that published its measurement: the owner/name the `source`
+# column opens with (owner/name@commit ... or github.com/owner/name/pull/N ...), kept by its
+# name alone so an organisation's rename (pytorch/torchtune -> meta-pytorch/torchtune) stays
+# one source. Two tables of one repository (torchtune's README at three commits, its
+# tutorials, its pull requests) are one source: they share the stack and the people measuring.
+# A row without a repository (a probe record) is its own source "records".
+_REPO = re.compile(r"^\s*(?:https?://)?(?:github\.com/)?[\w.-]+/([\w.-]+?)(?:@|/|\s|$)")
+
+
+def source_group(src: dict[str, str]) -> str:
+    """The repository name a row's `source` column opens with ("records" when it names none)."""
+    m = _REPO.match(src.get("source", ""))
+    return m.group(1) if m else "records"
+
+
+def _band_rows(rows: list[Row]) -> list[Row]:
+    """The rows the band is fitted on: scored point measurements, the rows judged wrong left out."""
+    return [r for r in rows if not r.skip and not r.bound and r.id not in JUDGED_WRONG and r.predicted]
+
+
+def _ratio(r: Row) -> float:
+    return r.measured_gib / r.predicted
+
+
+def _fit(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    return fit_table((r.id, r.extra["kind"], _ratio(r)) for r in rows)
+
+
+def _judge(table: dict[str, dict[str, Any]], r: Row) -> dict[str, Any]:
+    found = lookup(table, r.extra["kind"])
+    if found is None:
+        return {"key": None, "covered": False}
+    key, e = found
+    return {"key": key, "low": e["low"], "high": e["high"], "rows": e["rows"],
+            "covered": e["low"] <= _ratio(r) <= e["high"]}
+
+
+def _coverage(rows: list[Row], judged: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not rows:
+        return {"n": 0}
+    covered = sum(judged[r.id]["covered"] for r in rows)
+    return {"n": len(rows), "covered": covered, "share": covered / len(rows),
+            "missed": sorted(r.id for r in rows if not judged[r.id]["covered"])}
+
+
+def band_report(mem_rows: list[Row]) -> dict[str, Any]:
+    """The band table fitted on every calibration row (what tuneplan ships), its in-sample
+    coverage, and its leave-one-source-out coverage: each source's rows judged by the table
+    fitted on the other sources' rows alone (the cross-validated figure). The point estimate
+    has nothing fitted to these rows, so its leave-one-source-out error equals the in-sample one."""
+    rows = _band_rows(mem_rows)
+    for r in mem_rows:
+        r.extra["source"] = source_group(r.source)
+    table = _fit(rows)
+    inside = {r.id: _judge(table, r) for r in rows}
+    loso: dict[str, dict[str, Any]] = {}
+    for src in sorted({r.extra["source"] for r in rows}):
+        held_in = _fit([r for r in rows if r.extra["source"] != src])
+        loso.update({r.id: _judge(held_in, r) for r in rows if r.extra["source"] == src})
+    for r in rows:
+        r.extra["band"] = {"in_sample": inside[r.id], "loso": loso[r.id]}
+
+    def by(key) -> dict[str, dict[str, Any]]:
+        groups: dict[str, list[Row]] = {}
+        for r in rows:
+            groups.setdefault(key(r), []).append(r)
+        return {k: {"error": _stats_rows(v), "in_sample": _coverage(v, inside), "loso": _coverage(v, loso)}
+                for k, v in sorted(groups.items())}
+
+    wrong = [r for r in mem_rows if not r.skip and not r.bound and r.id in JUDGED_WRONG]
+    return {
+        "level": LEVEL, "min_rows": min_rows(LEVEL), "rows": len(rows),
+        "sources": {s: sorted(r.id for r in rows if r.extra["source"] == s)
+                    for s in sorted({r.extra["source"] for r in rows})},
+        "table": table,
+        "overall": {"error": _stats_rows(rows), "in_sample": _coverage(rows, inside), "loso": _coverage(rows, loso)},
+        "by_method": by(lambda r: r.method), "by_sharding": by(lambda r: r.sharding),
+        "by_framework": by(lambda r: r.framework), "by_source": by(lambda r: r.extra["source"]),
+        "judged_wrong_in_band": sorted(r.id for r in wrong
+                                       if (f := lookup(table, r.extra["kind"])) and
+                                       f[1]["low"] <= _ratio(r) <= f[1]["high"]),
+    }
+
+
+def band_table_json(band: dict[str, Any], commit: str, date: str) -> dict[str, Any]:
+    """tuneplan/data/uncertainty.json: the fitted table with what it was fitted on."""
+    return {
+        "generated_by": "python benchmarks/measured_runs.py (tuneplan.uncertainty.fit_table)",
+        "date": date, "commit": commit,
+        "fitted_on": ("benchmarks/data/calibration/memory.csv: scored point measurements, the rows judged wrong in "
+                      "the data left out; ratio = measured / estimated on the counter each row measured"),
+        "level": band["level"], "min_rows": band["min_rows"], "rows": band["rows"], "sources": band["sources"],
+        "levels": ["method x quant x sharding x framework", "method x quant x sharding", "method x quant", "quant",
+                   "any job"],
+        "loso_coverage": band["overall"]["loso"]["share"], "in_sample_coverage": band["overall"]["in_sample"]["share"],
+        "kinds": band["table"],
+    }
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def load_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return [dict(r) for r in csv.DictReader(f)]
@@ -1130,6 +1257,7 @@ def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) ->
             score_time(r)
     point = [r for r in mem_rows if not r.skip and not r.bound]
     bounds = [r for r in mem_rows if not r.skip and r.bound]
+    band = band_report(mem_rows)
     timed = [r for r in time_rows if not r.skip]
     summary = {
         "memory": {
@@ -1141,8 +1269,11 @@ def run(calibration: Path = DEFAULT_CALIBRATION, records: Path | None = None) ->
                     "wrong_ids": [r.id for r in bounds if r.verdict.startswith("WRONG")],
                     # what the user is told: an OOM row that tuneplan calls "fits" (>= 10% headroom)
                     "verdict_fits": [r.id for r in bounds if r.extra.get("fit_verdict", "").startswith("fits")],
-                    "verdict_tight": [r.id for r in bounds if r.extra.get("fit_verdict", "").startswith("tight")]},
+                    "verdict_tight": [r.id for r in bounds if r.extra.get("fit_verdict", "").startswith("tight")],
+                    "verdict_uncertain": [r.id for r in bounds
+                                          if r.extra.get("fit_verdict", "").startswith("uncertain")]},
             "counter_rules": COUNTER_RULE,
+            "band": band,
         },
         "time": {
             "rows": len(time_rows), "scored": len(timed), "skipped": sum(1 for r in time_rows if r.skip),
@@ -1165,6 +1296,9 @@ def row_json(r: Row) -> dict[str, Any]:
         d.update(measured_what=r.measured_what, counter_group=r.counter_group, counter=r.counter,
                  measured_gib=r.measured_gib, predicted_gib=r.predicted, error=r.error,
                  counters_gib=r.extra.get("counters_gib"), peak_phase=r.extra.get("peak_phase"))
+        d["source"] = r.extra.get("source")
+        if "band" in r.extra:
+            d["band"] = r.extra["band"]
         if r.bound:
             d["verdict"] = r.verdict
     else:
@@ -1207,7 +1341,8 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
         "",
         "Generated by `python benchmarks/measured_runs.py` from `benchmarks/data/calibration/memory.csv` (a copy of ../shared/calibration) and "
         "`throughput.csv`. Error = predicted / measured - 1 (positive: tuneplan predicts more memory / more "
-        "tokens per second than measured). Nothing is fitted; each row's settings come from its own columns and "
+        "tokens per second than measured). Nothing in the estimate is fitted to these rows (the uncertainty band is: "
+        "see 'Leave-one-source-out and the uncertainty band'); each row's settings come from its own columns and "
         "notes, approximations are listed per row as caveats.",
         "",
         "## Headline",
@@ -1250,6 +1385,7 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
                        ("by_sharding", "sharding"), ("by_confidence", "confidence")):
         lines += _stat_table(mem[key], title) + [""]
     lines += _stat_table({"excluding low confidence": mem["excluding_low_confidence"]}, "subset") + [""]
+    lines += render_band(mem["band"], mem["oom"])
     lines += ["## Time", ""]
     lines += _stat_table({"excluding low confidence": tim["excluding_low_confidence"],
                           "not used in any fit (held out)": tim["not_used_in_fits"]}, "subset") + [""]
@@ -1305,6 +1441,57 @@ def render_md(result: dict[str, Any], analysis: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cov(c: dict[str, Any]) -> str:
+    return f"{100 * c['share']:.1f}% ({c['covered']}/{c['n']})" if c.get("n") else "-"
+
+
+def render_band(band: dict[str, Any], oom: dict[str, Any]) -> list[str]:
+    """The leave-one-source-out section of measured_runs.md."""
+    o = band["overall"]
+    lines = [
+        "## Leave-one-source-out and the uncertainty band", "",
+        "**What is fitted to these rows.** Nothing in the memory estimate: every memory constant in "
+        "src/tuneplan/calibration.py is a library or hardware fact (cited) or measured apart from this file "
+        "(the allocator overhead on the H100 probe grid), and each row's settings come from its own columns. "
+        "So the leave-one-source-out (LOSO) point error of every row equals its in-sample error, and the error "
+        "columns below are the same figure twice. What IS fitted to these rows is the uncertainty band "
+        "(tuneplan.uncertainty, src/tuneplan/data/uncertainty.json): its LOSO coverage is the cross-validated figure.",
+        "",
+        f"**Sources.** A row's source is the repository its `source` column opens with ({len(band['sources'])}: "
+        + ", ".join(f"{k} {len(v)}" for k, v in band["sources"].items())
+        + " rows). LOSO: each source's rows are judged by a band fitted on the other sources' rows alone.",
+        "",
+        f"**Band.** {band['level']:.0%} split-conformal band of measured / estimated (one side at "
+        f"{(1 + band['level']) / 2:.0%} each), fitted on {band['rows']} point rows (judged-wrong rows left out), per "
+        f"kind of job with at least {band['min_rows']} rows (fewer cannot give a finite {band['level']:.0%} band), "
+        "else the next coarser kind: method x quant x sharding x framework -> method x quant x sharding -> "
+        "method x quant -> quant -> any job.",
+        "",
+        "| rows | n | median abs err, in-sample | median abs err, LOSO | band coverage, in-sample | "
+        "band coverage, LOSO | LOSO misses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def line(label: str, g: dict[str, Any]) -> str:
+        e = g["error"]
+        med = f"{100 * e['median_abs']:.1f}%" if e.get("n") else "-"
+        return (f"| {label} | {e.get('n', 0)} | {med} | {med} (nothing fitted) | {_cov(g['in_sample'])} | "
+                f"{_cov(g['loso'])} | {', '.join(g['loso'].get('missed', [])) or '-'} |")
+
+    lines.append(line("**all**", o))
+    for key, label in (("by_method", "method"), ("by_sharding", "sharding"), ("by_framework", "framework"),
+                       ("by_source", "source")):
+        lines += [line(f"{label}: {k}", g) for k, g in band[key].items()]
+    lines += ["", "The band table shipped (src/tuneplan/data/uncertainty.json):", "",
+              "| kind | rows | low (measured/estimated) | high |", "|---|---|---|---|"]
+    lines += [f"| {k} | {e['rows']} | {e['low']:.3f} | {e['high']:.3f} |" for k, e in band["table"].items()]
+    lines += ["", f"Rows judged wrong in the data that the band would hold anyway: "
+              f"{', '.join(band['judged_wrong_in_band']) or 'none'}. OOM rows: 'uncertain' (the peak fits, the "
+              f"band's upper end does not) for {', '.join(oom.get('verdict_uncertain', [])) or 'none'}; "
+              f"'fits' for {', '.join(oom['verdict_fits']) or 'none'}.", ""]
+    return lines
+
+
 ANALYSIS_MARK = "## Systematic errors and their mechanisms"
 
 
@@ -1336,6 +1523,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory: {m['scored']} scored + {m['oom_rows_scored']} OOM bounds, {m['skipped']} skipped; "
           f"median |err| {100 * m['overall'].get('median_abs', 0):.1f}%, mean signed "
           f"{_pct(m['overall'].get('mean_signed'))}; OOM predicted to fit: {m['oom']['predicted_fit_wrong']}")
+    b = m["band"]["overall"]
+    print(f"band:   {LEVEL:.0%} band over {b['in_sample']['n']} rows covers {_cov(b['in_sample'])} in-sample, "
+          f"{_cov(b['loso'])} leave-one-source-out")
     print(f"time:   {t['scored']} scored, {t['skipped']} skipped; median |err| "
           f"{100 * t['overall'].get('median_abs', 0):.1f}%, mean signed {_pct(t['overall'].get('mean_signed'))}")
     if not args.no_write:
@@ -1345,6 +1535,10 @@ def main(argv: list[str] | None = None) -> int:
         md.write_text(render_md(result, analysis))
         (args.out / "measured_runs.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
         print(f"wrote {md} and measured_runs.json ({result['runtime_s']} s)")
+        if args.records is None and args.calibration == DEFAULT_CALIBRATION:  # the table tuneplan ships
+            table = band_table_json(m["band"], _git_commit(), time.strftime("%Y-%m-%d", time.gmtime()))
+            BAND_TABLE.write_text(json.dumps(table, indent=1) + "\n")
+            print(f"wrote {BAND_TABLE.relative_to(ROOT)} ({table['rows']} rows, {len(table['kinds'])} kinds)")
     return 0
 
 

@@ -4,8 +4,9 @@ The torchtitan rows (TT-*) publish the largest per-GPU memory of a run (torchtit
 metrics log `memory: X GiB`, torch.cuda max_memory_reserved). Each row is turned into a
 Job from what it states (model, sequence, local batch, TP/PP/CP/FSDP degrees, activation
 checkpointing, torch.compile) through the same settings a user gives; a row tuneplan cannot
-express (Float8 linears: --precision fp8 is not modelled; micro-batching not stated) is
-listed with its reason and not scored. Nothing here is fitted.
+express (micro-batching not stated) is listed with its reason and not scored; the Float8 rows
+run --precision fp8-torchao (torchao tensorwise: no fp8 weight cache, bf16 inputs saved, so
+the same bytes as bf16; its FSDP2 float8 all-gather is not modelled). Nothing here is fitted.
 
     python benchmarks/parallel_memory.py        # table to stdout and benchmarks/results/parallel_memory.md
 
@@ -64,9 +65,8 @@ def _int(text: str) -> int | None:
 def to_row(r: dict[str, str]) -> Row:
     """A parallel.csv row -> the Job settings it states, or the reason it cannot be expressed."""
     row = Row(r["id"], float(r["memory_gib"]), {})
-    if "float8" in r["precision"].lower() or "fp8" in r["precision"].lower():
-        row.skip = "Float8 linears (torchao): --precision fp8 is not modelled yet"
-        return row
+    # torchtitan's Float8 linears are torchao's tensorwise recipe (tuneplan.choices.precision)
+    precision = "fp8-torchao" if "float8" in r["precision"].lower() else "bf16"
     model = MODELS.get(r["model"])
     ckpt = RECOMPUTE.get(r["recompute"])
     mb, ga = _int(r["micro_batch"]), _int(r["grad_accum"])
@@ -80,7 +80,7 @@ def to_row(r: dict[str, str]) -> Row:
     row.settings = dict(model=model, method="full", framework="torchtitan", sharding="fsdp",
                         gpus=int(r["n_gpus"]), tp=tp, pp=pp, vp=vp, cp=cp, seq_len=int(r["seq_len"]),
                         micro_batch=mb, grad_accum=ga, checkpointing=ckpt,
-                        compile="inductor" if "compile" in r["notes"].lower() else "none")
+                        compile="inductor" if "compile" in r["notes"].lower() else "none", precision=precision)
     return row
 
 

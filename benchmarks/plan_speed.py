@@ -56,6 +56,7 @@ def main() -> None:
     warm_estimates = counter.n
     fits = sum(c.verdict == "fits" for c in cells)
     tight = sum(c.verdict == "tight" for c in cells)
+    uncertain = sum(c.verdict == "uncertain" for c in cells)
     no = sum(c.verdict == "no" for c in cells)
 
     spec = resolve_model("llama-3.1-8b")
@@ -82,7 +83,7 @@ def main() -> None:
         "| measure | value |",
         "|---|---|",
         f"| matrix size | {len(specs)} models x {len(METHODS)} methods x {len(devs)} devices = {len(cells):,} cells |",
-        f"| verdicts at micro-batch 1 x 2048 | {fits:,} fit, {tight:,} tight, {no:,} do not fit |",
+        f"| verdicts at micro-batch 1 x 2048 | {fits:,} fit, {tight:,} tight, {uncertain:,} uncertain, {no:,} do not fit |",
         f"| full matrix with max-micro-batch search, cold | {cold:.2f} s ({cold_estimates:,} estimates, "
         f"{cold_estimates / cold:,.0f} estimates/s) |",
         f"| same matrix, warm caches | {warm:.2f} s ({warm_estimates:,} estimates, {warm_estimates / warm:,.0f}/s) |",

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tuneplan import calibration as cal
-from tuneplan.fit import FITS, NO, TIGHT, fit_verdict
+from tuneplan.fit import FITS, NO, TIGHT, UNCERTAIN, fit_verdict
 from tuneplan.hardware import resolve_device
 from tuneplan.job import Job
 from tuneplan.memory import components as K
@@ -124,7 +124,7 @@ def results_text() -> str:
 
 # ---------------------------------------------------------------- docs/published_claims.md
 
-WORD = {FITS: "fits", TIGHT: "tight", NO: "does not fit"}
+WORD = {FITS: "fits", TIGHT: "tight", UNCERTAIN: "uncertain", NO: "does not fit"}
 
 
 def _fit(model: str, j: Job, dev: str):
@@ -158,10 +158,13 @@ def _section1() -> list[str]:
     w, qc = _part(est, K.WEIGHTS), _part(est, K.QUANT_CONSTANTS)
     embed = spec.vocab_size * spec.hidden_size * 2
     hf, qwen = fits[0][0], fits[4][0]
-    head = {TIGHT: "true, but only just", FITS: "true", NO: "not at the defaults"}[hf.verdict]
+    head = {TIGHT: "true, but only just", UNCERTAIN: "true at the estimate, not within its band", FITS: "true",
+            NO: "not at the defaults"}[hf.verdict]
     said = {TIGHT: "So it fits at short sequences, with almost no headroom: tuneplan calls it **tight**, never "
                    "comfortable",
             FITS: f"So it fits at short sequences: tuneplan calls it **fits** ({hf.headroom:+.0%} headroom)",
+            UNCERTAIN: (f"So the estimate fits at short sequences ({hf.headroom:+.0%} headroom), but QLoRA runs of this "
+                        "kind measured more than that: tuneplan calls it **uncertain**"),
             NO: f"So at these settings it does not: tuneplan calls it **does not fit** ({hf.headroom:+.0%})"}[hf.verdict]
     qsaid = ("does **not** fit at 2048 tokens without a change" if qwen.verdict == NO
              else f"is **{WORD[qwen.verdict]}** at 2048 tokens ({qwen.headroom:+.0%})")
@@ -320,7 +323,7 @@ def _section5() -> list[str]:
     pure = estimate_memory(resolve_model("llama-3.1-8b"), J("full")).peak_bytes
     mixed = estimate_memory(resolve_model("llama-3.1-8b"), J("full", precision="mixed")).peak_bytes
     h100 = resolve_device("h100").usable_bytes
-    word = {FITS: "fits", TIGHT: "tight", NO: "does not fit"}[v64.verdict]
+    word = {FITS: "fits", TIGHT: "tight", UNCERTAIN: "uncertain (fits at the estimate, not within its band)", NO: "does not fit"}[v64.verdict]
     return ["## 5. Smaller claims", "",
             '- "QLoRA 7B needs 6-10 GB" / "Mistral-7B QLoRA on a 4090 in 8 GB": tuneplan '
             f"{_g(mistral)} GiB ({mistral / 1e9:.1f} GB) for",

@@ -35,10 +35,17 @@ OUT = ROOT / "src" / "tuneplan" / "data" / "devices.json"
 REPORTED_GIB = {
     "rtx4090": (24564 / 1024, "hardware.csv: ~24564 MiB reported (from memory, unconfirmed)"),
     "a100-40gb-pcie": (40339 / 1024, "hardware.csv: torch reports 40339 MiB on A100-PCIE-40GB"),
-    "h100-sxm": (81559 / 1024, "hardware.csv: 81559 MiB reported (from memory, unconfirmed)"),
+    "h100-sxm": (81559 / 1024, "nvidia-smi total 81559 MiB (modal-labs/modal-client PR #2797, 2025-01-23; "
+                 "hardware.csv: 81559 MiB)"),
     "h200-sxm": (139.0, "hardware.csv: ~139-140 GiB usable (approximate; low end taken)"),
     "b200": (179.0, "hardware.csv: ~179 GiB reported (from memory, unconfirmed)"),
-    "t4": (15.0, "hardware.csv: ~15 GiB usable (Kaggle, secondary source)"),
+    "t4": (15360 / 1024, "nvidia-smi total 15360 MiB (modal-labs/modal-client PR #2797, 2025-01-23; hardware.csv: "
+                         "~15 GiB usable on Kaggle)"),
+    # ECC on by default on these data-centre GDDR cards: the driver keeps ~6% of 24576 MiB
+    "a10g": (23028 / 1024, "nvidia-smi total 23028 MiB on an AWS g5 A10G, ECC on (NVIDIA/DCGM issue #232, "
+                           "2025-05-22, driver 535.247.01); the A10 reports the same (modal-labs/modal-client PR #2797)"),
+    "l4": (23034 / 1024, "nvidia-smi total 23034 MiB, ECC on (modal-labs/modal-client PR #2797, 2025-01-23)"),
+    "l40s": (46068 / 1024, "nvidia-smi total 46068 MiB, ECC on (modal-labs/modal-client PR #2797, 2025-01-23)"),
     "mi300x": (192.0, "hardware.csv: ROCm gpu-specs lists 192 GiB VRAM"),
 }
 
@@ -65,6 +72,19 @@ EXTRA_ALIASES = {
     "macbook-pro-m5": ["m5", "macbook-pro-m5-32gb"],
     "rx7900xtx": ["7900xtx", "rx-7900-xtx"], "mi300x": ["mi300"],
 }
+
+
+# Block-scaled (MXFP8 / NVFP4) training rates, dense TFLOPS per GPU, for the GPUs whose tensor
+# cores TransformerEngine runs them on (compute capability 10.x: TE 2.20 pytorch/quantization.py
+# check_mxfp8_support / check_nvfp4_support; MXFP8 runs at the FP8/FP6 rate, so only FP4 is listed).
+# B200: HGX B200 72 PFLOPS FP4 dense / 8 GPUs (NVIDIA HGX spec table, as quoted by fibermall.com
+# /blog/?p=17161); B300: HGX B300 108 PFLOPS FP4 dense / 8 (NVIDIA HGX B300 spec; verda.com/blog/
+# gb300-nvl72-architecture lists 14, glennklockwood.com/garden/processors/B300 13.1); GB300:
+# GB300 NVL72 1,080 PFLOPS FP4 dense / 72 GPUs (NVIDIA GB300 NVL72 spec, verda.com per-GPU table 15);
+# GB200: GB200 NVL72 1,440 PFLOPS FP4 with sparsity / 72 / 2 (NVIDIA GB200 NVL72 spec table;
+# glennklockwood.com/garden/processors/B200: 10,000 dense for the GB200 variant at 1,200 W).
+# (tuneplan.lowprec reads fp8_tflops / fp4_tflops; fp8_tflops is hardware.csv's fp8_dense_tflops.)
+FP4_DENSE_TFLOPS = {"b200": 9000.0, "b300": 13500.0, "gb300": 15000.0, "gb200": 10000.0}
 
 
 # Facts added to shared rows where the shared catalog has none, each with its basis and
@@ -221,6 +241,8 @@ def build(rows: list[dict]) -> list[dict]:
             "reported_source": reported[1] if reported else "",
             "bandwidth_gbps": bw / split if bw else None,
             "bf16_tflops": tf / split if tf else None,
+            "fp8_tflops": num(r["fp8_dense_tflops"]) / split if num(r["fp8_dense_tflops"]) else None,
+            "fp4_tflops": FP4_DENSE_TFLOPS.get(cid),
             "tflops_basis": basis,
             "tflops_note": r["tflops_note"],
             "tdp_w": num(r["tdp_w_num"]),

@@ -36,7 +36,7 @@ def test_models_lists_catalog(capsys):
     (["estimate", "llama-3.1-8b", "--batch", "0"], "must be positive"),
     (["estimate", "llama-3.1-8b", "--seq-len", "-5"], "must be positive"),
     (["estimate", "llama-3.1-8b", "--rank", "9000"], "larger than the hidden size"),
-    (["estimate", "llama-3.1-8b", "--precision", "fp8"], "unknown precision"),
+    (["estimate", "llama-3.1-8b", "--precision", "fp6"], "unknown precision"),
     (["estimate", "llama-3.1-8b", "--method", "qlora-3bit"], "unknown method"),
     (["estimate", "llama-3.1-8b", "--batch", "two"], "whole number"),
     (["estimate", "/nonexistent/config.json"], "cannot read"),

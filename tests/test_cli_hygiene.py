@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import cli
 from scripts_loader import load_script
 
 import tuneplan
 from tuneplan.choices.optimizers import HF_NOT_MODELLED, OPTIMIZER_ALIASES, OPTIMIZERS, canonical_optimizer
-from tuneplan.cli import main
 from tuneplan.cli.main import command_parser, printable
 from tuneplan.cli.options import CHOICES, NOT_TAKEN, _job_actions, count, token_length
 from tuneplan.errors import TuneplanError
@@ -33,14 +33,6 @@ TINY = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_a
         "vocab_size": 128, "intermediate_size": 128, "max_position_embeddings": 4096}
 
 
-def cli(capsys, *argv):
-    """(exit code, stdout, stderr); argparse usage errors exit through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(capsys, *argv, match=""):
@@ -183,6 +175,15 @@ SAMPLES: dict[str, list[str]] = {
     "--png": ["--png", "{tmp}/fit.png"], "--real": ["--real"], "--ref-model": ["--task", "dpo", "--ref-model", "separate"],
     "--sequence-parallel": ["--framework", "torchtitan", "--method", "full", "--gpus", "2", "--tp", "2",
                             "--sequence-parallel"],
+    "--num-generations": ["--task", "grpo", "--num-generations", "4"],
+    "--prompt-len": ["--task", "grpo", "--prompt-len", "64"],
+    "--completion-len": ["--task", "grpo", "--completion-len", "64"],
+    "--generation-engine": ["--task", "grpo", "--generation-engine", "vllm-colocate"],
+    "--vllm-memory-utilization": ["--task", "grpo", "--generation-engine", "vllm-colocate",
+                                  "--vllm-memory-utilization", "0.3"],
+    "--vllm-sleep": ["--task", "grpo", "--generation-engine", "vllm-colocate", "--vllm-sleep"],
+    "--generation-gpus": ["--task", "grpo", "--generation-engine", "vllm-server", "--gpus", "2",
+                          "--generation-gpus", "1"],
 }
 # where a command spells the setting another way (matrix: --methods; plan: no --gpus)
 SAMPLES_OF = {
@@ -190,7 +191,8 @@ SAMPLES_OF = {
     "plan": {"--sharding": ["--sharding", "zero3"], "--offload-optimizer": ["--sharding", "zero3", "--offload-optimizer"],
              "--offload-params": ["--sharding", "zero3", "--offload-params"],
              "--export-to": ["--export", "{tmp}/run-to", "--export-to", "trl"],
-             "--sequence-parallel": ["--framework", "torchtitan", "--method", "full", "--tp", "2", "--sequence-parallel"]},
+             "--sequence-parallel": ["--framework", "torchtitan", "--method", "full", "--tp", "2", "--sequence-parallel"],
+             "--generation-gpus": ["--task", "grpo", "--generation-engine", "vllm-server", "--generation-gpus", "1"]},
 }
 
 # each command's run, with a small model (a config.json written to tmp), as cheap as it goes

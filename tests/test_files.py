@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_run import cli
 
 from tuneplan.cli import files, main
 from tuneplan.errors import TuneplanError
@@ -25,14 +26,6 @@ TINY = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidd
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and symbolic links")
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str, match: str) -> None:

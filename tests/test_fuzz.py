@@ -33,12 +33,13 @@ from hypothesis import strategies as st
 import tuneplan
 from tuneplan.cli import main
 from tuneplan.errors import TuneplanError, TuneplanWarning
-from tuneplan.fit import FITS, NO, verdict_of
+from tuneplan.fit import FITS, NO, TIGHT, UNCERTAIN, job_verdict, verdict_of
 from tuneplan.hardware import devices as all_devices
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
 from tuneplan.models import KNOWN_TYPES, catalog, spec_from_config
 from tuneplan.search import MAX_BATCH, offloads, pool_bytes
+from tuneplan.uncertainty import high_bytes
 
 LIMIT_S = 10.0
 COUNTS = {"cases": 0, "clean errors": 0, "successes": 0}
@@ -98,13 +99,13 @@ def check_monotone(spec, job) -> None:
 
 
 def check_fit(v) -> None:
-    assert v.verdict == verdict_of(v.peak_bytes + v.offloaded_bytes, v.usable_bytes)
+    assert v.verdict == verdict_of(v.peak_bytes + v.offloaded_bytes, v.usable_bytes, v.high_bytes)
     assert math.isfinite(v.headroom)
     if v.change is not None:
         assert v.change.peak_bytes <= v.usable_bytes
         assert v.change.peak_bytes == pool_bytes(_spec_of(v), v.change.job, v.device.unified)
-        if v.verdict != NO:  # a tight job's change is to 10% headroom
-            assert verdict_of(v.change.peak_bytes, v.usable_bytes) == FITS
+        if v.verdict != NO:  # a tight or uncertain job's change is to 10% headroom and a clear band
+            assert job_verdict(v.change.job, v.change.peak_bytes, v.usable_bytes) == FITS
     _finite_json(v.to_dict())
 
 
@@ -121,7 +122,9 @@ def check_plan(report) -> None:
     assert flags == sorted(flags)
     for s in setups:
         assert s.peak_bytes + s.offloaded_bytes <= s.device.usable_bytes
-        assert s.verdict == verdict_of(s.peak_bytes + s.offloaded_bytes, s.device.usable_bytes)
+        high = high_bytes(s.job, s.peak_bytes)
+        assert s.verdict == verdict_of(s.peak_bytes + s.offloaded_bytes, s.device.usable_bytes,
+                                       None if high is None else high + s.offloaded_bytes)
         assert s.tokens_per_s > 0 and math.isfinite(s.tokens_per_s)
         assert s.run is None or (math.isfinite(s.run.run_s) and s.run.run_s > 0)
     _finite_json(report.to_dict())
@@ -132,7 +135,8 @@ def check_cells(cells, micro_batch: int) -> None:
         if c.verdict == "n/a":
             assert c.peak_bytes is None
             continue
-        assert c.verdict == verdict_of(c.peak_bytes, c.usable_bytes)
+        assert c.verdict in (FITS, TIGHT, UNCERTAIN, NO)
+        assert (c.verdict == NO) == (c.peak_bytes > c.usable_bytes)
         assert (c.max_micro_batch >= min(micro_batch, MAX_BATCH)) == (c.verdict != NO)
 
 
@@ -385,7 +389,9 @@ def test_cli_lines(argv):
         assert sum(c["bytes"] for c in data["components"]) == data["peak_bytes"] > 0
         if "fit" in data:
             f = data["fit"]
-            assert f["verdict"] == verdict_of(f["peak_bytes"] + f["offloaded_bytes"], f["usable_bytes"])
+            band = f["uncertainty"]
+            assert f["verdict"] == verdict_of(f["peak_bytes"] + f["offloaded_bytes"], f["usable_bytes"],
+                                              band and band["high_bytes"] + f["offloaded_bytes"])
     COUNTS["successes"] += 1
 
 

@@ -18,12 +18,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from cli_run import cli
 
 import tuneplan
 from tuneplan import api
-from tuneplan.cli import main
 from tuneplan.errors import TuneplanError, TuneplanWarning
-from tuneplan.fit import FITS, NO, TIGHT, fit_verdict, verdict_of
+from tuneplan.fit import FITS, NO, UNCERTAIN, fit_verdict, job_verdict, verdict_of
 from tuneplan.hardware import resolve_device, resolve_devices
 from tuneplan.job import Job
 from tuneplan.memory import estimate_memory
@@ -36,14 +36,6 @@ TINY = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_a
         "vocab_size": 128, "intermediate_size": 128, "max_position_embeddings": 4096}
 
 
-def cli(capsys, *argv):
-    """(exit code, stdout, stderr); argparse usage errors exit through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(capsys, *argv, match=""):
@@ -287,11 +279,15 @@ def test_fixes_clear_the_tight_threshold(model, settings, device):
     assert verdict_of(v.change.peak_bytes, d.usable_bytes) == FITS
 
 
-def test_tight_job_gets_a_change_to_headroom():
+def test_uncertain_job_gets_a_change_that_clears_the_band():
+    # the peak fits with a little headroom (tight before the band), but QLoRA runs of this kind
+    # measured up to ~27% above the estimate: uncertain, and the fix clears the band's upper end
     d = resolve_device("rtx-4090")
     v = fit_verdict(resolve_model("llama-3.1-8b"), Job.from_settings(method="qlora", checkpointing="none"), d)
-    assert v.verdict == TIGHT and v.change is not None
-    assert verdict_of(v.change.peak_bytes, d.usable_bytes) == FITS and "for 10% headroom" in v.summary()
+    assert v.verdict == UNCERTAIN and v.change is not None and v.runs
+    assert v.peak_bytes <= d.usable_bytes < v.high_bytes
+    assert job_verdict(v.change.job, v.change.peak_bytes, d.usable_bytes) == FITS
+    assert "uncertain (the peak fits" in v.summary() and "to clear the band" in v.summary()
 
 
 def test_another_framework_profile_is_offered():

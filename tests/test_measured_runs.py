@@ -3,7 +3,8 @@
 Scores ../shared/calibration in-process (skipped when that folder is absent) and fails if the
 median memory or time error gets worse than the committed figures in
 benchmarks/results/measured_runs.json (plus 0.5 percentage point), if fewer rows can be
-expressed, or if more OOM rows are predicted to fit. Also unit-tests the counter selection
+expressed, or if more OOM rows are predicted to fit; keeps src/tuneplan/data/uncertainty.json equal
+to the benchmark's band fit and its leave-one-source-out coverage from falling. Also unit-tests the counter selection
 and the OOM rule on hand-made rows. No torch.
 """
 
@@ -261,3 +262,48 @@ def test_readme_accuracy_table_is_current():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_accuracy_table.py"), "--check",
                           str(ROOT / "README.md")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- uncertainty band, leave-one-source-out
+BAND_TABLE = ROOT / "src" / "tuneplan" / "data" / "uncertainty.json"
+
+
+@needs_data
+def test_committed_band_table_is_current(scored):
+    committed = json.loads(BAND_TABLE.read_text())
+    band = scored["summary"]["memory"]["band"]
+    stale = "src/tuneplan/data/uncertainty.json is stale: run python benchmarks/measured_runs.py"
+    assert committed["kinds"] == band["table"], stale
+    assert (committed["level"], committed["rows"], committed["sources"]) == (band["level"], band["rows"],
+                                                                             band["sources"]), stale
+    assert committed["loso_coverage"] == band["overall"]["loso"]["share"], stale
+
+
+@needs_data
+def test_band_coverage_not_worse(scored, committed):
+    now, then = scored["summary"]["memory"]["band"]["overall"], committed["memory"]["band"]["overall"]
+    assert now["in_sample"]["share"] >= 0.9
+    assert now["loso"]["share"] >= then["loso"]["share"] - 1e-9
+    assert now["loso"]["share"] >= 0.85  # 62 of 69 when the band was introduced
+
+
+@needs_data
+def test_loso_judges_each_source_by_the_other_sources_only(scored):
+    band = scored["summary"]["memory"]["band"]
+    total = band["rows"]
+    for d in scored["rows"]:
+        if "band" not in d:
+            continue
+        loso, own = d["band"]["loso"], len(band["sources"][d["source"]])
+        assert loso["key"] is not None and loso["rows"] <= total - own, d["id"]
+        assert loso["covered"] == (loso["low"] <= d["measured_gib"] / d["predicted_gib"] <= loso["high"])
+    # nothing in the memory estimate is fitted to these rows: the LOSO point error is the in-sample one
+    assert band["overall"]["error"]["median_abs"] == pytest.approx(
+        bench.stats([d["error"] for d in scored["rows"] if "band" in d])["median_abs"])
+
+
+def test_source_is_the_repository():
+    assert bench.source_group({"source": 'pytorch/torchtune@30b8519 README.md "Memory" (2024-09-24) | x'}) == "torchtune"
+    assert bench.source_group({"source": "github.com/meta-pytorch/torchtune/pull/961 (rohan-varma)"}) == "torchtune"
+    assert bench.source_group({"source": "Lightning-AI/litgpt@0cc02afa tutorials/resource-tables.md"}) == "litgpt"
+    assert bench.source_group({}) == "records"

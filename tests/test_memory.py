@@ -276,7 +276,9 @@ def test_optimizer_in_backward_never_holds_every_gradient():
     inbwd = estimate_memory(LLAMA8, job("full", framework="torchtune", optimizer_in_backward=True))
     full_grads = 2 * base.trainable_params
     assert inbwd.component("gradients") < full_grads / 10
-    assert base.peak_bytes - inbwd.peak_bytes > 0.8 * full_grads
+    # in-backward peak: the untied head's gradient summed over the 8 output chunks (3 x [v, h]
+    # at once, tuneplan.memory.activations.chunked_head_bytes; the torchtune replay measures it)
+    assert base.peak_bytes - inbwd.peak_bytes > 0.7 * full_grads
     with pytest.raises(TuneplanError, match="grad-accum"):
         job("full", optimizer_in_backward=True, grad_accum=2)
 

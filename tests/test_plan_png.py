@@ -6,8 +6,8 @@ import math
 import struct
 
 import pytest
+from cli_run import cli
 
-from tuneplan.cli import main
 from tuneplan.cli.timebars import COMMUNICATION, GROUPS, group_of, time_bars
 from tuneplan.hardware import resolve_devices
 from tuneplan.job import Job
@@ -18,13 +18,6 @@ ARGV = ["plan", "llama-3.1-70b", "--method", "full", "--devices", "h100", "--dat
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def report_of(dataset_tokens=None, devices="h100", top=15):

@@ -38,6 +38,14 @@ def test_mlx_efficiency_is_the_fit(fit):
     assert cal.FRAMEWORK_EFFICIENCY["mlx"] == pytest.approx(eff, abs=0.0005)
 
 
+def test_megatron_deepspeed_kernel_cost_is_the_fit(fit):
+    """The full fit runs over vTrain's 1,440 rows (56.1 us, ~12 s); every 8th row gives 56.1 us."""
+    seconds = fit.fit_megatron_deepspeed(every=8)
+    assert cal.SECONDS_PER_KERNEL_BY_FRAMEWORK["Megatron-DeepSpeed"] == pytest.approx(seconds, rel=0.03)
+    assert fit.fit_seconds_per_kernel("Megatron-DeepSpeed", []) is None  # no rows: the default applies
+    assert cal.seconds_per_kernel("hf-trainer-peft") == cal.SECONDS_PER_KERNEL
+
+
 def _optimizer_term(model: str, device: str, **settings) -> float:
     from tuneplan.hardware import resolve_device
     from tuneplan.job import Job

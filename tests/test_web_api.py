@@ -198,7 +198,7 @@ def error_of(r, status=400):
     ("/api/estimate", {"model": "llama-3.1-8b", "batch": "-2"}, "must be positive"),
     ("/api/estimate", {"model": "llama-3.1-8b", "rank": "9000"}, "larger than the hidden size"),
     ("/api/estimate", {"model": "llama-3.1-8b", "seq-len": "1M"}, "max_position_embeddings"),
-    ("/api/estimate", {"model": "llama-3.1-8b", "precision": "fp8"}, "unknown precision"),
+    ("/api/estimate", {"model": "llama-3.1-8b", "precision": "fp6"}, "unknown precision"),
     ("/api/estimate", {"model": "llama-3.1-8b", "gpus": "8", "tp": "3"}, "cannot be split"),
     ("/api/estimate", {"model": "llama-3.1-8b", "gpus": "4", "pp": "4"}, "does not run --pp"),
     ("/api/estimate", {"model": "llama-3.1-8b", "fused-ce": "maybe"}, "is a flag"),

@@ -31,6 +31,7 @@ from tuneplan.hardware import Device, devices_in, resolve_device, resolve_device
 from tuneplan.job import METHODS, Job, Method
 from tuneplan.matrix import Cell, fit_matrix
 from tuneplan.memory import MemoryEstimate, estimate_memory
+from tuneplan.memory.online import on_device
 from tuneplan.models import ModelSpec, catalog, catalog_rows, resolve_model, spec_from_config
 from tuneplan.plan import PlanReport, make_dataset, plan_report
 
@@ -140,7 +141,7 @@ def fit(model: Any, device: Any, *, suggest: bool = True, limits: bool = False, 
         limits: also find the largest micro-batch and longest sequence that fit.
     """
     spec, dev = _model(model, hub), _device(device)
-    job = _job(spec, allow_long_context, settings)
+    job = on_device(_job(spec, allow_long_context, settings), dev)  # online RL: vLLM's share of its memory
     check_device_count(job, dev)
     return fit_verdict(spec, job, dev, suggest=bool(suggest), limits=bool(limits))
 

@@ -68,7 +68,9 @@ LITGPT_LM_HEAD_CHUNK_TOKENS = 128
 # collected in ../shared/catalog/hardware.csv `memory_gib_usable_note`:
 #   RTX 4090: ~24564 of 24576 MiB -> 0.05% reserved (GDDR6X, no ECC);
 #   A100-PCIE-40GB: 40339 of 40960 MiB -> 1.5% reserved (HBM2, ECC on);
-#   H100 SXM: 81559 of 81920 MiB -> 0.44% reserved.
+#   H100 SXM: 81559 of 81920 MiB -> 0.44% reserved;
+#   ECC-on data-centre GDDR cards keep more: A10G 23028 (AWS g5, NVIDIA/DCGM #232), L4 23034,
+#   L40S 46068 of 49152 MiB (modal-labs/modal-client PR #2797): ~6.3% kept, in devices.json.
 # Devices with a reported total use it (hardware.csv note, kept in devices.json); the
 # others use the fraction of their memory kind, the largest seen for that kind. Stated, not fitted.
 GPU_RESERVED_FRACTION = {"gddr": 12 / 24576, "hbm": 1 - 40339 / 40960}
@@ -175,13 +177,14 @@ FRAMEWORK_EFFICIENCY = {
 # here. Source: stas00/ml-engineering compute/accelerator/README.md, "Maximum Achievable
 # Matmul FLOPS comparison table", BF16 (torch 2.5-2.10): A100 SXM 271.2/312, A100 PCIe
 # 252.9/312, H100 SXM 794.5/989 ("H200 is the same"), GH200 828.6/989, B200 1745/2250,
-# B300 1769/2250, MI250X 147.0/191.5 (one GCD), MI325X 784.9/1300, MI300X 668.4/1300.
+# B300 1769/2250, MI250X 147.0/191.5 (one GCD), MI325X 784.9/1300, MI300X 668.4/1300; GB200 SXM
+# 1822.0/2500 (torch 2.10.0.dev20250916+cu130; the same table, read 2026-12).
 # The efficiencies above were fitted on A100 SXM rows, so a device's GEMM rate is its spec
 # peak x efficiency x MATMUL_SHARE[device] / MATMUL_SHARE[the A100 SXM]; a device without a
 # measurement takes the A100 SXM's share (no correction).
 MATMUL_SHARE = {
     "a100-80gb-sxm": 0.869, "a100-40gb-sxm": 0.869, "a100-80gb-pcie": 0.811, "a100-40gb-pcie": 0.811,
-    "h100-sxm": 0.803, "h200-sxm": 0.803, "gh200": 0.838, "b200": 0.776, "b300": 0.786,
+    "h100-sxm": 0.803, "h200-sxm": 0.803, "gh200": 0.838, "b200": 0.776, "b300": 0.786, "gb200": 0.729,
     "mi250x": 0.767, "mi325x": 0.604, "mi300x": 0.514,
 }
 MATMUL_SHARE_REFERENCE = MATMUL_SHARE["a100-80gb-sxm"]
@@ -212,6 +215,38 @@ BACKWARD_KERNELS_PER_FORWARD_KERNEL = 2
 # bandwidth (counted, tuneplan.traffic). Fit (benchmarks/fit_time_constants.py): eff 0.683,
 # 6.64 us per kernel. Residuals: -6.8%, +1.9%, +0.8%, -0.1%. Checked, not fitted: QW-09.
 SECONDS_PER_KERNEL = 6.64e-6
+# The same cost for a stack whose host side is heavier, per library (FrameworkProfile
+# .calibration_framework); a stack not listed takes SECONDS_PER_KERNEL.
+# "Megatron-DeepSpeed": FITTED by benchmarks/fit_time_constants.py fit_megatron_deepspeed: the
+# cost at which the median signed tokens/s error over vTrain's single-machine A100 rows is zero
+# (parallel.csv VT-S-*, 1,440 rows: Megatron-DeepSpeed, GPT h1024/h2048, 12-24 layers, seq 1024,
+# fp16, full recompute, every TP/PP/DP mix of 2-8 GPUs), its kernels counted
+# (FrameworkProfile.kernels_per_layer_forward = 16; backward 2x; recomputed forward) and a
+# micro-batch taking the longer of its dispatch and its GPU work (host_overlaps_device).
+# Those rows show a floor of ~3.4 ms per layer and micro-batch (h1024, micro-batch 1, TP 1, 2
+# and 4 alike: GEMMs 4x narrower, same time) that no FLOP or byte term explains. Only vTrain
+# informs it: left out (benchmarks/results/parallel_time.md, leave-one-source-out), the stack
+# falls back to SECONDS_PER_KERNEL.
+SECONDS_PER_KERNEL_BY_FRAMEWORK = {"Megatron-DeepSpeed": 56.1e-6}
+
+
+def seconds_per_kernel(library: str) -> float:
+    """Host cost per launched kernel of a stack (its calibration_framework name)."""
+    return SECONDS_PER_KERNEL_BY_FRAMEWORK.get(library, SECONDS_PER_KERNEL)
+
+
+# Unfused attention (FrameworkProfile.materialises_attention_scores): DRAM bytes per element
+# of the [batch, heads, seq, seq] scores, counted op by op at c bytes per element
+# (Megatron-LM legacy megatron/model/transformer.py CoreAttention; torch's native_dropout
+# keeps a 1-byte bool mask):
+#   forward: baddbmm (beta=0) writes c; fused scale-mask-softmax reads c, writes c;
+#     dropout reads c, writes c and the mask 1; bmm(probs, v) reads c: 6c + 1;
+#   backward: bmm's grad of probs writes c, v's grad reads probs c; dropout backward reads c
+#     and the mask 1, writes c; softmax backward reads the grad and the output, writes c;
+#     baddbmm's q and k grads read the scores' grad twice: 9c + 1;
+#   full recomputation repeats the forward.
+SCORES_FORWARD_BYTES = (6, 1)  # (x c, + bytes)
+SCORES_BACKWARD_BYTES = (9, 1)
 
 
 # Achievable share of the spec memory bandwidth for streaming kernels (dequantisation,
@@ -325,3 +360,43 @@ DEFAULT_UTILISATION = 0.5  # share of the week an owned machine trains (break-ev
 # US average retail electricity price, 2024-2025: ~0.13 (industrial) to ~0.17 (residential)
 # USD/kWh (EIA Electric Power Monthly, table 5.3). Applied to the device TDP while training.
 ELECTRICITY_USD_PER_KWH = 0.15
+
+# ---------------------------------------------------------------- eager decoding (HF generate)
+# What one decode step of transformers' generate launches, COUNTED (not fitted) by
+# benchmarks/count_decode_kernels.py: a TorchDispatchMode counter over generate() of a tiny
+# Qwen2 (transformers 5.25, peft 0.21, torch 2.13, CPU, fp32), view-only ops excluded, per-layer
+# and per-step terms separated by differencing 1 vs 3 layers and 2 vs 6 new tokens:
+#   - a decoder layer's decode forward: 39 kernels in fp32 (the cache's two torch.cat included),
+#     + the 2 RMSNorms' casts to fp32 and back in 16-bit (modeling_qwen2.py Qwen2RMSNorm) = 43;
+#   - the step outside the layers (embedding, rotary cos/sin, mask, final norm, lm_head,
+#     generate's logits processing, sampling and stopping criteria): 65.
+# Per adapted linear PEFT adds KERNELS_PER_ADAPTER_FORWARD (counted: 4 in fp32 - lora_A, lora_B,
+# scale, add - plus the two dtype casts of a 16-bit base); peft 0.21 lora/bnb.py Linear4bit.forward
+# adds result.clone() (:533, "defensively clone") on a 4-bit base.
+DECODE_KERNELS_PER_LAYER = 43
+GENERATE_KERNELS_PER_DECODE_STEP = 65
+PEFT_4BIT_CLONE_KERNELS = 1
+# bitsandbytes 4-bit linear at decode: up to BNB_FUSED_GEMM_MAX_ROWS input rows the fused
+# 4-bit GEMM reads the packed weight once (0.5 byte/param; bnb 0.50.2 backends/cuda/ops.py
+# _GEMM_4BIT_CUSTOM_FLOOR_M = 4, always fused at or below it; bnb < 0.50 matmul_4bit used
+# gemv_4bit for a single row only). Above it, the dequantise-then-GEMM path
+# (_dequant_linear_fallback; bnb < 0.50 MatMul4Bit.forward): the nested absmax dequantised
+# (dequantize_blockwise), + offset, dequantize_4bit into a 16-bit copy, then F.linear = 3 kernels
+# besides the GEMM, traffic DEQUANT_BYTES_PER_PARAM. bnb 0.50.2 also fuses some larger row
+# counts per GPU architecture (_gemm_4bit_use_custom_cuda); tuneplan takes the dequantise path
+# there (the behaviour of the bitsandbytes versions the calibration rows ran: an upper bound).
+BNB_FUSED_GEMM_MAX_ROWS = 4
+BNB_DEQUANT_KERNELS = 3
+BNB_FUSED_BYTES_PER_PARAM = 0.5
+# Host time per launched kernel of an eager decode step, which is bound by the CPU's dispatch
+# rather than the GPU: DERIVED from a published measurement, not fitted to any tuneplan row.
+# PyTorch blog "Accelerating Generative AI with PyTorch II: GPT, Fast" (Nov 2023): gpt-fast's
+# eager Llama-2-7B at batch 1 on an A100-80GB (330 W) generates 25.5 tok/s and is "heavily CPU
+# overhead bound". Its decode step launches 32 layers x 51 kernels + 22 = 1,654 kernels
+# (counted by benchmarks/count_decode_kernels.py on pytorch-labs/gpt-fast@32971d3 model.py: 43
+# per layer in fp32 + 8 bf16 casts (RMSNorm's x.float()/type_as x 2, rotary's x 2 for q and k);
+# outside the layers 12 counted in fp32, the final norm's 2 casts and generate.py sample()'s
+# ~8 (div, topk, select, where, softmax, exponential_, div, argmax)), so
+# 1 / 25.5 s / 1,654 = 23.7 us per kernel. A decode step takes the longer of this host time
+# and its GPU time (weights and KV cache at the bandwidth), as in that CPU-bound trace.
+EAGER_DECODE_SECONDS_PER_KERNEL = 1 / 25.5 / (32 * 51 + 22)

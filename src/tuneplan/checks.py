@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 
+from tuneplan import lowprec
 from tuneplan.errors import TuneplanError, TuneplanWarning
 from tuneplan.hardware import Device
 from tuneplan.job import TARGET_PRESETS, Job, Method
@@ -83,7 +84,11 @@ def check_device_count(job: Job, device: Device) -> None:
     """Refuse GPU counts that are not whole machines of this device: up to one machine holds
     any count; beyond it (or with --nodes) every machine holds the same number, at most what
     one machine of the device holds, and the tensor-parallel group stays inside one machine
-    unless the machine is smaller than it (then a warning is in the estimate's assumptions)."""
+    unless the machine is smaller than it (then a warning is in the estimate's assumptions).
+    Also refuses a low-precision --precision the device does not run (tuneplan.lowprec)."""
+    why = lowprec.unsupported(device, job.training.dtypes)
+    if why:
+        raise TuneplanError(why)
     p = job.parallel
     n, per = p.num_gpus, device.max_count
     if p.nodes:

@@ -1,7 +1,10 @@
 """Fit verdicts: does a job's per-GPU peak fit a device, and if not, what is the cheapest change.
 
-fits: headroom >= TIGHT_HEADROOM (10%) of usable memory; tight: 0 <= headroom < 10%;
-no: the peak exceeds usable memory. Usable memory is the device's (tuneplan.hardware);
+fits: the upper end of the estimate's uncertainty band (tuneplan.uncertainty: 90% of measured
+runs of this kind of job fell below it) is within usable memory, and the peak leaves
+TIGHT_HEADROOM (10%) of it; tight: the band's upper end fits but the peak leaves < 10%;
+uncertain: the peak fits but the band's upper end does not (a run of this kind may need more
+than the device has); no: the peak exceeds usable memory. Usable memory is the device's (tuneplan.hardware);
 the peak includes CUDA context and allocator overhead (tuneplan.memory). On a
 unified-memory device what offload keeps in "CPU RAM" is the same memory, so it is
 counted with the peak (tuneplan.search.pool_bytes).
@@ -46,9 +49,12 @@ from tuneplan.search import (
     offloads,
     pool_bytes,
 )
+from tuneplan.uncertainty import Band, band, high_bytes
 from tuneplan.units import GiB
 
-FITS, TIGHT, NO = "fits", "tight", "no"
+FITS, TIGHT, UNCERTAIN, NO = "fits", "tight", "uncertain", "no"
+# the verdicts a job runs with, best first (a plan shows the others' verdict beside them)
+RUNS = (FITS, TIGHT, UNCERTAIN)
 
 # Host RAM assumed per machine, for what offload keeps in CPU RAM (the device catalog has no
 # host figures). Desktop boards take 192-256 GB in 4 DIMMs, but 4 x 32 GB is the common top
@@ -108,11 +114,19 @@ def support_notes(device: Device, job: Job) -> tuple[str, ...]:
     return tuple(out)
 
 
-def verdict_of(peak: int, usable: int) -> str:
-    """fits / tight / no from bytes."""
+def verdict_of(peak: int, usable: int, high: int | None = None) -> str:
+    """fits / tight / uncertain / no from bytes: `high` is the upper end of the peak's
+    uncertainty band (tuneplan.uncertainty; None: no band, as before the band existed)."""
     if peak > usable:
         return NO
+    if high is not None and high > usable:
+        return UNCERTAIN
     return TIGHT if (usable - peak) < cal.TIGHT_HEADROOM * usable else FITS
+
+
+def job_verdict(job: Job, peak: int, usable: int) -> str:
+    """verdict_of with the job's own band (its upper end for this peak)."""
+    return verdict_of(peak, usable, high_bytes(job, peak))
 
 
 def fits(spec: ModelSpec, job: Job, device: Device) -> bool:
@@ -206,6 +220,7 @@ class FitVerdict:
         host_bytes / host_ram_bytes: what offload keeps in the host's RAM (all GPU processes of
             the machine) and the host RAM assumed for it (HOST_RAM_ASSUMPTION); 0 and None on
             unified memory.
+        band: the peak's uncertainty band (tuneplan.uncertainty.Band; None without a table).
     """
 
     device: Device
@@ -223,6 +238,12 @@ class FitVerdict:
     searched: bool = False
     host_bytes: int = 0
     host_ram_bytes: int | None = None
+    band: Band | None = None
+
+    @property
+    def high_bytes(self) -> int | None:
+        """The band's upper end plus what is offloaded into the same memory (None without a band)."""
+        return None if self.band is None else self.band.high_bytes + self.offloaded_bytes
 
     @property
     def host_ok(self) -> bool:
@@ -231,7 +252,7 @@ class FitVerdict:
 
     @property
     def runs(self) -> bool:
-        """The job as given runs: it fits the device (tight counts) and its offload fits the host."""
+        """The job as given runs: it fits the device (tight and uncertain count) and its offload fits the host."""
         return self.verdict != NO and self.host_ok
 
     def summary(self, describe: Callable[[Change], str] | None = None) -> str:
@@ -243,7 +264,12 @@ class FitVerdict:
         """
         describe = describe or (lambda ch: ch.description)
         d = self.device
-        head = {FITS: "fits", TIGHT: "tight (<10% headroom)", NO: "does not fit"}[self.verdict]
+        head = {FITS: "fits", TIGHT: "tight (<10% headroom)", NO: "does not fit",
+                UNCERTAIN: (f"uncertain (the peak fits, but the {self.band.level:.0%} band's upper end "
+                            f"{(self.high_bytes or 0) / GiB:.2f} GiB does not: of {self.band.rows} measured runs of "
+                            f"{'this kind' if self.band.own_kind else self.band.kind}, some needed up to "
+                            f"{self.band.high_bytes / max(1, self.peak_bytes) - 1:.0%} more than estimated)"
+                            if self.band else "uncertain")}[self.verdict]
         pool = (f" + {self.offloaded_bytes / GiB:.2f} GiB offloaded into the same unified memory"
                 if self.offloaded_bytes else "")
         text = (f"{d.id}: {head}: peak {self.peak_bytes / GiB:.2f} GiB{pool} of {self.usable_bytes / GiB:.2f} GiB "
@@ -256,10 +282,12 @@ class FitVerdict:
         within = f"within {d.max_count} x {d.id}"
         if self.change:
             ch = self.change
-            label = "cheapest fix" if not self.runs else "for 10% headroom"
-            after = verdict_of(ch.peak_bytes, self.usable_bytes)
+            label = ("cheapest fix" if not self.runs else
+                     "to clear the band" if self.verdict == UNCERTAIN else "for 10% headroom")
+            after = job_verdict(ch.job, ch.peak_bytes, self.usable_bytes)
             text += (f"; {label}: {describe(ch)} -> {ch.peak_bytes / GiB:.2f} GiB"
-                     + (" (still tight: no change found gives 10% headroom)" if after == TIGHT else ""))
+                     + (" (still tight: no change found gives 10% headroom)" if after == TIGHT else
+                        " (still uncertain: no change found clears the band)" if after == UNCERTAIN else ""))
             if ch.host_bytes:
                 text += f", {ch.host_bytes / GiB:.0f} GiB of host RAM for offload"
             if ch.job.method.kind != self.job.method.kind:
@@ -288,6 +316,7 @@ class FitVerdict:
             "keep_method_change": self.keep_method_change.to_dict() if self.keep_method_change else None,
             "offloaded_bytes": self.offloaded_bytes, "host_bytes": self.host_bytes,
             "host_ram_bytes": self.host_ram_bytes, "host_ok": self.host_ok,
+            "uncertainty": self.band.to_dict() if self.band else None,
             "summary": self.summary(), "usable_rule": self.device.usable_rule,
         }
 
@@ -375,10 +404,16 @@ def _size_changes(job: Job, device: Device, max_count: int | None = None,
                            micro_batch=b, grad_accum=accum))
     gpus: list[Change] = []
     if spec is not None:
-        # the fewest GPUs that leave 10% headroom, then the fewest that fit at all
-        for usable in (int(device.usable_bytes * (1 - cal.TIGHT_HEADROOM)), device.usable_bytes):
+        # the fewest GPUs that fit (10% headroom, the uncertainty band within usable memory),
+        # then the fewest whose peak fits at all
+        def clears(j: Job) -> bool:
+            pk = _pool(spec, j, device)
+            return pk is not None and job_verdict(j, pk, device.usable_bytes) == FITS
+
+        for usable, band_too in ((int(device.usable_bytes * (1 - cal.TIGHT_HEADROOM)), True),
+                                 (device.usable_bytes, False)):
             found = min_gpus(spec, job, device, max_count=limit, usable=usable,
-                             accept=lambda j: host_fits(spec, j, device))
+                             accept=lambda j, b=band_too: host_fits(spec, j, device) and (not b or clears(j)))
             if found is not None and found[0] > p.num_gpus:
                 n, j = found
                 q = j.parallel
@@ -433,9 +468,9 @@ def _measure(spec: ModelSpec, job: Job, device: Device) -> tuple[int, int] | Non
     return pk, host
 
 
-def _first_change(spec: ModelSpec, job: Job, device: Device, ok: Callable[[int], bool], keep_method: bool,
+def _first_change(spec: ModelSpec, job: Job, device: Device, ok: Callable[[Job, int], bool], keep_method: bool,
                   max_count: int | None) -> Change | None:
-    """The first single change (cheapest first) whose device bytes pass `ok` and whose
+    """The first single change (cheapest first) whose job and device bytes pass `ok` and whose
     offload fits the host; else the first cumulative chain that does."""
     kind = job.method.kind
 
@@ -443,7 +478,7 @@ def _first_change(spec: ModelSpec, job: Job, device: Device, ok: Callable[[int],
         if keep_method and ch.job.method.kind != kind:
             return None
         m = _measure(spec, ch.job, device)
-        return Change(ch.steps, ch.job, m[0], m[1]) if m is not None and ok(m[0]) else None
+        return Change(ch.steps, ch.job, m[0], m[1]) if m is not None and ok(ch.job, m[0]) else None
 
     for ch in candidate_changes(job, device, spec, max_count):
         if (found := passes(ch)) is not None:
@@ -491,8 +526,9 @@ def cheapest_change(spec: ModelSpec, job: Job, device: Device, headroom_only: bo
     """The one search for a change that makes a job run on a device (the fit verdict's fix,
     the fix that keeps the method, and the planner's fallback: plan_base).
 
-    The cheapest change that fits with 10% headroom; if no change does, the cheapest that
-    fits at all (tight), unless `headroom_only`. Every change's offload must fit the host
+    The cheapest change that fits (its band's upper end within usable memory and 10% headroom
+    at the peak); if no change does, the cheapest whose peak fits at all (tight or uncertain),
+    unless `headroom_only`. Every change's offload must fit the host
     RAM assumed for the device (host_ram_bytes).
 
     Single changes are tried cheapest first (candidate_changes), then a cumulative chain
@@ -507,9 +543,10 @@ def cheapest_change(spec: ModelSpec, job: Job, device: Device, headroom_only: bo
     Returns the change with its job, new peak and host bytes, or None when nothing fits.
     """
     usable = device.usable_bytes
-    found = _first_change(spec, job, device, lambda pk: verdict_of(pk, usable) == FITS, keep_method, max_count)
+    found = _first_change(spec, job, device, lambda j, pk: job_verdict(j, pk, usable) == FITS, keep_method,
+                          max_count)
     if found is None and not headroom_only:
-        found = _first_change(spec, job, device, lambda pk: pk <= usable, keep_method, max_count)
+        found = _first_change(spec, job, device, lambda j, pk: pk <= usable, keep_method, max_count)
     return found
 
 
@@ -552,7 +589,8 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True,
     usable = device.usable_bytes
     peak = est.peak_bytes
     offloaded = est.cpu_bytes if device.unified and offloads(job) else 0
-    v = verdict_of(peak + offloaded, usable)
+    bd = band(job, peak)
+    v = verdict_of(peak + offloaded, usable, None if bd is None else bd.high_bytes + offloaded)
     breaker = None
     if v != FITS:
         top = max((c for c in est.components if c.key not in OVERHEAD), key=lambda c: c.bytes)
@@ -563,7 +601,7 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True,
     change = keep = None
     searched = suggest and (v != FITS or not host_ok)
     if searched:
-        headroom_only = v == TIGHT and host_ok  # a tight job only looks for headroom
+        headroom_only = v in (TIGHT, UNCERTAIN) and host_ok  # a job that runs only looks for headroom
         change = cheapest_change(spec, job, device, headroom_only=headroom_only)
         if change and change.job.method.kind != job.method.kind:
             keep = cheapest_change(spec, job, device, headroom_only=headroom_only, keep_method=True)
@@ -572,4 +610,4 @@ def fit_verdict(spec: ModelSpec, job: Job, device: Device, suggest: bool = True,
         mb = max_micro_batch(spec, job, usable, unified=device.unified)
         ms = max_seq_len(spec, job, usable, multiple=128, unified=device.unified)
     return FitVerdict(device, job, v, peak, usable, (usable - peak - offloaded) / usable, breaker, change, mb, ms,
-                      keep, offloaded, searched, host, host_cap)
+                      keep, offloaded, searched, host, host_cap, bd)

@@ -50,6 +50,9 @@ class Device:
         max_count: largest count the planner will consider in one machine/node.
         price_usd: purchase price per device (street if known, else launch), None if unknown.
         cloud: on-demand quotes (cloud_quote picks the one the planner uses).
+        fp8_tflops / fp4_tflops: dense fp8 and fp4 tensor TFLOPS (hardware.csv fp8_dense_tflops;
+            scripts/build_device_catalog.py FP4_DENSE_TFLOPS with its sources); None where the
+            format is not run (tuneplan.lowprec refuses --precision fp8/mxfp8/nvfp4 there).
     """
 
     id: str
@@ -81,6 +84,9 @@ class Device:
     cloud: tuple[CloudQuote, ...]
     sources: str
     unconfirmed: str
+    # dense fp8 / fp4 tensor TFLOPS (None: not run there); read by tuneplan.lowprec
+    fp8_tflops: float | None = None
+    fp4_tflops: float | None = None
 
     @property
     def unified(self) -> bool:
@@ -187,6 +193,7 @@ def devices() -> dict[str, Device]:
             launch_year=r["launch_year"], price_usd=r["price_usd"], price_basis=r["price_basis"],
             price_note=r["price_note"], cloud=tuple(CloudQuote(**q) for q in r["cloud"]),
             sources=r["sources"], unconfirmed=r["unconfirmed"],
+            fp8_tflops=r.get("fp8_tflops"), fp4_tflops=r.get("fp4_tflops"),
         )
     return out
 

@@ -28,10 +28,17 @@ from tuneplan.choices.optimizers import OPTIMIZERS, Optimizer, canonical_optimiz
 from tuneplan.choices.precision import PRECISIONS, Precision, precision
 from tuneplan.choices.quantisation import QUANT_FORMATS, QuantFormat
 from tuneplan.choices.runtimes import RUNTIMES, Runtime
-from tuneplan.choices.tasks import TASKS, Task, reference_for, task
+from tuneplan.choices.tasks import GENERATION_ENGINES, TASKS, GenerationEngine, Task, reference_for, task
 from tuneplan.choices.versions import STACKS, Stack, stack
 from tuneplan.errors import TuneplanError
-from tuneplan.job_checks import check_request_parallel, check_stack, check_task
+from tuneplan.job_checks import (
+    check_request_parallel,
+    check_request_rollout,
+    check_rollout,
+    check_stack,
+    check_task,
+    online_defaults,
+)
 from tuneplan.parallel import SHARDING, Parallel
 
 METHODS = ("full", "lora", "qlora", "dora", "freeze")
@@ -44,6 +51,7 @@ ATTENTION_NAMES = tuple(ATTENTION)
 FRAMEWORK_NAMES = tuple(FRAMEWORKS)
 CROSS_ENTROPY_NAMES = tuple(CROSS_ENTROPY)
 TASK_NAMES = tuple(TASKS)
+GENERATION_ENGINE_NAMES = tuple(GENERATION_ENGINES)
 STACK_NAMES = tuple(STACKS)
 RUNTIME_NAMES = tuple(RUNTIMES)
 COMPILE_NAMES = tuple(COMPILATION)
@@ -276,6 +284,57 @@ class Training:
         return 4 if self.profile.adapter_fp32 else self.param_bytes
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """How an online task (grpo, rloo) generates its completions; read for online tasks only.
+    Defaults are TRL 1.16's GRPOConfig (trl/trainer/grpo_config.py).
+
+    Args:
+        num_generations: completions per prompt; 0: the task's default (GRPO 8, RLOO 2).
+        prompt_len: prompt tokens per row (TRL 1.16 has no max_prompt_length; 512 was its
+            default until it was removed).
+        completion_len: max_completion_length (default 512, grpo_config.py:494); every row is
+            counted at prompt + completion tokens (padded to the longest, which TRL does).
+        generation_engine: a row of tuneplan.choices.tasks.GENERATION_ENGINES: hf (use_vllm
+            False, the default) | vllm-colocate | vllm-server.
+        vllm_memory_utilization: vLLM's gpu_memory_utilization, the share of each device's
+            memory it reserves (default 0.3, grpo_config.py:656).
+        generation_gpus: GPUs running the vLLM server (vllm-server only; default 1), besides
+            the --gpus that train.
+        vllm_sleep: vllm_enable_sleep_mode (default False, grpo_config.py:612): vLLM frees its
+            weights and KV cache (sleep level 2) outside generation.
+        device_memory_gib: total memory of one training GPU (GiB), which vLLM's share is a
+            fraction of; set from --gpu by tuneplan.memory.online.on_device; 0: not known (the
+            share is then not counted, and the estimate says so).
+    """
+
+    num_generations: int = 0
+    prompt_len: int = 512
+    completion_len: int = 512
+    generation_engine: str = "hf"
+    vllm_memory_utilization: float = 0.3
+    generation_gpus: int = 0
+    vllm_sleep: bool = False
+    device_memory_gib: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 0 or self.num_generations > MAX_COUNT:
+            raise TuneplanError(f"--num-generations must be at least 2, got {show_value(self.num_generations)}")
+        check_positive("prompt length", self.prompt_len, MAX_SEQ_LEN)
+        check_positive("completion length", self.completion_len, MAX_SEQ_LEN)
+        check_choice("generation engine", self.generation_engine, GENERATION_ENGINE_NAMES)
+        if not 0.0 < self.vllm_memory_utilization < 1.0:
+            raise TuneplanError("--vllm-memory-utilization is the share of each GPU's memory vLLM reserves; it must "
+                                f"be above 0 and below 1, got {show_value(self.vllm_memory_utilization)}")
+        if not 0 <= self.generation_gpus <= MAX_COUNT:
+            raise TuneplanError(f"--generation-gpus must be a count, got {show_value(self.generation_gpus)}")
+
+    @property
+    def engine(self) -> GenerationEngine:
+        """The generation-engine record."""
+        return GENERATION_ENGINES[self.generation_engine]
+
+
 # Flat setting names that are spelled differently from the dataclass fields (the CLI's
 # option names are accepted too: batch, gpus, tp, pp, optim, gc).
 _ALIASES = {"method": "kind", "batch": "micro_batch", "gpus": "num_gpus", "tp": "tensor", "pp": "pipeline",
@@ -292,6 +351,7 @@ class Job:
     method: Method = field(default_factory=Method)
     training: Training = field(default_factory=Training)
     parallel: Parallel = field(default_factory=Parallel)
+    rollout: Rollout = field(default_factory=Rollout)  # online tasks only (tuneplan.memory.online)
     task: str = "sft"
     ref_model: str | None = None  # task hook: separate | adapter | precomputed | none (None: the stack's default)
 
@@ -299,8 +359,9 @@ class Job:
         t = task(self.task)
         if not t.modelled:
             raise TuneplanError(f"training task {t.name} ({t.label}) is not modelled yet: it needs "
-                                f"{t.what_differs}; tuneplan estimates sft and the offline tasks "
+                                f"{t.what_differs}; tuneplan estimates sft and the tasks "
                                 f"({', '.join(n for n, r in TASKS.items() if r.modelled and not r.is_sft)})")
+        check_rollout(self, t)  # first: an engine the runtime cannot run is named before the trainer
         check_task(self, t)
         check_stack(self)
 
@@ -308,6 +369,11 @@ class Job:
     def task_record(self) -> Task:
         """The training-task record (tuneplan.choices.tasks)."""
         return TASKS[self.task]
+
+    @property
+    def generations(self) -> int:
+        """Completions per prompt in effect (online tasks): the asked number, else the task's."""
+        return self.rollout.num_generations or self.task_record.generations
 
     @property
     def reference(self) -> str:
@@ -334,9 +400,9 @@ class Job:
         Raises:
             TuneplanError: unknown setting, wrong type, or an invalid value.
         """
-        groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}}
+        groups: dict[type, dict[str, Any]] = {Method: {}, Training: {}, Parallel: {}, Rollout: {}}
         job_fields: dict[str, Any] = {}
-        settings = _profile_defaults(_method_spelling(dict(settings)))
+        settings = online_defaults(_profile_defaults(_method_spelling(dict(settings))))
         fused = settings.pop("fused_ce", None) if "fused_ce" in settings else None
         for key, value in settings.items():
             name = _ALIASES.get(key, key)
@@ -372,7 +438,7 @@ class Job:
         if "num_gpus" not in par:  # model-parallel degrees alone: the smallest world that holds them
             par["num_gpus"] = par.get("tensor", 1) * par.get("pipeline", 1) * par.get("context", 1)
         return cls(Method(**groups[Method]), Training(**groups[Training]), Parallel(**par),
-                   **job_fields)
+                   Rollout(**groups[Rollout]), **job_fields)
 
     @classmethod
     def from_request(cls, **settings: Any) -> Job:
@@ -385,6 +451,7 @@ class Job:
         """
         job = cls.from_settings(**settings)
         check_request_parallel(job)
+        check_request_rollout(job)
         given = [_ALIASES.get(k, k) for k in _method_spelling(dict(settings)) if k not in ("method", "kind")]
         ignored = job.method.ignored(given)
         if ignored:
@@ -415,12 +482,15 @@ class Job:
         for part in (self.method, self.training, self.parallel):
             for f in fields(part):
                 out["method" if f.name == "kind" else f.name] = getattr(part, f.name)
+        if self.task_record.online:  # the rollout settings exist for online tasks only
+            out.update({f.name: getattr(self.rollout, f.name) for f in fields(self.rollout)
+                        if getattr(self.rollout, f.name) != f.default})
         out["task"] = self.task
         out["ref_model"] = self.ref_model
         return out
 
 
-_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel)}
+_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Method, Training, Parallel, Rollout)}
 
 
 def _profile_defaults(settings: dict[str, Any]) -> dict[str, Any]:
@@ -508,5 +578,5 @@ def parse_targets(text: str) -> str | tuple[str, ...]:
     return names
 
 
-__all__ = ["LIMITS", "MAX_COUNT", "MAX_SEQ_LEN", "SHARDING", "Job", "Method", "Parallel", "Training",
+__all__ = ["LIMITS", "MAX_COUNT", "MAX_SEQ_LEN", "SHARDING", "Job", "Method", "Parallel", "Rollout", "Training",
            "parse_targets", "replace", "show_value"]

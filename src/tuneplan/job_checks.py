@@ -8,11 +8,12 @@ come from the choice records (FrameworkProfile, Runtime, QuantFormat, Task).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from tuneplan.choices.frameworks import FRAMEWORKS
 from tuneplan.choices.quantisation import QUANT_FORMATS
-from tuneplan.choices.tasks import Task, reference_for
+from tuneplan.choices.tasks import GENERATION_ENGINES, TASKS, Task, reference_for
 from tuneplan.errors import TuneplanError
 
 if TYPE_CHECKING:
@@ -23,13 +24,111 @@ def check_task(job: Job, t: Task) -> None:
     """One-line refusal of a task the chosen stack or settings cannot run as modelled."""
     reference_for(t, job.ref_model, job.method.is_adapter)
     if t.trainers and job.training.framework not in t.trainers:
-        raise TuneplanError(f"task {t.name} is modelled as TRL's trainer runs it; --framework "
-                            f"{job.training.framework} is not one of: {', '.join(t.trainers)}")
+        why = f" ({t.what_differs})" if t.modelled and t.what_differs else ""
+        raise TuneplanError(f"task {t.name} is modelled as these stacks run it; --framework "
+                            f"{job.training.framework} is not one of: {', '.join(t.trainers)}{why}")
     loss = job.training.loss
     if (not t.is_sft and t.head == "lm" and job.training.cross_entropy and not loss.fused
             and (loss.chunks or loss.chunk_tokens)):
         raise TuneplanError(f"task {t.name}: TRL computes the log-probabilities itself; --cross-entropy "
                             f"{loss.name} does not apply (plain, or fused for use_liger_kernel)")
+
+
+# transformers TrainingArguments.per_device_train_batch_size default (training_args.py), which
+# GRPOConfig keeps: for an online task it counts completions, so 8 is one prompt's group of 8
+TRL_PER_DEVICE_BATCH = 8
+
+
+def online_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Flat settings with an online task's defaults filled in where the user gave none: the
+    micro-batch (TRL's per_device_train_batch_size, 8 completions), the row length (--seq-len =
+    prompt + completion tokens) and one server GPU for vllm-server. A --num-generations 0 is
+    refused here (0 stands for the task's default inside Rollout)."""
+    name = settings.get("task")
+    tk = TASKS.get(name.strip().lower()) if isinstance(name, str) else None
+    if tk is None or not tk.online:
+        return settings
+    out = dict(settings)
+    n = out.get("num_generations")
+    if n is not None and not isinstance(n, bool) and isinstance(n, int) and n < tk.min_generations:
+        raise TuneplanError(f"--num-generations must be at least {tk.min_generations}: {tk.name} compares each "
+                            f"completion with the others of its prompt (TRL grpo_config.py:1134), got {n}")
+    if tk.fixed_generations and isinstance(n, int) and not isinstance(n, bool) and n != tk.generations:
+        raise TuneplanError(f"{tk.name} generates {tk.generations} completions per prompt (fixed by TRL's trainer); "
+                            f"drop --num-generations {n}")
+    if n == tk.generations:
+        out.pop("num_generations")  # the task's default, kept as 0 so equal jobs compare equal
+    if "micro_batch" not in out and "batch" not in out:
+        out["micro_batch"] = TRL_PER_DEVICE_BATCH
+    if "seq_len" not in out:
+        p, c = out.get("prompt_len", 512), out.get("completion_len", 512)
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in (p, c)):
+            out["seq_len"] = p + c
+    fw = out.get("framework")
+    prof = FRAMEWORKS.get(fw.strip().lower()) if isinstance(fw, str) else None
+    if prof is not None and prof.rl_engines and "generation_engine" not in out:
+        out["generation_engine"] = prof.rl_engines[0]  # the stack's own rollout (verl: vLLM colocated)
+    if prof is not None and prof.rl_vllm_memory_utilization and "vllm_memory_utilization" not in out:
+        out["vllm_memory_utilization"] = prof.rl_vllm_memory_utilization
+    engine = out.get("generation_engine")
+    if isinstance(engine, str) and engine.strip().lower() in GENERATION_ENGINES and "generation_gpus" not in out:
+        if not GENERATION_ENGINES[engine.strip().lower()].colocated:
+            out["generation_gpus"] = 1
+    return out
+
+
+def check_rollout(job: Job, t: Task) -> None:
+    """One-line refusal of rollout settings that do not apply, or that TRL refuses."""
+    r = job.rollout
+    if not t.online:
+        given = [f.name for f in fields(r) if getattr(r, f.name) != f.default]
+        if given:
+            flags = ", ".join("--" + g.replace("_", "-") for g in given)
+            online = ", ".join(n for n, x in TASKS.items() if x.online and x.modelled)
+            raise TuneplanError(f"{flags} set how an online task generates; they apply to --task {online} only")
+        return
+    e, tr, p = r.engine, job.training, job.parallel
+    if job.generations < t.min_generations:
+        raise TuneplanError(f"--num-generations must be at least {t.min_generations} for {t.name} (TRL "
+                            f"grpo_config.py:1134), got {job.generations}")
+    prof = tr.profile
+    if prof.rl_engines and e.name not in prof.rl_engines:
+        raise TuneplanError(f"--framework {prof.name} generates with {', '.join(prof.rl_engines)}; "
+                            f"--generation-engine {e.name} is not modelled for it")
+    if tr.rt.name not in e.runtimes:
+        raise TuneplanError(f"--generation-engine {e.name} ({e.label}) does not run on {tr.rt.label}; it runs on: "
+                            f"{', '.join(e.runtimes)}")
+    if e.colocated and r.generation_gpus:
+        raise TuneplanError(f"--generation-gpus places a vLLM server on other GPUs; --generation-engine {e.name} "
+                            "generates on the training GPUs (use vllm-server, or drop it)")
+    if not e.colocated and not r.generation_gpus:
+        raise TuneplanError("--generation-engine vllm-server needs at least one --generation-gpus")
+    if r.vllm_sleep and not (e.share and e.colocated):
+        raise TuneplanError("--vllm-sleep is vLLM's sleep mode on the training GPUs; it needs --generation-engine "
+                            "vllm-colocate")
+    if p.tensor * p.pipeline * p.context > 1:
+        raise TuneplanError(f"task {t.name} is modelled as TRL's or verl's FSDP trainer runs it, data parallel (with ZeRO/FSDP "
+                            "sharding); drop --tp, --pp and --cp")
+
+
+def check_request_rollout(job: Job) -> None:
+    """A user's online job whose generation batch does not hold whole groups (TRL refuses it;
+    the planner and the fit search may still price such micro-batches)."""
+    if not job.task_record.online:
+        return
+    tr, p, r = job.training, job.parallel, job.rollout
+    rows = r.prompt_len + r.completion_len
+    if rows > tr.seq_len:
+        raise TuneplanError(f"prompt + completion is {rows:,} tokens, longer than --seq-len {tr.seq_len:,}; raise "
+                            "--seq-len or shorten --prompt-len / --completion-len")
+    if rows < tr.seq_len:
+        raise TuneplanError(f"for {job.task} --seq-len is a row of prompt + completion ({rows:,} tokens); give "
+                            "--completion-len (or --seq-len) alone, or the two that agree")
+    global_batch = tr.micro_batch * p.data * tr.grad_accum
+    if not job.task_record.per_micro_step and global_batch % job.generations:
+        raise TuneplanError(f"the generation batch ({tr.micro_batch} completions x {p.data} GPUs x {tr.grad_accum} "
+                            f"accumulation steps = {global_batch}) must hold whole groups of {job.generations} "
+                            "completions (TRL grpo_config.py:1129); change --batch or --num-generations")
 
 
 def check_stack(job: Job) -> None:
@@ -44,6 +143,9 @@ def check_stack(job: Job) -> None:
         quants = ", ".join(q.name for q in QUANT_FORMATS.values() if q.library == lib)
         raise TuneplanError(f"--kbit-prep {t.kbit_prep} prepares a {lib}-quantised model; it needs "
                             f"--method qlora with --quant {quants} (or drop it)")
+    if m.kind == "qlora" and t.dtypes.low_precision:  # [lowprec] quantised recipes cast bf16 weights
+        raise TuneplanError(f"--precision {t.precision} ({t.dtypes.recipe}) quantises bf16 linear weights; a QLoRA "
+                            f"base is already {m.fmt.label}: use --method lora or full, or --precision bf16")
     if m.kind == "qlora":
         fmt = m.fmt
         if fmt.library not in prof.quant_libraries:
@@ -58,7 +160,7 @@ def check_stack(job: Job) -> None:
                             "or --framework mlx")
     if prof.optimizers and t.optimizer not in prof.optimizers:
         raise TuneplanError(f"{prof.label} has no optimizer {t.optimizer}; choose one of: {', '.join(prof.optimizers)}")
-    for what, value, allowed in (("precision", t.precision, prof.precisions),
+    for what, value, allowed in (("method", m.kind, prof.methods), ("precision", t.precision, prof.precisions),
                                  ("checkpointing mode", t.checkpointing, prof.checkpointing_modes),
                                  ("cross-entropy", t.loss.name, prof.cross_entropies)):
         if allowed and value not in allowed:

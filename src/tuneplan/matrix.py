@@ -19,6 +19,7 @@ from tuneplan.hardware import Device
 from tuneplan.job import Job
 from tuneplan.model_spec import ModelSpec
 from tuneplan.search import MAX_BATCH, max_micro_batch, offloads, pool_bytes
+from tuneplan.uncertainty import high_bytes
 from tuneplan.units import GiB
 
 NA = "n/a"
@@ -91,7 +92,8 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
                     continue
                 mb = (max_micro_batch(spec, jd, usable, cap=batch_cap, memo=memo, unified=unified)
                       if search_batch else 0)
-                cells.append(Cell(spec.name, kind, d.id, verdict_of(memo[b0], usable), memo[b0], usable, mb))
+                high = high_bytes(jd, memo[b0])  # the uncertainty band's upper end (tuneplan.uncertainty)
+                cells.append(Cell(spec.name, kind, d.id, verdict_of(memo[b0], usable, high), memo[b0], usable, mb))
     return cells
 
 
@@ -113,7 +115,7 @@ class Grid:
     """The matrix laid out for a heat map: rows (model, method), columns devices.
 
     Args:
-        verdicts: per row, per column: fits | tight | no | n/a.
+        verdicts: per row, per column: fits | tight | uncertain | no | n/a.
         labels: per row, per column: largest micro-batch, "–" when none fits, "" for n/a.
     """
 

@@ -11,7 +11,8 @@ micro-batch that fits with 10% headroom (up to `max_batch`) with and without gra
 faster variant that fits is kept (one with 10% headroom over a tight one). The global batch is kept near the job's
 (micro-batch x grad-accum x GPUs) by adjusting gradient accumulation.
 
-Setups that fit with 10% headroom rank before tight ones, whatever the ranking. Without a
+Setups that fit (10% headroom, and the estimate's uncertainty band within usable memory) rank
+before tight or uncertain ones (the peak fits, the band's upper end does not), whatever the ranking. Without a
 dataset size the plan still ranks fit, throughput (tokens/s) and cost per million tokens;
 epoch and run figures need the size.
 """
@@ -22,6 +23,7 @@ import math
 from dataclasses import dataclass, replace
 
 from tuneplan import calibration as cal
+from tuneplan import lowprec
 from tuneplan.bounds import MAX_COUNT, MAX_SEQ_LEN, show_value
 from tuneplan.cost import CostEstimate, estimate_cost
 from tuneplan.disk import DiskEstimate, estimate_disk
@@ -41,7 +43,8 @@ from tuneplan.search import (
     pool_bytes,
 )
 from tuneplan.timing import Dataset, RunTime, StepTime, run_time, step_time
-from tuneplan.units import parse_number
+from tuneplan.uncertainty import high_bytes
+from tuneplan.units import GiB, parse_number
 
 PER_TOKENS = 1_000_000  # cost basis without a dataset: USD per million tokens
 
@@ -226,9 +229,13 @@ def _variants(spec: ModelSpec, base: Job, device: Device, tune: bool, max_batch:
     for ck in ckpts:
         j = replace(base, training=replace(t, checkpointing=ck))
         cap = max(max_batch, t.micro_batch)
-        # prefer a batch that leaves the 10% headroom; accept a tight fit only at batch 1
-        b = max_micro_batch(spec, j, int(device.usable_bytes * (1 - cal.TIGHT_HEADROOM)), cap=cap,
-                            unified=device.unified)
+        # prefer a batch that leaves the 10% headroom and whose uncertainty band's upper end
+        # (tuneplan.uncertainty: a ratio of the peak per kind of job) fits; accept a tight or
+        # uncertain fit only at batch 1
+        limit = device.usable_bytes * (1 - cal.TIGHT_HEADROOM)
+        if (hi := high_bytes(j, GiB)) is not None and hi > 0:
+            limit = min(limit, device.usable_bytes * GiB / hi)
+        b = max_micro_batch(spec, j, int(limit), cap=cap, unified=device.unified)
         if b == 0 and max_micro_batch(spec, j, device.usable_bytes, cap=1, unified=device.unified):
             b = 1
         if b == 0:
@@ -254,6 +261,10 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
     setups: list[Setup] = []
     unfit: list[tuple[str, str]] = []
     for d in devices:
+        why = lowprec.unsupported(d, job.training.dtypes)  # [lowprec hook] fp8/mxfp8/nvfp4 not run there
+        if why:
+            unfit.append((d.id, why))
+            continue
         counts_all = gpu_counts(d, max_gpus)
         limit = counts_all[-1] if counts_all else 0
         found = plan_base(spec, job, d, max_count=limit) if limit else None
@@ -288,7 +299,8 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
                 else:
                     rt, st = None, step_time(spec, j, d, efficiency=efficiency)
                     seconds = PER_TOKENS / st.tokens_per_s
-                s = Setup(d, n, j, verdict_of(pk + off, d.usable_bytes), pk, rt,
+                high = high_bytes(j, pk)  # the band's upper end (tuneplan.uncertainty)
+                s = Setup(d, n, j, verdict_of(pk + off, d.usable_bytes, None if high is None else high + off), pk, rt,
                           estimate_cost(d, n, seconds, utilisation, usd_per_kwh), st, off, change)
                 if best is None or _faster(s, best):
                     best = s

@@ -34,27 +34,27 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from tuneplan import calibration as cal
+from tuneplan import lowprec
 from tuneplan.errors import TuneplanError
 from tuneplan.hardware import Device
 from tuneplan.job import Job, Method
-from tuneplan.memory import (
-    Static,
-    first_trained_layer,
-    is_target,
-    quantised_params,
-    static_memory,
-    stores_quantised,
-    trainable,
-)
+from tuneplan.memory import Static, first_trained_layer, is_target, quantised_params, static_memory, trainable
 from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.mlx import mlx_logits_bytes
 from tuneplan.memory.ranks import rank_views
 from tuneplan.memory.tasks import forward_view
-from tuneplan.memory.trained import layer_groups, trained_layer_count
 from tuneplan.model_spec import ModelSpec, layer_linears, param_counts
 from tuneplan.parallel import Parallel
 from tuneplan.systems import System, system_for
 from tuneplan.timing_comm import MicroTimes, layout_terms, rank_shape
+from tuneplan.timing_host import (  # noqa: F401  (kernel_count: tuneplan.timing's public name)
+    _forward_kernels,
+    attention_scores_bytes,
+    kernel_count,
+    layer_forward_kernels,
+    seconds_per_kernel,
+    stack_assumptions,
+)
 from tuneplan.traffic import forward_pass_bytes, fused, pointwise_bytes
 
 
@@ -109,15 +109,21 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int, 
     for i in range(spec.num_layers):
         key = bool(spec.moe_layers[i]) if spec.moe_layers else False
         if key not in cache:
-            lin = ad = dora = 0.0
+            lin = ad = dora = sac = 0.0
+            mm = 0
             for m in layer_linears(spec, i):
                 lin += 2 * m.active_params
+                # torchtitan op-level selective AC (torchtitan@9dec370 parallelize_llama.py _custom_policy)
+                # saves SDPA's and every odd aten.mm's output per block in forward order (wq wk wv wo w1 w3
+                # w2: wk, wo, w3 recomputed); routed experts' grouped GEMMs are not aten.mm: recomputed
+                mm += m.group != "expert"
+                sac += 2 * m.active_params if m.group == "expert" or mm % 2 == 0 else 0.0
                 if method.is_adapter and is_target(m, method):
                     ad += 2 * r * (m.d_in + m.d_out) * m.active
                     if method.kind == "dora":  # W + s*B@A formed for the column norm, every expert
                         dora += 2 * r * m.d_in * m.d_out * m.count
-            cache[key] = (lin, ad, dora)
-        lin, ad, dora = cache[key]
+            cache[key] = (lin, ad, dora, sac)
+        lin, ad, dora, sac = cache[key]
         if method.is_adapter and i < first_trained:  # mlx-lm: adapters on the last lora_layers only
             ad = dora = 0.0
         layer_fwd = lin + attn + ad
@@ -130,11 +136,8 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int, 
             layer_bwd = lin + 2 * attn + 2 * ad if i >= first_trained else 0.0
         bwd += layer_bwd
         keeps = i >= first_trained
-        if checkpointing == "selective" and keeps:
-            # torchtitan's op-level selective AC saves SDPA's output and every other matmul's
-            # (torchtitan/distributed/activation_checkpoint.py _save_list and the mm_count % 2
-            # policy): half the linears' forward is recomputed, attention is not
-            rec += (lin + ad) / 2
+        if checkpointing == "selective" and keeps:  # attention is saved, not recomputed
+            rec += sac + ad / 2
         elif checkpointing != "none" and keeps:
             rec += layer_fwd
         # forward (+ recomputation) and ~2x that in backward
@@ -144,44 +147,6 @@ def token_flops(spec: ModelSpec, method: Method, checkpointing: str, span: int, 
     head_weight_grad = method.kind == "full" or method.train_embeddings
     bwd += head * (2 if head_weight_grad else 1)
     return TokenFlops(fwd, bwd, rec, per_step)
-
-
-def kernel_count(spec: ModelSpec, job: Job) -> int:
-    """GPU kernels launched by one micro-step of an eager PyTorch step (counted, not fitted).
-
-    Per decoder layer and forward: cal.KERNELS_PER_LAYER_FORWARD (transformers' Llama-style
-    layer), cal.KERNELS_PER_ADAPTER_FORWARD per PEFT-adapted linear, one dequantisation per
-    quantised linear. Recomputation repeats the forward of the layers that keep a graph;
-    backward launches cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL per forward kernel there.
-    """
-    t = job.training
-    return _kernel_count(spec, job.method, t.checkpointing != "none", t.profile.quantises_fused_experts)
-
-
-@lru_cache(maxsize=65536)
-def _kernel_count(spec: ModelSpec, m: Method, recompute: bool, quantises_fused_experts: bool) -> int:
-    total = 0
-    for layer, n in layer_groups(spec):
-        lins = layer_linears(spec, layer)
-        adapted = sum(1 for lin in lins if m.is_adapter and is_target(lin, m))
-        quantised = sum(1 for lin in lins if stores_quantised(lin, quantises_fused_experts)) if m.kind == "qlora" else 0
-        fwd = cal.KERNELS_PER_LAYER_FORWARD + adapted * cal.KERNELS_PER_ADAPTER_FORWARD + quantised
-        graph = trained_layer_count(spec, m, layer, n)  # layers of this shape that keep a graph
-        total += fwd * n + fwd * graph * (cal.BACKWARD_KERNELS_PER_FORWARD_KERNEL + (1 if recompute else 0))
-    return total
-
-
-@lru_cache(maxsize=65536)
-def _forward_kernels(spec: ModelSpec, m: Method, adapters: bool, quantises_fused_experts: bool) -> int:
-    """Kernels of one no-grad forward of every decoder layer (a reference or KL pass): the
-    layers' forward kernels, the adapters' when they run, QLoRA's dequantisations."""
-    total = 0
-    for layer, n in layer_groups(spec):
-        lins = layer_linears(spec, layer)
-        adapted = sum(1 for lin in lins if adapters and m.is_adapter and is_target(lin, m))
-        quantised = sum(1 for lin in lins if stores_quantised(lin, quantises_fused_experts)) if m.kind == "qlora" else 0
-        total += (cal.KERNELS_PER_LAYER_FORWARD + adapted * cal.KERNELS_PER_ADAPTER_FORWARD + quantised) * n
-    return total
 
 
 def nograd_passes(job: Job) -> tuple[tuple[int, bool], ...]:
@@ -208,19 +173,23 @@ def pointwise_traffic(spec: ModelSpec, job: Job) -> float:
     """DRAM bytes per token moved by one micro-step's pointwise kernels (not GEMMs, not weights).
 
     The decoder layers' casts, norms, rotary, activations, residual adds and adapter scalings
-    (tuneplan.traffic, eager or fused), plus the logits and the cross-entropy's [tokens, vocab]
-    arrays written and read once each (their bytes are the memory model's: transformers/PEFT,
-    or MLX's for an mlx-lm step). A scalar-head task (reward model) has no logits.
+    (tuneplan.traffic, eager or fused), the logits' (logits_traffic) and, for a stack with
+    unfused attention, the materialised scores' (tuneplan.timing_host.attention_scores_bytes).
     """
+    return pointwise_bytes(spec, job) + logits_traffic(spec, job) + attention_scores_bytes(spec, job)
+
+
+def logits_traffic(spec: ModelSpec, job: Job) -> float:
+    """DRAM bytes per token of the logits and the cross-entropy's [tokens, vocab] arrays, written
+    and read once each (their bytes are the memory model's: transformers/PEFT, or MLX's for an
+    mlx-lm step). A scalar-head task (reward model) has no logits."""
     t = job.training
     if job.task_record.head != "lm":
-        return pointwise_bytes(spec, job)
+        return 0.0
     one = replace(t, micro_batch=1)
     if t.profile.mlx_graph:
-        logits = mlx_logits_bytes(spec, Job(job.method, one)) / t.seq_len
-    else:
-        logits = logits_bytes(spec, one)[2] / t.seq_len
-    return pointwise_bytes(spec, job) + 2 * logits
+        return 2 * mlx_logits_bytes(spec, Job(job.method, one)) / t.seq_len
+    return 2 * logits_bytes(spec, one)[2] / t.seq_len
 
 
 @dataclass(frozen=True)
@@ -358,7 +327,8 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
         f = tf if adapters else token_flops(spec, Method(kind="full"), "none", span, lm_head)
         ng_flops += f.forward * rows * t.seq_len
         ng_bytes += (forward_pass_bytes(spec, job, adapters) + ng_logits) * rows * t.seq_len
-        ng_kernels += _forward_kernels(spec, m, adapters, t.profile.quantises_fused_experts)
+        ng_kernels += _forward_kernels(spec, m, adapters, t.profile.quantises_fused_experts,
+                                       layer_forward_kernels(t.profile))
     peak = device.bf16_tflops * 1e12
     bw = device.bandwidth_gbps * cal.BANDWIDTH_EFFICIENCY
     pc = param_counts(spec)
@@ -379,9 +349,19 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     # GEMMs at the device's achievable matmul rate (tuneplan.calibration.MATMUL_SHARE)
     matmul = cal.matmul_scale(device.id)
     rate = peak * matmul * eff
-    compute = (tf.executed * tokens + tf.per_step + ng_flops) / share / rate
-    if t.profile.eager_kernels:
-        compute += (kernel_count(spec, job) + ng_kernels) / p.pipeline * cal.SECONDS_PER_KERNEL
+    # the last pipeline stage runs lm_head and the loss besides its 1/pp of the layers: stages
+    # are split by decoder layers (Megatron-DeepSpeed GPTModelPipe partition_method
+    # "type:transformer"; Megatron-Core without account_for_loss_in_pipeline_split; torchtitan's
+    # layer split), and the slowest stage paces the pipeline (Narayanan et al. 2021, sec. 2.2)
+    edge = p.pipeline - 1 if lm_head else 0
+    head_x = tf.executed - token_flops(spec, m, t.checkpointing, span, False).executed if edge else 0.0
+    compute = (tf.executed * tokens + tf.per_step + ng_flops + edge * head_x * tokens) / share / rate
+    # [lowprec hook] fp8/mxfp8/nvfp4: the blocks' linears at their rate, the rest at bf16
+    compute *= lowprec.compute_scale(spec, job, device, tf.executed)
+    host = (kernel_count(spec, job) + ng_kernels) / p.pipeline * seconds_per_kernel(t.profile) \
+        if t.profile.eager_kernels else 0.0
+    if not t.profile.host_overlaps_device:  # the fitted HF form: dispatch adds to the GEMMs
+        compute, host = compute + host, 0.0
     if m.kind == "qlora" and not m.fmt.dequant_copy:
         # MLX quantized_matmul reads the packed weight and its constants in the kernel
         dequant = 0.0
@@ -401,7 +381,10 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     # FLOP/s and their weight reads at the achieved bandwidth
     weights = _gb(weight_bytes * held, bw)
     # the pointwise kernels run between the GEMMs on the same stream: their time adds
-    pointwise = _gb((pointwise_traffic(spec, job) * tokens + ng_bytes) / share, bw)
+    # [lowprec hook] + the low-precision casts, amax reads and transposes (0 at 16 bits)
+    cast = lowprec.cast_bytes_per_token(spec, job)
+    pointwise = _gb(((pointwise_traffic(spec, job) + cast + edge * logits_traffic(spec, job)) * tokens + ng_bytes)
+                    / share, bw)
     terms = [("compute", compute), ("weight reads", weights), ("pointwise kernels", pointwise)]
     ckpt_layers = (spec.num_layers - first_trained_layer(spec, m)) / p.pipeline
     if t.checkpointing == "offload" or (recompute and t.profile.offloads_checkpoints):
@@ -411,7 +394,8 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     if p.offload_params:
         terms.append(("param offload", _gb(pb * pc.total * held / p.shard_world * passes, device.host_link_gbps)))
     overlapped = max(terms, key=lambda x: x[1] if x[0] != "pointwise kernels" else -1.0)
-    micro = overlapped[1] + pointwise + dequant
+    # dispatch that runs ahead of the GPU (timing_host) bounds the micro-batch when longer
+    micro = max(overlapped[1] + pointwise + dequant, host)
     if dequant:
         terms.append(("QLoRA dequantisation", dequant))
 
@@ -482,8 +466,11 @@ def _step_time(spec: ModelSpec, job: Job, device: Device, span: int, eff: float)
     )
     if not tk.is_sft:
         assumptions += (_task_assumption(job, nograd),)
+    assumptions += stack_assumptions(t.profile, host)
     if n > 1:
         assumptions += (_layout_assumption(system, p, domain),)
+    if t.dtypes.low_precision:  # [lowprec hook]
+        assumptions += (lowprec.assumption(device, t.dtypes),)
     if p.offload_optimizer:
         assumptions += (f"Optimizer offload: PCIe transfers and the CPU optimizer step (host DRAM at "
                         f"{cal.HOST_DRAM_GBPS:g} GB/s per machine, shared by its GPUs' processes) counted.",)

@@ -7,9 +7,14 @@ FLOPs); this module prices what the layout adds, each term with what it overlaps
   the same ring volume) runs bucket by bucket during the backward of the last micro-batch (DDP
   and Megatron skip the sync while accumulating; DeepSpeed ZeRO-2 reduces every micro-batch):
   exposed = max(0, comm - backward) + the last bucket (calibration.DDP_BUCKET_BYTES /
-  MEGATRON_BUCKET_ELEMENTS). ZeRO-1/2 all-gather the updated parameters after the step:
-  exposed under DeepSpeed, overlapped with the next forward under Megatron's distributed
-  optimizer (overlap_param_gather).
+  MEGATRON_BUCKET_ELEMENTS); a stack that reduces after the backward (FrameworkProfile
+  .overlaps_grad_reduce False: Megatron-DeepSpeed's DeepSpeed engine) exposes all of it.
+  ZeRO-1/2 all-gather the updated parameters after the step: exposed under DeepSpeed, overlapped with the next forward under Megatron's distributed
+  optimizer (overlap_param_gather). With expert parallelism the routed experts' gradients (and
+  their ZeRO-1 gathers) go over the expert-data-parallel group instead: data x context / ep ranks,
+  tp x ep apart (Megatron-Core distributed_data_parallel.py: expert parameters' buckets use
+  parallel_state.get_expert_data_parallel_group()), so with EP inside a machine each of those
+  rings leaves the machine through the rank's own NIC share (tuneplan.collectives.group).
 - ZeRO-3 / FSDP: every micro-batch all-gathers the parameters for the forward and again for
   the backward (DeepSpeed again for the recomputation) and reduce-scatters the gradients;
   prefetching hides them under the compute of the neighbouring layer: exposed = max(0, forward
@@ -73,6 +78,7 @@ class RankShape:
     tokens: int  # tokens of one micro-batch on this rank (context split)
     grad_bytes: float  # bytes per gradient element as the engine reduces it
     gather_bytes: float  # bytes per parameter element gathered (ZeRO-3/FSDP)
+    experts: int = 0  # of the rank's parameters, its routed experts' (trained when full fine-tuning)
 
 
 def rank_shape(spec: ModelSpec, rank_spec: ModelSpec, job: Job) -> RankShape:
@@ -92,7 +98,7 @@ def rank_shape(spec: ModelSpec, rank_spec: ModelSpec, job: Job) -> RankShape:
                                                          else t.adapter_bytes)
     gather = 1.0 if m.kind == "qlora" else float(min(t.param_bytes, t.compute_bytes))
     return RankShape(pc.total, tr.base + tr.adapter, layers, moe_layers,
-                     t.micro_batch * t.seq_len // p.context, grad, gather)
+                     t.micro_batch * t.seq_len // p.context, grad, gather, pc.experts if m.kind == "full" else 0)
 
 
 def layout_terms(spec: ModelSpec, job: Job, system: System, domain: int, rs: RankShape,
@@ -167,7 +173,10 @@ def layout_terms(spec: ModelSpec, job: Job, system: System, domain: int, rs: Ran
             out["data-parallel sync"] = max(0.0, all_reduce(grads / world, gr) - mt.backward)
     elif dp_world > 1 and grads:
         g = group(system, dp_world, tp, domain)
-        comm = all_reduce(grads, g)
+        experts = rs.experts if ep > 1 else 0  # reduced over the expert-data-parallel group
+        ge = group(system, dp_world // ep, tp * ep, domain)
+        expert_grads = experts * rs.grad_bytes
+        comm = all_reduce(grads - expert_grads, g) + all_reduce(expert_grads, ge)
         if t.profile.fp32_main_grads:
             bucket = min(grads, cal.MEGATRON_BUCKET_ELEMENTS * rs.grad_bytes)
         elif p.layout.engine == "deepspeed":
@@ -176,9 +185,12 @@ def layout_terms(spec: ModelSpec, job: Job, system: System, domain: int, rs: Ran
             bucket = min(grads, cal.DDP_BUCKET_BYTES)
         last = all_reduce(bucket, g)
         syncs = m if p.layout.engine == "deepspeed" and p.shard_stage == 2 else 1
-        sync = syncs * (max(0.0, comm - mt.backward) + last)
+        if t.profile.overlaps_grad_reduce:
+            sync = syncs * (max(0.0, comm - mt.backward) + last)
+        else:  # reduced after the last backward (FrameworkProfile.overlaps_grad_reduce): all exposed
+            sync = syncs * comm
         if p.shard_stage in (1, 2):  # updated parameters all-gathered after the step
-            ag = all_gather(rs.params * rs.gather_bytes, g)
+            ag = all_gather((rs.params - experts) * rs.gather_bytes, g) + all_gather(experts * rs.gather_bytes, ge)
             sync += ag if p.layout.engine == "deepspeed" else max(0.0, ag - mt.forward)
         out["data-parallel sync"] = sync
 

@@ -155,6 +155,51 @@ class FrameworkProfile:
             has no foreach full-size temporary (torchtune configs since PR #1575, 2024-09-14:
             `optimizer: {_component_: torch.optim.AdamW, fused: True}`); a Stack record may date
             an older default.
+        materialises_attention_scores: the stack's attention is unfused (no flash attention):
+            baddbmm writes the [batch, heads, seq, seq] scores, a fused scale-mask-softmax
+            and a dropout read and write them, bmm reads them (Megatron-LM legacy
+            megatron/model/transformer.py CoreAttention, Megatron-DeepSpeed's default without
+            --use-flash-attn; vTrain src/model/gpt_modeling.py ShardedGptSelfAttention): their
+            DRAM traffic is timed (tuneplan.timing_host.attention_scores_bytes).
+        overlaps_grad_reduce: the data-parallel gradient all-reduce runs bucket by bucket during
+            the backward (torch DDP, Megatron-Core --overlap-grad-reduce); False: it starts
+            after the last backward and is all exposed (Megatron-DeepSpeed's DeepSpeed engine
+            without ZeRO: engine.allreduce_gradients() at the accumulation boundary after the
+            backward; vTrain's validation configs: "use_gradient_bucket": false).
+        kernels_per_layer_forward: kernels one decoder layer's forward launches in this stack
+            (0: transformers' count, calibration.KERNELS_PER_LAYER_FORWARD).
+        trace_replay: `tuneplan trace` replays this stack's own modules and recipe step instead of
+            the HF Trainer + PEFT step (tuneplan.trace.stacks.REPLAYS: "torchtune" = torchtune
+            0.6.1's builders, chunked loss and single-device recipe step); "" = the HF step.
+        rope_cache: (config model_type, fp32 values per position per head_dim, one per layer when
+            the LoRA builder builds it) for a stack whose RoPE module keeps a precomputed cos/sin
+            cache of max_position rows as a buffer (torchtune 0.6.1: Llama3ScaledRoPE
+            [max_seq_len, head_dim / 2, 2], one shared by every layer,
+            models/llama3_1/_position_embeddings.py:88 and llama3_2/_component_builders.py:89;
+            Qwen2RotaryPositionalEmbeddings [max_seq_len, 2 x head_dim],
+            models/qwen2/_positional_embeddings.py:51, built once by qwen2() but once per layer
+            by lora_qwen2_self_attention). transformers keeps only inv_freq.
+        attention: the attention the stack runs whatever --attention says (a tuneplan.choices.attention
+            name; empty: the user's --attention): Megatron-DeepSpeed's legacy CoreAttention is "eager",
+            so the memory model keeps its [b, heads, s, s] scores and probabilities (the saves
+            materialises_attention_scores times).
+        methods: the --method kinds the stack runs (empty: every one); others are refused in one line.
+        norm_weight_fp32: the stack's RMSNorm multiplies its weight into the fp32 normalised value
+            (torchtune 0.6.1 modules/rms_norm.py:38 `F.rms_norm(x.float(), weight=self.scale)
+            .to(x.dtype)`: a bf16 weight on an fp32 input takes aten's composite path on every
+            device, aten/src/ATen/native/layer_norm.cpp rms_norm_symint, torch 2.13 line 346: "Mismatch
+            dtype between input and weight ... Cannot dispatch to fused implementation"), so a trained weight keeps that fp32 value
+            (4 bytes per element, not the compute dtype's) for its gradient.
+        rl_hybrid_engine: online RL (grpo, ppo) runs as verl's hybrid engine (tuneplan.memory.verl): one
+            FSDP actor whose states may leave the GPU between phases, a colocated vLLM put to sleep
+            (level 1: weights to CPU, KV cache discarded) after each rollout, [tokens, vocab] logits
+            of the padding-removed micro-batch, and for PPO a critic with FSDP states of its own.
+        rl_engines: the --generation-engine values the stack runs for online tasks (empty: every one).
+        rl_vllm_memory_utilization: the stack's default vLLM gpu_memory_utilization (0: TRL's).
+        host_overlaps_device: the host's kernel dispatch runs ahead of the GPU (asynchronous
+            CUDA launches), so a micro-batch takes the longer of its dispatch (kernels x
+            seconds per kernel) and its GPU work; False: the dispatch cost adds to the GEMMs,
+            the form calibration.SECONDS_PER_KERNEL and FRAMEWORK_EFFICIENCY["hf"] were fitted in.
     """
 
     name: str
@@ -203,6 +248,18 @@ class FrameworkProfile:
     versioned_libraries: tuple[str, ...] = ("bitsandbytes", "transformers")
     lora_dropout_default: float = 0.0
     adamw_fused: bool = False
+    materialises_attention_scores: bool = False
+    overlaps_grad_reduce: bool = True
+    kernels_per_layer_forward: int = 0
+    host_overlaps_device: bool = False
+    trace_replay: str = ""
+    rope_cache: tuple[tuple[str, int, bool], ...] = ()
+    norm_weight_fp32: bool = False
+    attention: str = ""
+    methods: tuple[str, ...] = ()
+    rl_hybrid_engine: bool = False
+    rl_engines: tuple[str, ...] = ()
+    rl_vllm_memory_utilization: float = 0.0
 
     def runtime_for(self, vendor: str | None) -> str:
         """The runtime this stack runs on for a device vendor (None: the default runtime)."""
@@ -243,13 +300,14 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         accumulates_unsharded=True),
     FrameworkProfile(
         # torchtune recipes: model in bf16 without autocast, LoRA in the model dtype,
-        # CEWithChunkedOutputLoss. Its own attention repeats GQA k/v before SDPA, which the
-        # trace (transformers' modules, torchtune's no-autocast step) does not.
+        # CEWithChunkedOutputLoss. Its own attention repeats GQA k/v before SDPA; `tuneplan
+        # trace` replays its own modules and recipe step (tuneplan.trace.stacks).
         "torchtune", "torchtune", adapter_fp32=False, autocast_half=False, adapter_input_copies=False,
         default_cross_entropy="chunked", quantises_fused_experts=False, offloads_checkpoints=False,
         trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"],
         expands_kv_heads=True, shardings=("ddp", "fsdp", "hsdp"), model_parallel=("tp",), fsdp_version=2,
-        versioned_libraries=(), adamw_fused=True, tp_splits_embedding=True),
+        versioned_libraries=(), adamw_fused=True, tp_splits_embedding=True, trace_replay="torchtune",
+        rope_cache=(("llama", 1, False), ("qwen2", 2, True)), norm_weight_fp32=True),
     FrameworkProfile(
         "axolotl", "Axolotl", adapter_fp32=True, autocast_half=True, adapter_input_copies=True,
         default_cross_entropy="plain", quantises_fused_experts=False, offloads_checkpoints=False,
@@ -299,6 +357,54 @@ FRAMEWORKS: dict[str, FrameworkProfile] = {f.name: f for f in (
         sequence_parallel_default=True, fsdp_version=2, fp32_main_grads=True, suggest=False, loss_parallel=True,
         model_parallel_shardings=("ddp", "zero1", "fsdp"), tp_splits_embedding=True,
         calibration_framework="megatron"),
+    FrameworkProfile(
+        # Megatron-DeepSpeed (microsoft/Megatron-DeepSpeed: Megatron-LM's 2021-22 legacy GPT
+        # model trained through the DeepSpeed engine), fp16 with fp32 master weights and Adam
+        # states, TP and PP (DeepSpeed's 1F1B PipelineEngine) and plain data parallelism:
+        # the stack of vTrain's measurements (parallel.csv VT-S rows). Unlike Megatron-Core it
+        # runs the unfused attention (no --use-flash-attn), reduces the gradients after the
+        # backward, and launches its kernels from eager Python with a larger host cost per
+        # kernel (calibration.SECONDS_PER_KERNEL_BY_FRAMEWORK). Forward kernels per layer,
+        # counted from megatron/model/transformer.py ParallelTransformerLayer: input
+        # LayerNorm 1 (apex fused), QKV linear with bias 1, baddbmm 1, fused scale-mask-softmax
+        # 1, attention dropout 1, bmm 1, context permute copy 1, output linear 1, TP
+        # all-reduce 1, bias-dropout-add 1 (jit-fused), LayerNorm 1, fc1 1, bias-GeLU 1
+        # (jit-fused), fc2 1, TP all-reduce 1, bias-dropout-add 1 = 16 (the two all-reduces are
+        # counted at any TP degree, as the per-kernel cost was fitted).
+        "megatron-deepspeed", "Megatron-DeepSpeed (legacy Megatron-LM GPT on DeepSpeed)", adapter_fp32=False,
+        autocast_half=False, adapter_input_copies=False, default_cross_entropy="plain",
+        quantises_fused_experts=False, offloads_checkpoints=False, trace_exact=False,
+        flop_efficiency=cal.FRAMEWORK_EFFICIENCY["torchtune"], shardings=("ddp",), model_parallel=("tp", "pp"),
+        sequence_parallel_default=False, fp32_main_grads=False, suggest=False, loss_parallel=True,
+        model_parallel_shardings=("ddp",), tp_splits_embedding=True, calibration_framework="Megatron-DeepSpeed",
+        versioned_libraries=(), materialises_attention_scores=True, overlaps_grad_reduce=False,
+        kernels_per_layer_forward=16, host_overlaps_device=True, attention="eager",
+        # pre-training / full fine-tuning only: Megatron-DeepSpeed's pretrain_gpt.py has no LoRA/PEFT path
+        methods=("full",)),
+    FrameworkProfile(
+        # verl (volcengine/verl@49b08e950, 2025-06) online RL, read from verl/workers/fsdp_workers.py
+        # ActorRolloutRefWorker and verl/trainer/config/ppo_trainer.yaml: the actor is FSDP with
+        # MixedPrecision(param_dtype bf16, reduce/buffer fp32) over states loaded fp32 (:275-285);
+        # actor.fsdp_config.param_offload / optimizer_offload (defaults false, yaml :263-266) move its
+        # shards and Adam states to the CPU outside update and log-prob (offload_fsdp_model_to_cpu,
+        # offload_fsdp_optimizer :527-531, :593-624); with lora_rank > 0 the reference is the actor with
+        # its adapter disabled (:709-710), otherwise a separate FSDP ref with CPUOffload(offload_params)
+        # (:302); the rollout is vLLM (rollout.name vllm, gpu_memory_utilization 0.5, yaml :365) woken
+        # for generation and put to sleep(level=1) after it (sharding_manager/fsdp_vllm.py :185-217);
+        # dp_actor.py _forward_micro_batch (:160-178) keeps [nnz, vocab] logits of the padding-removed
+        # micro-batch (use_remove_padding) and takes log-probs with flash-attn's Triton cross-entropy,
+        # backward in place. PPO adds CriticWorker (:798): a value model (num_labels=1, :875) with FSDP
+        # states of its own. No time rows of its own fitted: the hf efficiency is borrowed (stated).
+        "verl", "verl (FSDP actor + vLLM hybrid engine)", adapter_fp32=True, autocast_half=False,
+        adapter_input_copies=False, default_cross_entropy="plain", quantises_fused_experts=False,
+        offloads_checkpoints=False, trace_exact=False, flop_efficiency=cal.FRAMEWORK_EFFICIENCY["hf"],
+        fsdp_fp32_params=True, shardings=("fsdp",), fsdp_version=1, suggest=False,
+        calibration_framework="verl", versioned_libraries=("transformers",),
+        runtimes=(("NVIDIA", "cuda"), ("AMD", "rocm")), methods=("full", "lora"),
+        rl_hybrid_engine=True, rl_engines=("vllm-colocate",), rl_vllm_memory_utilization=0.5,
+        # ppo_trainer.yaml: actor_rollout_ref.model.enable_gradient_checkpointing true (:113); the
+        # workers are FSDP (strategy fsdp) whatever the GPU count (fsdp_size -1: every GPU)
+        defaults=(("sharding", "fsdp"), ("checkpointing", "full"))),
     FrameworkProfile(
         # mlx-lm 0.32.2 (`mlx_lm.lora`): LoRA/DoRA on every linear of the last num_layers
         # blocks (tuner/utils.py linear_to_lora_layers: keys = every nn.Linear/QuantizedLinear

@@ -60,6 +60,12 @@ KBIT_PREPS: dict[str, KbitPrep] = {p.name: p for p in (
     KbitPrep("trl-bf16", "TRL SFTTrainer before 2025-12 (prepare_model_for_kbit_training + "
              "peft_module_casting_to_bf16): norms fp32, adapters bf16", fp32_norms=True, fp32_unquantised=True,
              adapter_bytes=2),
+    # TRL's online trainers on a quantised model (trl 1.16 grpo_trainer.py:534-541, rloo_trainer.py:461;
+    # also at huggingface/trl@c9a9e2572): after get_peft_model every trainable parameter is cast to
+    # bf16 (the QLoRA paper's recommendation); nothing else is recast. The default of --task grpo|rloo
+    # with QLoRA (Task.quantised_prep)
+    KbitPrep("trl-online-bf16", "TRL GRPOTrainer / RLOOTrainer: trainable (adapter) parameters cast to bf16",
+             adapter_bytes=2),
 )}
 KBIT_PREP_NAMES = tuple(KBIT_PREPS)
 

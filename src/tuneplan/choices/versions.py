@@ -54,6 +54,23 @@ class Stack:
             unexpanded, which the flash and memory-efficient kernels do not broadcast, so SDPA
             runs its math kernel and keeps the s x s probabilities (the memory model reads
             this once a multi-query layout is scored; no calibration row has one).
+        trl_chunked_logps: TRL's DPO and KTO trainers score tokens through TRL's fused LM head
+            (trl/trainer/utils.py add_fused_lm_head + trl/kernels/chunked_logprob.py, trl PR #7243
+            "Move DPO to chunked log probabilities", in trl 1.16.0): per-token log-probs from
+            [4096, 32768] logit tiles, never the [rows, seq, vocab] logits. Before it (trl@f2cd577,
+            1.10.0.dev0) they computed full logits and selective_log_softmax (tuneplan.memory.tasks).
+            The same release runs selective_log_softmax (ORPO, CPO, SimPO) as a Triton kernel on a GPU
+            (trl/kernels/logprob_entropy.py) instead of a per-row log_softmax loop.
+        norm_weight_fp32: the stack's RMSNorm keeps the fp32 normalised value for a trained weight
+            (None: the framework profile's norm_weight_fp32). torchtune before PR #2054
+            (2024-11-25, "Switch to PyTorch's built-in RMSNorm", first in 0.5.0) cast it back first:
+            `x_normed = (x_fp32 * torch.rsqrt(...)).type_as(x); return x_normed * self.scale`
+            (torchtune/modules/rms_norm.py@68200894d), so it kept the compute-dtype value.
+        compiles_whole_model: with compile on, the stack compiles the whole model, output
+            projection included, not each decoder layer: torchtune before PR #1877 (2024-11-18)
+            on torch < 2.5 (`if torch_version_ge("2.5.0")` per layer, else `model.compile()`,
+            training/_compile.py@2c18c5bd9); torch 2.5.0 was released 2024-10-17, so runs dated
+            before it are taken as torch 2.4.
     """
 
     name: str
@@ -68,10 +85,17 @@ class Stack:
     lora_dropout: float | None = None
     adamw_fused: bool | None = None
     single_kv_head_math: bool = False
+    trl_chunked_logps: bool = False
+    norm_weight_fp32: bool | None = None
+    compiles_whole_model: bool = False
 
 
 STACKS: dict[str, Stack] = {s.name: s for s in (
-    Stack("current", "today's stack: transformers >= 4.49, PEFT >= 0.17, bitsandbytes >= 0.43.2",
+    Stack("current", "today's stack: transformers >= 4.49, PEFT >= 0.17, bitsandbytes >= 0.43.2, TRL >= 1.16",
+          bnb_4bit_saves_input=False, trl_chunked_logps=True),
+    # today's libraries with a TRL whose DPO/KTO trainers still build the full logits (trl@f2cd577);
+    # chosen only by name (stack_for picks "current" for today's transformers/bitsandbytes)
+    Stack("trl-full-logits", "today's stack with TRL before 1.16 (DPO/KTO compute full logits: trl@f2cd577)",
           bnb_4bit_saves_input=False),
     Stack("bnb-pre-0.43.2", "bitsandbytes < 0.43.2 with transformers >= 4.49", bnb_4bit_saves_input=True,
           bitsandbytes=("", "0.43.2")),
@@ -90,10 +114,16 @@ STACKS: dict[str, Stack] = {s.name: s for s in (
     # @0217d44), i.e. torch's foreach default. Both are in torchtune 0.3.0.
     Stack("torchtune-0.2", "torchtune before 0.3 (main before 2024-09-11): LoRA dropout 0.05, foreach AdamW",
           bnb_4bit_saves_input=False, framework="torchtune", until="2024-09-11", lora_dropout=0.05,
-          adamw_fused=False),
+          adamw_fused=False, norm_weight_fp32=False, compiles_whole_model=True),
     Stack("torchtune-2024-09-11", "torchtune main 2024-09-11 to 2024-09-13: LoRA dropout 0, foreach AdamW",
           bnb_4bit_saves_input=False, framework="torchtune", until="2024-09-14", lora_dropout=0.0,
-          adamw_fused=False),
+          adamw_fused=False, norm_weight_fp32=False, compiles_whole_model=True),
+    Stack("torchtune-0.3", "torchtune 0.3 on torch 2.4 (2024-09-14 to 2024-10-16): RMSNorm casts back before its "
+          "weight, compile takes the whole model", bnb_4bit_saves_input=False, framework="torchtune",
+          until="2024-10-17", norm_weight_fp32=False, compiles_whole_model=True),
+    Stack("torchtune-0.4", "torchtune 0.3-0.4 on torch 2.5 (2024-10-17 to 2024-11-24): RMSNorm casts back before "
+          "its weight, compile per layer", bnb_4bit_saves_input=False, framework="torchtune", until="2024-11-25",
+          norm_weight_fp32=False),
     # lit-gpt / litgpt (lit_gpt/model.py@8641822, 2023-10-16, CausalSelfAttention.forward): k/v
     # are expanded to every query head and reshaped (a copy; the litgpt profile's
     # expands_kv_heads) unless n_query_groups == 1: a single k/v head reaches SDPA unexpanded.

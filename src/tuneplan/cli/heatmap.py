@@ -9,7 +9,7 @@ import textwrap
 from tuneplan.errors import TuneplanError
 from tuneplan.matrix import ANNOTATE_MAX, NA, Cell, heatmap_grid
 
-_CODE = {"no": 0, "tight": 1, "fits": 2, NA: -1}
+_CODE = {"no": 0, "tight": 1, "uncertain": 1, "fits": 2, NA: -1}
 # tuneplan is installed from its repository (there is no PyPI package of that name to trust)
 INSTALL_HINT = "pip install -e '.[plot]' in the tuneplan repository"
 
@@ -55,7 +55,7 @@ def render_png(cells: list[Cell], title: str) -> bytes:
             if g.labels[i][k]:
                 ax.text(k, i, g.labels[i][k], ha="center", va="center", fontsize=6)
     ax.set_title("\n".join(textwrap.wrap(title, width=max(40, int(fig_w * 11)))), fontsize=9, loc="left")
-    ax.legend(handles=[Patch(color="#93c47d", label="fits (≥10% headroom)"), Patch(color="#f6c26b", label="tight"),
+    ax.legend(handles=[Patch(color="#93c47d", label="fits (≥10% headroom)"), Patch(color="#f6c26b", label="tight or uncertain"),
                        Patch(color="#e06666", label="does not fit")],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title="number = largest micro-batch",
               title_fontsize=7)

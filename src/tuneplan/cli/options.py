@@ -27,6 +27,7 @@ from tuneplan.job import (
     COMPILE_NAMES,
     CROSS_ENTROPY_NAMES,
     FRAMEWORK_NAMES,
+    GENERATION_ENGINE_NAMES,
     KBIT_PREP_NAMES,
     METHODS,
     OPTIMIZER_NAMES,
@@ -104,6 +105,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": PRECISION_NAMES, "optimizer": OPTIMIZER_NAMES, "checkpointing": CHECKPOINTING,
     "attention": ATTENTION_NAMES, "framework": FRAMEWORK_NAMES, "cross-entropy": CROSS_ENTROPY_NAMES,
     "compile": COMPILE_NAMES, "kbit-prep": KBIT_PREP_NAMES, "runtime": RUNTIME_NAMES, "sharding": SHARDING, "task": TASK_NAMES, "ref-model": REF_MODELS,
+    "generation-engine": GENERATION_ENGINE_NAMES,
     "stack": STACK_NAMES,
 }
 
@@ -115,13 +117,17 @@ _NOT_REPLAYED = ("trace does not replay {flag} yet (pipeline, context and expert
                  "estimated analytically); it replays --gpus N with --tp, --sequence-parallel and --sharding")
 _NO_OFFLOAD = ("trace runs one process on one device and cannot offload; drop {flag} (offload is estimated "
                "analytically)")
+_NO_ROLLOUT = ("trace replays one training step of sft and the offline preference tasks; drop {flag} (an online "
+               "task's generation phase is estimated analytically: tuneplan estimate --task grpo)")
 NOT_TAKEN: dict[str, dict[str, str]] = {
     "plan": {"num_gpus": "plan chooses the GPU count for each device; drop --gpus (cap it with --max-gpus)"},
     "matrix": {"method": "matrix compares methods: use --methods (a comma list), not --method",
                "kbit_prep": "matrix builds one job for every method and --kbit-prep prepares a QLoRA model only; "
                             "drop {flag} (estimate --method qlora {flag} ... gives its figures)"},
     "trace": {"offload_optimizer": _NO_OFFLOAD, "offload_params": _NO_OFFLOAD,
-              **{dest: _NOT_REPLAYED for dest in ("pipeline", "virtual_stages", "context", "expert", "nodes")}},
+              **{dest: _NOT_REPLAYED for dest in ("pipeline", "virtual_stages", "context", "expert", "nodes")},
+              **{dest: _NO_ROLLOUT for dest in ("num_generations", "prompt_len", "completion_len", "generation_engine",
+                                                "vllm_memory_utilization", "generation_gpus", "vllm_sleep")}},
 }
 
 
@@ -156,11 +162,13 @@ def add_job_arguments(p: argparse.ArgumentParser, command: str | None = None) ->
                    help="also train embeddings and lm_head")
     t = p.add_argument_group("training")
     t.add_argument("--task", dest="task", type=name, default=None,
-                   help=f"{' | '.join(TASK_NAMES)} (default sft; grpo, rloo, online-dpo and ppo are not modelled yet)")
+                   help=f"{' | '.join(TASK_NAMES)} (default sft; ppo is not modelled: TRL 1.16 has no PPOTrainer)")
     t.add_argument("--ref-model", dest="ref_model", type=name, default=None,
                    help=f"reference policy of dpo/kto: {' | '.join(REF_MODELS)} (default: TRL's, separate for "
                         "full fine-tuning, adapter disabled for LoRA/QLoRA)")
-    t.add_argument("--batch", "-b", dest="micro_batch", type=count, default=None, help="micro-batch per GPU (default 1)")
+    t.add_argument("--batch", "-b", dest="micro_batch", type=count, default=None,
+                   help="micro-batch per GPU (default 1; grpo/rloo: completions, online-dpo: prompts, TRL's "
+                        "per_device_train_batch_size, default 8)")
     t.add_argument("--seq-len", "-s", dest="seq_len", type=token_length, default=None,
                    help="tokens per sequence, e.g. 4096 or 8k (k = 1024: 8k = 8,192; default 2048)")
     t.add_argument("--grad-accum", dest="grad_accum", type=count, default=None,
@@ -194,13 +202,28 @@ def add_job_arguments(p: argparse.ArgumentParser, command: str | None = None) ->
                         "device's vendor; hf cuda, mlx mlx-metal)")
     t.add_argument("--stack", dest="stack", default="current",
                    help=f"library versions: {' | '.join(STACK_NAMES)} (default current)")
+    o = p.add_argument_group("online RL (grpo, rloo, online-dpo; ppo with --framework verl)")
+    o.add_argument("--num-generations", dest="num_generations", type=count, default=None,
+                   help="completions per prompt (TRL num_generations; default grpo 8, rloo 2, ppo 1; online-dpo fixed 2)")
+    o.add_argument("--prompt-len", dest="prompt_len", type=token_length, default=None,
+                   help="prompt tokens per row, k = 1024 (default 512)")
+    o.add_argument("--completion-len", dest="completion_len", type=token_length, default=None,
+                   help="max_completion_length, k = 1024 (default 512); --seq-len defaults to prompt + completion")
+    o.add_argument("--generation-engine", dest="generation_engine", type=name, default=None,
+                   help=f"{' | '.join(GENERATION_ENGINE_NAMES)} (default hf: TRL's use_vllm False; --framework verl: vllm-colocate)")
+    o.add_argument("--vllm-memory-utilization", dest="vllm_memory_utilization", type=number, default=None,
+                   help="vLLM gpu_memory_utilization: the share of each GPU's memory it reserves (default 0.3; verl 0.5)")
+    o.add_argument("--generation-gpus", dest="generation_gpus", type=count, default=None,
+                   help="GPUs running the vLLM server, besides the GPUs that train (vllm-server; default 1)")
+    o.add_argument("--vllm-sleep", dest="vllm_sleep", action="store_true",
+                   help="vLLM sleep mode (vllm_enable_sleep_mode): its share is freed outside generation")
     d = p.add_argument_group("parallel")
     d.add_argument("--gpus", "-n", dest="num_gpus", type=count, default=None, help="number of GPUs (default 1)")
     d.add_argument("--sharding", dest="sharding", type=name, default=None, help=f"{' | '.join(SHARDING)} (default ddp)")
     d.add_argument("--offload-optimizer", dest="offload_optimizer", action="store_true",
-                   help="optimizer states in CPU RAM")
+                   help="optimizer states in CPU RAM (verl: optimizer_offload, on the GPU for the update only)")
     d.add_argument("--offload-params", dest="offload_params", action="store_true",
-                   help="parameters in CPU RAM (zero3/fsdp)")
+                   help="parameters in CPU RAM (zero3/fsdp; verl: param_offload, off the GPU while vLLM generates)")
     d.add_argument("--tp", dest="tensor", type=count, default=None,
                    help="tensor-parallel degree: heads, MLP width and vocabulary split (default 1)")
     d.add_argument("--pp", dest="pipeline", type=count, default=None,
@@ -361,7 +384,7 @@ def job_command(model: str, job: Job, device: Any = None, command: str = "estima
     default = Job().settings()
     diff = {}
     for k, v in job.settings().items():
-        if v == default.get(k) and k != "method":
+        if (v == default.get(k) and k != "method") or k == "device_memory_gib":  # that one is --gpu's memory
             continue
         diff[k] = targets_text(v) if k == "targets" else v
     for k in job.method.ignored(list(diff)):

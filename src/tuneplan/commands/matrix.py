@@ -151,12 +151,14 @@ def render_matrix(cells, device_ids: list[str], title: str, console) -> None:
     by_row: dict[tuple[str, str], dict[str, object]] = {}
     for c in cells:
         by_row.setdefault((c.model, c.method), {})[c.device] = c
-    style = {"fits": ("green", "✓"), "tight": ("yellow", "~"), "no": ("red", "✗"), "n/a": ("dim", "n/a")}
+    style = {"fits": ("green", "✓"), "tight": ("yellow", "~"), "uncertain": ("yellow", "?"), "no": ("red", "✗"),
+             "n/a": ("dim", "n/a")}
     model_w = max((len(m.split("/")[-1]) for m, _ in by_row), default=5)
     fixed = (model_w + 3) + (6 + 3) + 1
     per_table = max(1, (console.width - fixed) // 10)
     chunks = [device_ids[i:i + per_table] for i in range(0, len(device_ids), per_table)] or [[]]
-    caption = ("✓ fits (≥10% headroom), ~ tight (<10%), ✗ does not fit, n/a: method does not apply or more GPUs "
+    caption = ("✓ fits (≥10% headroom, 90% band within usable memory), ~ tight (<10%), ? uncertain (the peak fits, "
+               "the band's upper end does not), ✗ does not fit, n/a: method does not apply or more GPUs "
                "than one machine holds; usable memory per device as in `tuneplan devices`")
     for k, chunk in enumerate(chunks):
         part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_matplotlib()
         png = check_output("PNG", args.png, args.force, suffix=".png", stdout_ok=False)
+    if png is None and args.export is None and _online_job(args) is not None:
+        return run_online(args)  # online RL: where generation and training go on one machine
     spec, report = plan_data(args)
     if png is not None:
         from tuneplan.cli.timebars import render_png, time_bars
@@ -116,6 +118,51 @@ def run(args: argparse.Namespace) -> int:
         make_console(stderr=args.json).print(f"PNG written to {png.path}", markup=False, highlight=False)
     if args.export is not None:
         export_top(report, spec, args)
+    return 0
+
+
+def _online_job(args: argparse.Namespace) -> Any:
+    """The job when its task generates online (grpo, rloo), else None."""
+    task = getattr(args, "task", None)
+    if task is None and getattr(args, "from_config", None) is None:
+        return None
+    job = job_from_args(args, optional=("num_gpus",))
+    return job if job.task_record.online else None
+
+
+def run_online(args: argparse.Namespace) -> int:
+    """Each device's machine split between generation and training (tuneplan.timing_generation.placements)."""
+    from tuneplan.timing_generation import placements
+
+    if args.num_gpus is not None:
+        raise TuneplanError("plan chooses the GPU count for each device; drop --gpus (cap it with --max-gpus)")
+    job = _online_job(args)
+    spec = resolve_model(model_from_args(args), hub=args.hub)
+    check_job(spec, job, args.allow_long_context)
+    found = {d.id: placements(spec, job, d, min(d.max_count, args.max_gpus or d.max_count))
+             for d in resolve_devices(args.devices)}
+    if args.json:
+        print_json({"unit": "seconds, bytes, tokens/s", "task": job.task,
+                    "placements": {k: [p.to_dict() for p in v] for k, v in found.items()}})
+        return 0
+    console = make_console()
+    for dev, rows in found.items():
+        n = rows[0].training_gpus + rows[0].generation_gpus if rows else 0
+        table = Table(title=f"{spec.name}: {job.task} on one {n} x {dev} machine: generation vs training GPUs",
+                      caption="TRL runs the phases one after another (server mode included); 'overlapped' is an "
+                              "asynchronous stack's figure; GiB = 2^30 bytes")
+        for col in ("#", "generation", "train GPUs", "gen GPUs", "step s", "bound by", "completion tok/s",
+                    "overlapped tok/s", "peak GiB", "fits"):
+            table.add_column(col, justify="right" if col not in ("generation", "bound by", "fits") else "left")
+        for i, p in enumerate(rows[:args.top] if args.top else rows, 1):
+            table.add_row(str(i), p.engine, str(p.training_gpus), str(p.generation_gpus), f"{p.time.step_s:.3g}",
+                          p.time.bound_by, f"{p.generated_tokens_per_s:,.0f}", f"{p.overlapped_tokens_per_s:,.0f}",
+                          f"{p.peak_bytes / GiB:.1f}", "yes" if p.fits else f"no: {p.why}")
+        console.print(table)
+    unit = "prompts" if job.task_record.per_micro_step else "completions"  # Online DPO: completions per prompt
+    console.print(f"Per training GPU: --batch {job.training.micro_batch} {unit} x --grad-accum "
+                  f"{job.training.grad_accum}, {job.generations} per prompt; a vLLM server GPU generates the "
+                  "training GPUs' completions split over the server GPUs.", markup=False)
     return 0
 
 

@@ -35,7 +35,9 @@ INSTALL_HINT = ("tuneplan: error: trace needs torch, transformers and peft: pip 
 
 DESCRIPTION = ("Build the transformers model from its config (no weights), apply the method, run two "
                "training steps under torch FakeTensorMode with a memory tracker, and print the measured "
-               "peak beside the analytical estimate. Needs the trace extra: pip install -e '.[trace]'.")
+               "peak beside the analytical estimate. With --task dpo|kto|orpo|rm (and DPO's loss variants) "
+               "the step is TRL's own loss method from the installed trl, with its reference model. "
+               "Needs the trace extra: pip install -e '.[trace]' (and trl for --task).")
 
 # Fake tensors cost no memory, but every module is still built and every op dispatched:
 # past these sizes a trace takes minutes to hours, so it is refused (the estimate still works).
@@ -98,10 +100,18 @@ def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     spec, config = resolve_config(model_from_args(args), hub=args.hub)
     check_job(spec, job, args.allow_long_context)
+    task = not job.task_record.is_sft
+    if task:
+        _check_task(job, args)
     if _distributed(job, args):
         return _run_distributed(args, spec, config, job)
     est = estimate_memory(spec, job)
     check_traceable(spec, job, est, args.real)
+    replay = "" if task else job.training.profile.trace_replay  # the stack's own modules (trace/stacks.py)
+    if replay:
+        from tuneplan.trace.stacks import check_replay  # torch-free
+
+        check_replay(replay, config, job, args.real)
 
     from tuneplan.trace import available
 
@@ -109,28 +119,23 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(INSTALL_HINT)
         return 2
     from tuneplan.trace.compare import comparison_dict, estimate_allocated, relative_error, rows
-    from tuneplan.trace.run import run_trace
 
     console = Console(stderr=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if args.json or not console.is_terminal:
-                result = run_trace(config, job, name=spec.name, fake=not args.real)
-            else:
-                with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                              console=console, transient=True) as bar:
-                    task = bar.add_task("tracing", total=None)
-                    result = run_trace(config, job, name=spec.name, fake=not args.real,
-                                       progress=lambda s: bar.update(task, description=s))
-    except (TuneplanError, KeyboardInterrupt):
-        raise
-    except MemoryError:
-        raise TuneplanError("the trace ran out of memory; drop --real or use a smaller model or batch") from None
-    except Exception as e:  # torch/transformers/peft on a config they cannot run: one line, not a C++ trace
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise TuneplanError(f"trace failed inside torch/transformers ({type(e).__name__}: {first}); "
-                            "`tuneplan estimate` still gives the figures") from None
+    if task:
+        from tuneplan.trace.tasks import run_task_trace
+
+        result = _traced(lambda progress: run_task_trace(config, job, name=spec.name, progress=progress),
+                         console, args.json)
+    elif replay:
+        from tuneplan.trace.stacks import run_replay
+
+        result = _traced(lambda progress: run_replay(replay, config, job, name=spec.name, progress=progress),
+                         console, args.json)
+    else:
+        from tuneplan.trace.run import run_trace
+
+        result = _traced(lambda progress: run_trace(config, job, name=spec.name, fake=not args.real,
+                                                    progress=progress), console, args.json)
     if args.json:
         print_json(comparison_dict(result.to_dict(), est))
         return 0
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     m, t = job.method, job.training
     title = (f"{spec.name}: {m.kind}" + (f" r={m.rank}" if m.is_adapter else "")
              + f", batch {t.micro_batch} x {t.seq_len}, {t.precision}, checkpointing {t.checkpointing}, "
-             + f"{t.optimizer}")
+             + f"{t.optimizer}" + (f"; task {job.task}, reference {job.reference}" if task else ""))
     table = Table(title=title, caption="GiB = 2^30 bytes; each side's breakdown at its own peak")
     table.add_column("at peak")
     table.add_column("trace GiB", justify="right")
@@ -164,6 +169,30 @@ def run(args: argparse.Namespace) -> int:
     for n in result.notes:
         out.print(f"  - {n}")
     return 0
+
+
+def _check_task(job: Job, args: argparse.Namespace) -> None:
+    """A preference/reward task is replayed on one GPU, on fake tensors, for the trainers
+    tuneplan.trace.tasks replays; anything else is refused in one line before torch runs."""
+    if args.real:
+        raise TuneplanError(f"--task {job.task} is traced on fake tensors only; drop --real")
+    if _distributed(job, args):
+        raise TuneplanError(f"trace replays --task {job.task} on one GPU; drop --gpus/--tp/--fsdp-version "
+                            "(sharded preference steps are estimated analytically)")
+    if not job.training.versions.trl_chunked_logps:
+        raise TuneplanError(f"trace replays the installed trl (>= 1.16); --stack {job.training.stack} "
+                            "estimates an older TRL's step: drop --stack to compare")
+    if job.method.kind == "qlora" and job.reference == "separate":
+        raise TuneplanError("trace does not build a quantised separate reference; use --ref-model adapter "
+                            "(TRL's default with PEFT) or precomputed")
+    from tuneplan.trace import check_task  # torch-free
+
+    check_task(job)
+    import importlib.util
+
+    trl = importlib.util.find_spec("trl")  # the installed library, not a --framework name
+    if trl is None:
+        raise TuneplanError(f"trace --task {job.task} replays TRL's trainer and needs trl: pip install trl")
 
 
 def _traced(fn, console: Console, quiet: bool):

@@ -31,6 +31,7 @@ from tuneplan.export.common import (
     dump_yaml,
     header_lines,
     loss_setting,
+    precision_named,
 )
 from tuneplan.export.read import FORMATS, Imported, job_from_import, read_config
 from tuneplan.fit import FitVerdict, fit_verdict
@@ -53,6 +54,8 @@ class Target:
         syntax: yaml | json | python.
         build: (spec, job) -> Built.
         written_for: the library versions the output is checked against.
+        writes_fp8: the file can set a low-precision recipe that accelerate names
+            (Precision.accelerate_fp8_backend); other low-precision records are swapped for bf16.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Target:
     syntax: str
     build: Callable[[ModelSpec, Job], Built]
     written_for: str
+    writes_fp8: bool = False
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -73,7 +77,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            torchtune.VERSION),
     Target("unsloth", "Unsloth script", unsloth.FRAMEWORK, "unsloth_train.py", "python", unsloth.build, unsloth.VERSION),
     Target("accelerate", "accelerate config", None, "accelerate.yaml", "yaml", launchers.build_accelerate,
-           launchers.ACCELERATE_VERSION),
+           launchers.ACCELERATE_VERSION, writes_fp8=True),
     Target("deepspeed", "DeepSpeed config", None, "deepspeed.json", "json", launchers.build_deepspeed,
            launchers.DEEPSPEED_VERSION),
 )}
@@ -139,6 +143,12 @@ def build(name: str, spec: ModelSpec, job: Job) -> tuple[Built, list[str]]:
         cannot.append(f"--kbit-prep {job.training.kbit_prep} ({job.training.prep.label}): the file loads the "
                       f"quantised model as today's stack does, without it (estimated with --kbit-prep {prep.name})")
         job = job.with_settings(kbit_prep=prep.name)
+    d = job.training.dtypes
+    if d.low_precision and not (t.writes_fp8 and d.accelerate_fp8_backend):  # [lowprec] fp8/fp4 recipes
+        bf16 = precision_named("bfloat16", "bfloat16")
+        cannot.append(f"--precision {job.training.precision} ({job.training.dtypes.recipe}): the {t.name} file "
+                      f"cannot express low-precision linears (estimated with --precision {bf16})")
+        job = job.with_settings(precision=bf16)
     job = tasks.writable(t.name, job, cannot)
     job = _writable_layout(t, job, cannot)
     run = as_run(t, job)

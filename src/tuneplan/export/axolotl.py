@@ -142,7 +142,7 @@ def read(cfg: dict[str, Any], load_json: Any = None) -> Read:
     notes: list[str] = []
     model = f.text("base_model")
     for key, why in (("gptq", "GPTQ-quantised bases are not modelled"),
-                     ("fp8", "FP8 training is not modelled"),
+                     ("fp8", "Axolotl's FP8 (torchao float8) is not read from the file; estimate with --precision fp8-torchao"),
                      ("tiled_mlp", "tiled MLP activations are not modelled"),
                      ("relora", "ReLoRA is not modelled")):
         value = f.raw(key)

@@ -419,6 +419,9 @@ def header_lines(title: str, est: Any, device: Any, verdict: Any, command: str, 
              f"predicted peak per GPU: {est.device_bytes / gib:.2f} GiB device total (what nvidia-smi shows: "
              f"tensors + caching-allocator overhead + CUDA context); {est.peak_allocated_bytes / gib:.2f} GiB "
              f"peak allocated (torch.cuda.max_memory_allocated), at the {est.peak_phase} peak"]
+    band = getattr(est, "uncertainty", None)
+    if band is not None:  # measured runs of this kind of job (tuneplan.uncertainty)
+        lines.append(f"uncertainty of the device total: {band.text()}")
     if est.cpu_bytes:
         lines.append(f"CPU RAM for offload: {est.cpu_bytes / gib:.2f} GiB per GPU process")
     if device is not None and verdict is not None:

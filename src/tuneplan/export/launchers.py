@@ -31,6 +31,8 @@ SCRIPT_SETTINGS = ("model, method, rank, targets, quantisation, micro-batch, seq
 
 def _mixed_precision(job: Job) -> str:
     d = job.training.dtypes
+    if d.accelerate_fp8_backend:  # fp8 linears (TE or torchao) in a bf16 step
+        return "fp8"
     if d.fp32_master or d.torch_autocast_dtype == "bfloat16":
         return "bf16"
     return "fp16" if d.torch_autocast_dtype == "float16" else "no"
@@ -64,8 +66,23 @@ def build_accelerate(spec: ModelSpec, job: Job) -> Built:
         body["distributed_type"] = "MULTI_GPU" if p.num_gpus > 1 else "NO"
     body.update(mixed_precision=_mixed_precision(job), num_machines=1, machine_rank=0, num_processes=p.num_gpus,
                 rdzv_backend="static", same_network=True, main_training_function="main", use_cpu=False)
+    if t.dtypes.accelerate_fp8_backend:
+        body["fp8_config"] = _fp8_config(job)
     return Built(job, body, tuple(sub.cannot) + (SCRIPT_SETTINGS,),
                  "accelerate launch --config_file {file} YOUR_TRAINING_SCRIPT.py", ())
+
+
+def _fp8_config(job: Job) -> dict[str, Any]:
+    """accelerate's fp8_config for the precision record (keys as `accelerate launch --fp8_*` reads
+    them, accelerate 1.16 commands/launch.py): TE delayed scaling with HYBRID format (E4M3
+    forward, E5M2 gradients) and the record's amax history, max over it (Megatron's default
+    --fp8-amax-compute-algo max); torchao with float8 all-gather under FSDP2."""
+    d = job.training.dtypes
+    if d.accelerate_fp8_backend == "TE":
+        return {"backend": "TE", "fp8_format": "HYBRID", "amax_history_len": d.amax_history,
+                "amax_compute_algo": "max", "margin": 0, "interval": 1}
+    return {"backend": d.accelerate_fp8_backend, "enable_fsdp_float8_all_gather": job.parallel.sharding == "fsdp",
+            "pad_inner_dim": True}
 
 
 def build_deepspeed(spec: ModelSpec, job: Job) -> Built:

@@ -32,7 +32,11 @@ from tuneplan.export.common import Fields, refuse
 from tuneplan.job import Job
 
 DPO_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "dpo-hinge": "hinge", "dpo-robust": "robust"}  # TRL DPOConfig.loss_type
-TRL_COMMAND = {"sft": "sft", **dict.fromkeys(DPO_LOSS, "dpo"), "kto": "kto", "rm": "reward"}
+TRL_COMMAND = {"sft": "sft", **dict.fromkeys(DPO_LOSS, "dpo"), "kto": "kto", "rm": "reward", "grpo": "grpo",
+               "rloo": "rloo"}
+# beta written for an online task with a reference (GRPOConfig beta's help text: DeepSeek-R1 uses 0.001;
+# RLOOConfig's default is 0.05, rloo_config.py:502); any beta > 0 loads the same reference
+TRL_BETA = {"grpo": 0.001, "rloo": 0.05}
 TRL_PRECOMPUTES = {"dpo", "kto"}  # commands whose config has precompute_ref_log_probs
 AXOLOTL_RL = {"dpo": ("dpo", None), "ipo": ("ipo", None), "dpo-hinge": ("dpo", "hinge"),
               "dpo-robust": ("dpo", "robust"), "orpo": ("orpo", None), "simpo": ("simpo", None), "kto": ("kto", None)}
@@ -70,6 +74,8 @@ def writable(target: str, job: Job, cannot: list[str]) -> Job:
     `cannot` line. A reference equal to the stack's default is written as None (ref_model unset),
     so the file reads back to the same job."""
     task = job.task
+    if job.task_record.online:
+        return _writable_online(target, job, cannot)
     if task != "sft":
         if target in LAUNCHERS:
             cannot.append(f"--task {task}{' --ref-model ' + job.ref_model if job.ref_model else ''}: the training "
@@ -96,6 +102,46 @@ def writable(target: str, job: Job, cannot: list[str]) -> Job:
         cannot.append(f"--ref-model {ref}: {why} (estimated as --ref-model {default})")
         job = _with(job, ref_model=None)
     return job
+
+
+def _writable_online(target: str, job: Job, cannot: list[str]) -> Job:
+    """An online task: TRL's `trl grpo|rloo` writes it; every other target runs SFT (said)."""
+    if target in LAUNCHERS:
+        cannot.append(f"--task {job.task}: the training task, its generation and reference belong to your training "
+                      "script (tuneplan export --to trl writes them)")
+        return job
+    if target not in ONLINE_TARGETS:
+        cannot.append(f"--task {job.task}: tuneplan models {job.task} as TRL 1.16's trainer runs it; only --to trl "
+                      "writes it; this file runs sft (estimated as --task sft)")
+        return Job.from_settings(**{k: v for k, v in job.settings().items() if k not in _ROLLOUT_KEYS}
+                                 | {"task": "sft", "ref_model": None})
+    ref = job.ref_model
+    if ref == "separate" and job.method.is_adapter:
+        cannot.append("--ref-model separate: TRL takes the reference from the policy with its adapters disabled "
+                      "under PEFT (estimated as --ref-model adapter)")
+        ref = "adapter"
+    if ref is not None and ref == _default_ref(job):
+        ref = None
+    return _with(job, ref_model=ref)
+
+
+ONLINE_TARGETS = ("trl",)  # export targets whose file runs an online task (trl grpo|rloo)
+_ROLLOUT_KEYS = ("num_generations", "prompt_len", "completion_len", "generation_engine", "vllm_memory_utilization",
+                 "generation_gpus", "vllm_sleep", "device_memory_gib")
+
+
+def trl_online_cannot(job: Job) -> list[str]:
+    """What a `trl grpo|rloo` config cannot say about an online job."""
+    if not job.task_record.online:
+        return []
+    r = job.rollout
+    out = [f"--prompt-len {r.prompt_len}: TRL 1.16 has no max_prompt_length (prompts are as long as the dataset's); "
+           "the estimate takes this length"]
+    if not r.engine.colocated:
+        out.append(f"--generation-engine {r.generation_engine}: start the server yourself on the "
+                   f"{r.generation_gpus} generation GPU(s): trl vllm-serve --model <model> "
+                   f"--gpu_memory_utilization {r.vllm_memory_utilization:g}")
+    return out
 
 
 def unexpressed(target: str, job: Job) -> list[str]:
@@ -160,8 +206,22 @@ REF_RULES: dict[str, RefRules] = {
 
 def trl_fields(job: Job) -> tuple[str, dict[str, Any]]:
     """(the trl subcommand, the task's config fields)."""
+    if job.task not in TRL_COMMAND:  # Online DPO: trl.experimental, no command (trl/cli/commands, 1.16)
+        raise TuneplanError(f"TRL 1.16's CLI has no command for --task {job.task} ({job.task_record.label}: "
+                            "trl.experimental, run from Python); tuneplan cannot export it")
     cmd = TRL_COMMAND[job.task]
     out: dict[str, Any] = {}
+    if job.task_record.online:
+        r = job.rollout
+        out.update(num_generations=job.generations, max_completion_length=job.training.seq_len - r.prompt_len,
+                   beta=TRL_BETA[cmd] if job.reference != "none" else 0.0)
+        if r.engine.share:
+            out.update(use_vllm=True, vllm_mode="colocate" if r.engine.colocated else "server")
+            if r.engine.colocated:
+                out["vllm_gpu_memory_utilization"] = r.vllm_memory_utilization
+                if r.vllm_sleep:
+                    out["vllm_enable_sleep_mode"] = True
+        return cmd, out
     if cmd == "dpo":
         out["loss_type"] = [DPO_LOSS[job.task]]
     elif cmd == "kto":
@@ -185,9 +245,12 @@ def trl_command(text: str) -> str | None:
 def read_trl(f: Fields, s: dict[str, Any], origin: dict[str, str], notes: list[str], command: str | None) -> None:
     """task and ref_model from a TRL config: loss_type, lora_task_type, precompute_ref_log_probs,
     and the subcommand when the file's comments name it."""
-    commands = {"sft": "sft", "dpo": "dpo", "kto": "kto", "reward": "rm"}
+    commands = {"sft": "sft", "dpo": "dpo", "kto": "kto", "reward": "rm", "grpo": "grpo", "rloo": "rloo"}
     if command is not None and command not in commands:
-        raise refuse("trl", "command", f"trl {command}", "tuneplan models trl sft, dpo, kto and reward")
+        raise refuse("trl", "command", f"trl {command}", "tuneplan models trl sft, dpo, kto, reward, grpo and rloo")
+    if command in ("grpo", "rloo") or (command is None and f.has("num_generations")):
+        _read_trl_online(f, s, origin, notes, commands.get(command or "grpo", "grpo"))
+        return
     loss = f.raw("loss_type")
     task, where = (commands[command], f"trl {command} (the file's run line)") if command else (None, "")
     if loss is not None:
@@ -221,6 +284,34 @@ def read_trl(f: Fields, s: dict[str, Any], origin: dict[str, str], notes: list[s
     if precompute and task in ("dpo", "ipo", "dpo-hinge", "dpo-robust", "kto"):
         s["ref_model"] = "precomputed"
         origin["ref_model"] = "precompute_ref_log_probs"
+
+
+def _read_trl_online(f: Fields, s: dict[str, Any], origin: dict[str, str], notes: list[str], task: str) -> None:
+    """A GRPOConfig / RLOOConfig: the rollout settings, and beta as the reference (TRL 1.16 defaults:
+    grpo_config.py num_generations 8, max_completion_length 512, beta 0.0, use_vllm False,
+    vllm_mode colocate, vllm_gpu_memory_utilization 0.3; rloo_config.py num_generations 2, beta 0.05)."""
+    rec = TASKS[task]
+    s["task"], origin["task"] = task, f"trl {task}" + ("" if f.has("num_generations") else " (run line)")
+    n = f.count("num_generations", rec.generations)
+    if n != rec.generations:  # the task's default stays unset, as the Job keeps it
+        s["num_generations"], origin["num_generations"] = n, "num_generations"
+    completion = f.count("max_completion_length", 512)
+    s["completion_len"], origin["completion_len"] = completion, "max_completion_length"
+    s.pop("seq_len", None)  # the row is prompt + completion (GRPOConfig has no max_length)
+    origin.pop("seq_len", None)
+    f.defaults[:] = [d for d in f.defaults if not d.startswith("max_length=")]
+    notes.append("TRL 1.16 has no max_prompt_length: the prompt is taken as 512 tokens (give --prompt-len)")
+    beta = f.get("beta", (int, float), 0.0 if task == "grpo" else 0.05, "a number")
+    ref = ("adapter" if s.get("method") != "full" else "separate") if beta else "none"
+    if ref != reference_for(rec, None, s.get("method") != "full"):
+        s["ref_model"], origin["ref_model"] = ref, "beta"
+    if f.flag("use_vllm", False):
+        mode = f.choice("vllm_mode", {"colocate": "vllm-colocate", "server": "vllm-server"}, "colocate")
+        s["generation_engine"], origin["generation_engine"] = mode, "use_vllm, vllm_mode"
+        if mode == "vllm-colocate":
+            s["vllm_memory_utilization"] = f.get("vllm_gpu_memory_utilization", (int, float), 0.3, "a number")
+            s["vllm_sleep"] = f.flag("vllm_enable_sleep_mode", False)
+            origin["vllm_memory_utilization"] = "vllm_gpu_memory_utilization"
 
 
 # ---------------------------------------------------------------- Axolotl

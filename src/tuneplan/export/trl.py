@@ -42,7 +42,7 @@ from tuneplan.export.common import (
     refuse,
     uses_deepspeed,
 )
-from tuneplan.export.tasks import read_trl, trl_fields
+from tuneplan.export.tasks import read_trl, trl_fields, trl_online_cannot
 from tuneplan.job import Job
 from tuneplan.model_spec import ModelSpec
 
@@ -66,6 +66,9 @@ def adapt(spec: ModelSpec, job: Job) -> Substitutions:
     if not loss.fused:
         sub.swap(f"--cross-entropy {loss.name}: TRL's SFT, DPO and KTO trainers always use a fused LM head (the "
                  "logits never exist; estimated as --cross-entropy fused)", cross_entropy=fused_loss())
+    if sub.job.task_record.online and sub.job.training.checkpointing == "offload":
+        sub.swap(f"--checkpointing offload: TRL's {sub.job.task} config has no activation_offloading (estimated as "
+                 "--checkpointing full)", checkpointing="full")
     hf_adapt_parallel(sub)
     return sub
 
@@ -91,7 +94,9 @@ def build(spec: ModelSpec, job: Job) -> Built:
     command, task_fields = trl_fields(job)
     if command == "reward" and m.is_adapter:
         body["lora_task_type"] = task_fields.pop("lora_task_type")
-    body.update(dataset_name=fill_in("dataset (Hub id or local path)"), max_length=t.seq_len)
+    body["dataset_name"] = fill_in("dataset (Hub id or local path)")
+    if not job.task_record.online:  # GRPOConfig / RLOOConfig have no max_length (max_completion_length)
+        body["max_length"] = t.seq_len
     if command == "sft":
         body.update(packing=True,
                     # padding-free packing needs FlashAttention (sft_config.py padding_free); otherwise wrap
@@ -101,8 +106,9 @@ def build(spec: ModelSpec, job: Job) -> Built:
                 bf16=pr.bf16, fp16=pr.fp16, optim=t.optim.hf_name)
     if t.optim.hf_optim_args:
         body["optim_args"] = t.optim.hf_optim_args
-    body.update(gradient_checkpointing=t.checkpointing != "none",
-                activation_offloading=t.checkpointing == "offload")
+    body["gradient_checkpointing"] = t.checkpointing != "none"
+    if not job.task_record.online:  # GRPOConfig / RLOOConfig have no activation_offloading
+        body["activation_offloading"] = t.checkpointing == "offload"
     body.update(hf_compile(job))
     if p.num_gpus > 1:
         body["num_processes"] = p.num_gpus  # not an SFTConfig field: TRL passes it to accelerate launch
@@ -111,7 +117,7 @@ def build(spec: ModelSpec, job: Job) -> Built:
     elif p.sharding == "fsdp":
         body.update(hf_fsdp(job, switch=True))
     body["output_dir"] = fill_in("output directory")
-    return Built(job, body, tuple(sub.cannot), f"trl {command} --config {{file}}", ("dataset_name", "output_dir"),
+    return Built(job, body, (*sub.cannot, *trl_online_cannot(job)), f"trl {command} --config {{file}}", ("dataset_name", "output_dir"),
                  ("lora_alpha is written as 2 x rank (it does not change memory)",) if m.is_adapter else ())
 
 

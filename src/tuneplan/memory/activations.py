@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tuneplan import lowprec
 from tuneplan.choices.attention import Attention, kernel_for
 from tuneplan.job import Job, Method, Training
 from tuneplan.memory.trained import first_trained_layer, is_target, layer_groups, trained_layer_count
@@ -38,7 +39,7 @@ class LayerActs:
 def attention_kernel(spec: ModelSpec, t: Training) -> Attention:
     """The attention kernel that actually runs (sdpa falls back to eager where
     transformers has no SDPA path for the architecture)."""
-    return kernel_for(spec.model_type, t.attention)
+    return kernel_for(spec.model_type, t.profile.attention or t.attention)  # a stack's own attention first
 
 
 def _attention_core(spec: ModelSpec, kernel: Attention, c: int, seq: int, expands_kv: bool = False) -> int:
@@ -148,6 +149,13 @@ class _Saver:
         return tokens_factor * extra
 
 
+def norm_weight_fp32(t: Training) -> bool:
+    """The stack's RMSNorm keeps the fp32 normalised value for a trained weight: its --stack record
+    says so where it dates the change (versions.Stack.norm_weight_fp32), else its profile."""
+    dated = t.versions.norm_weight_fp32
+    return t.profile.norm_weight_fp32 if dated is None else dated
+
+
 def _norm_bytes(spec: ModelSpec, t: Training, full: bool) -> int:
     """Bytes/token saved by one RMSNorm (or LayerNorm, for the models that use it).
 
@@ -166,8 +174,8 @@ def _norm_bytes(spec: ModelSpec, t: Training, full: bool) -> int:
         # row, whether or not its weight trains; under autocast layer_norm runs in fp32 (autocast
         # fp32 op list), so the kept input is an fp32 copy
         return (4 if t.autocast or t.fp32_residual else t.compute_bytes) * h + 8
-    if t.fp32_residual or spec.model_type.startswith("gemma"):
-        return 4 * h + (4 * h if full else 0)
+    if t.fp32_residual or spec.model_type.startswith("gemma") or norm_weight_fp32(t):
+        return 4 * h + (4 * h if full else 0)  # torchtune: FrameworkProfile.norm_weight_fp32
     return 4 * h + (t.compute_bytes * h if full else 0)
 
 
@@ -345,6 +353,7 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int, adapters_16bit: boo
     else:
         mlp, mlp_width = _dense_mlp_saves(spec, sv, lins, t.compilation.activation_output_saved, inter_bytes)
     saved += mlp
+    saved -= lowprec.saved_input_saving(lins, job)  # [lowprec hook] TE keeps linear inputs quantised
     branch = 0
     if spec.parallel_block and m.is_adapter and not m.train_embeddings and not any(
             is_target(lin, m) for lin in lins if lin.group == "mlp"):
@@ -352,6 +361,12 @@ def layer_activations(spec: ModelSpec, job: Job, layer: int, adapters_16bit: boo
     # backward working set of one layer: grads of the widest intermediates (gate/up) and
     # of the hidden state flowing through the residual stream
     transient = inter_bytes * 2 * mlp_width + t.residual_bytes * 2 * spec.hidden_size
+    if per_adapter_copy and t.autocast and any(is_target(lin, m) for lin in lins if lin.name == "down_proj"):
+        # PEFT's cast of down_proj's input to the fp32 adapter dtype (lora/layer.py Linear.forward
+        # _cast_input_dtype) is made again when the layer is recomputed and is alive while its
+        # MLP backward runs: 4 bytes per intermediate element (`tuneplan trace --task dpo --method
+        # lora`, where no logits hide the layer's backward: benchmarks/results/trace_tasks.md)
+        transient += 4 * mlp_width
     return LayerActs(int(saved), int(transient), branch)
 
 
@@ -413,6 +428,32 @@ def logits_bytes(spec: ModelSpec, t: Training) -> tuple[int, int, int]:
     return fwd, kept, bwd
 
 
+def chunked_head_bytes(spec: ModelSpec, t: Training, head_grad: int) -> tuple[int, int]:
+    """(logit gradients, head-gradient working bytes) while a trainable output projection runs
+    its backward under a chunked loss (CrossEntropy.chunks); (0, 0) otherwise.
+
+    torchtune's chunked output runs the projection once per chunk (modules/transformer.py:482
+    TransformerDecoder.chunked_output, 0.6.1), so its weight gets `chunks` gradient
+    contributions. Every chunk's cross-entropy backward runs first (those nodes are the newest),
+    leaving `chunks` compute-dtype logit gradients; then each chunk's matmul backward consumes one
+    and makes a [vocab, hidden] weight gradient that autograd's InputBuffer adds to the running sum
+    out of place (torch/csrc/autograd/input_buffer.cpp accumulate): old sum, new contribution and
+    their sum coexist. The worst moment is the second contribution, (chunks - 2) / chunks of the
+    logit gradients left, or the first with (chunks - 1) / chunks and one contribution. Measured
+    by the torchtune replay (tuneplan.trace.stacks; benchmarks/results/trace_stacks.md) and on
+    real CPU tensors (peak RSS of 8 chunked matmuls: 3 weight-gradient sizes)."""
+    n = t.loss.chunks
+    if not n or not head_grad or n < 2 or (t.compilation.compiled and t.versions.compiles_whole_model):
+        # a whole-model compile (versions.Stack.compiles_whole_model) puts the output projection in
+        # the compiled graph, which sums its chunks' gradients itself; torchtune >= 0.5 compiles
+        # per layer (training/_compile.py:30 compile_model, 0.6.1), so the head stays eager
+        return 0, 0
+    logit_grads = t.compute_bytes * t.micro_batch * t.seq_len * spec.vocab_size
+    first = (logit_grads * (n - 1) // n, head_grad)
+    second = (logit_grads * (n - 2) // n, 3 * head_grad)
+    return max(first, second, key=sum)
+
+
 @lru_cache(maxsize=16384)
 def stack_activations(spec: ModelSpec, method: Method, training: Training,
                       adapters_16bit: bool = False) -> tuple[int, LayerActs]:
@@ -437,7 +478,7 @@ def stack_activations(spec: ModelSpec, method: Method, training: Training,
     return total, worst
 
 
-__all__ = ["LayerActs", "attention_kernel", "first_trained_layer", "layer_activations", "logits_bytes",
+__all__ = ["LayerActs", "attention_kernel", "chunked_head_bytes", "norm_weight_fp32", "first_trained_layer", "layer_activations", "logits_bytes",
            "python_gelu", "stack_activations"]
 
 

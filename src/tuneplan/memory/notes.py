@@ -122,7 +122,7 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
     m, t, p = job.method, job.training, job.parallel
     out = [
         f"Steady-state step (optimizer states exist), micro-batch {t.micro_batch} x {t.seq_len} tokens, "
-        f"{t.precision} precision, {t.attention} attention, framework profile {t.framework}.",
+        f"{t.precision} precision, {attention_kernel(spec, t).name} attention, framework profile {t.framework}.",
         "Activations are what autograd saves in the transformers modelling code; padding-free batches.",
         _overhead_sentence(job),
     ]
@@ -148,7 +148,7 @@ def assumptions(spec: ModelSpec, job: Job) -> tuple[str, ...]:
         if spec.is_moe:
             out.append("Routed experts " + ("are quantised (Unsloth's patch)." if t.profile.quantises_fused_experts else
                        "stay bf16: transformers 5 fuses them into 3-D parameters, which bitsandbytes skips."))
-    if attention_kernel(spec, t).name != t.attention:
+    if attention_kernel(spec, t).name != (t.profile.attention or t.attention):
         out.append(f"transformers has no SDPA attention for {spec.model_type}: eager attention (s x s scores) is assumed; "
                    "--attention flash for FlashAttention-2.")
     if spec.is_moe and m.is_adapter:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from tuneplan import calibration as cal
+from tuneplan import lowprec
 from tuneplan.job import Job, Method, Training
 from tuneplan.memory.trained import layer_groups, trainable
 from tuneplan.model_spec import Linear, ModelSpec, layer_linears, param_counts
@@ -107,7 +108,23 @@ def static_memory(spec: ModelSpec, job: Job) -> Static:
     if t.profile.fp32_main_grads and t.param_bytes == 2:
         tr = trainable(spec, job.method)
         st = replace(st, gradients=st.gradients + 2 * tr.base)
+    cache = lowprec.weight_cache_bytes(spec, t.dtypes)  # [lowprec hook] TE's fp8/fp4 weight copies
+    if cache:
+        st = replace(st, weights=st.weights + cache)
     return st
+
+
+def rope_cache_bytes(spec: ModelSpec, job: Job) -> int:
+    """The fp32 RoPE cos/sin cache a stack keeps as a buffer (FrameworkProfile.rope_cache): values
+    per position per head_dim x head_dim x max_position x 4 bytes, once, or once per layer where
+    the stack's LoRA builder makes a RoPE module per layer (torchtune lora_qwen2_self_attention).
+    A buffer, not a parameter: whole on every rank (FSDP2's fully_shard shards parameters only),
+    so tuneplan.memory.step adds it to each rank's weights after sharding."""
+    for model_type, per_dim, per_layer in job.training.profile.rope_cache:
+        if spec.model_type == model_type:
+            copies = spec.num_layers if per_layer and job.method.is_adapter else 1
+            return 4 * per_dim * spec.head_dim * spec.max_position * copies
+    return 0
 
 
 def stores_quantised(lin: Linear, quantises_fused_experts: bool) -> bool:

@@ -15,11 +15,23 @@ from dataclasses import dataclass, replace
 
 from tuneplan.job import Job
 from tuneplan.memory import components as K
-from tuneplan.memory.activations import logits_bytes, selective_saved, stack_activations
+from tuneplan.memory.activations import (
+    chunked_head_bytes,
+    logits_bytes,
+    norm_weight_fp32,
+    selective_saved,
+    stack_activations,
+)
 from tuneplan.memory.mlx import mlx_activations, mlx_logits_bytes
 from tuneplan.memory.notes import assumptions, component_notes
 from tuneplan.memory.ranks import RankView, rank_views
-from tuneplan.memory.static import Static, engine_fp32_master, fsdp_fp32_params, static_memory
+from tuneplan.memory.static import (
+    Static,
+    engine_fp32_master,
+    fsdp_fp32_params,
+    rope_cache_bytes,
+    static_memory,
+)
 from tuneplan.memory.tasks import (
     TASK_LABELS,
     forward_view,
@@ -30,6 +42,7 @@ from tuneplan.memory.tasks import (
 )
 from tuneplan.memory.trained import check_method, first_trained_layer, targets_text, trainable
 from tuneplan.model_spec import ModelSpec, param_counts
+from tuneplan.uncertainty import Band, band
 
 
 @dataclass(frozen=True)
@@ -109,8 +122,14 @@ class MemoryEstimate:
                 "max_memory_reserved": self.peak_reserved_bytes,
                 "device_used": self.device_bytes}
 
+    @property
+    def uncertainty(self) -> Band | None:
+        """The peak's uncertainty band (tuneplan.uncertainty: measured runs of this kind of job)."""
+        return band(self.job, self.peak_bytes)
+
     def to_dict(self) -> dict:
         """JSON-ready view (bytes as integers)."""
+        b = self.uncertainty
         return {
             "model": self.model.name,
             "method": self.job.method.__dict__ | {"targets": targets_text(self.job.method.targets)},
@@ -119,6 +138,7 @@ class MemoryEstimate:
             "unit": "bytes",
             "components": [c.__dict__ for c in self.components],
             "peak_bytes": self.peak_bytes,
+            "uncertainty": b.to_dict() if b else None,
             "counters": self.counters(),
             "peak_phase": self.peak_phase,
             "phase_bytes": dict(self.phase_bytes),
@@ -313,7 +333,8 @@ def _moments(spec: ModelSpec, job: Job, view: RankView) -> _Moments:
     first_trained = first_trained_layer(spec, m)
     stored_layers = spec.num_layers - first_trained
     h = spec.hidden_size
-    final_norm = 4 * h + (c * h if m.kind in ("full", "freeze") else 0)
+    norm_w = 4 if norm_weight_fp32(t) else c  # torchtune >= 0.5 keeps the fp32 normalised value
+    final_norm = 4 * h + (norm_w * h if m.kind in ("full", "freeze") else 0)
     lm_head_in = c * h if (m.kind == "full" or m.train_embeddings) else 0
     head_saved = (final_norm + lm_head_in) * tokens if view.logits_spec is not None else 0
     autocast_copies = _autocast_copies(spec, job, world)
@@ -366,6 +387,7 @@ def _moments(spec: ModelSpec, job: Job, view: RankView) -> _Moments:
     if emb_grad:  # the gradient flowing into the embedding output, [tokens, h] in the param dtype
         embed_extra += t.param_bytes * h * tokens
     opt_temp = g.opt_temp
+    head_lg, head_work = chunked_head_bytes(view.logits_spec, t, head_grads) if view.logits_spec is not None else (0, 0)
     if t.optimizer_in_backward:
         # torchtune optimizer_in_bwd: a post-accumulate-grad hook steps each parameter and
         # frees its gradient (torchtune/training/memory.py register_optim_in_bwd_hooks;
@@ -388,7 +410,7 @@ def _moments(spec: ModelSpec, job: Job, view: RankView) -> _Moments:
         layer0_grads = max(layer0_grads, unsharded)
 
     # --- phases: each candidate moment is a list of (component key, bytes)
-    base = ((K.WEIGHTS, g.weights), (K.QUANT_CONSTANTS, g.quant), (K.ADAPTERS, g.adapters),
+    base = ((K.WEIGHTS, g.weights + rope_cache_bytes(spec, job)), (K.QUANT_CONSTANTS, g.quant), (K.ADAPTERS, g.adapters),
             (K.PARAM_GATHER, g.gather), (K.OPTIMIZER, g.optimizer), (K.MASTER_WEIGHTS, g.master),
             (K.DDP_BUCKETS, g.ddp_buckets))
     kept = saved + head_saved + autocast_copies
@@ -405,6 +427,9 @@ def _moments(spec: ModelSpec, job: Job, view: RankView) -> _Moments:
         ("backward_top", ((K.PARAM_GATHER, root), (K.GRADIENTS, max(accum_grads, head_grads + layer_grads)),
                           (K.ACTIVATIONS, saved + autocast_copies + (recompute if ckpt != "none" else 0)),
                           (K.WORKING, transient))),
+        # head backward under a chunked output projection (tuneplan.memory.activations.chunked_head_bytes)
+        ("backward_head", ((K.PARAM_GATHER, root), (K.GRADIENTS, accum_grads), (K.ACTIVATIONS, kept),
+                           (K.LOGITS, head_lg), (K.WORKING, head_work))),
         # bottom of the stack: all gradients, only the first layer's activations left
         ("backward_end", ((K.PARAM_GATHER, root), (K.GRADIENTS, layer0_grads), (K.ACTIVATIONS, one_layer), (K.WORKING, transient))),
         # embedding backward: every gradient, the embedding's being made
@@ -496,6 +521,10 @@ def _rank_peak(spec: ModelSpec, job: Job, view: RankView) -> int:
 def peak_bytes(spec: ModelSpec, job: Job) -> int:
     """Peak per-GPU bytes only, of the rank that peaks (the planner's fast path; same figure
     as estimate_memory)."""
+    if job.task_record.online:  # online-RL hook: generation, scoring and loss phases
+        from tuneplan.memory.online import online_peak_bytes
+
+        return online_peak_bytes(spec, job)
     return max(_rank_peak(spec, job, v) for v in _views(spec, job))
 
 
@@ -512,6 +541,10 @@ def estimate_memory(spec: ModelSpec, job: Job) -> MemoryEstimate:
     Raises:
         TuneplanError: the method does not apply to this model (rank, targets, layers).
     """
+    if job.task_record.online:  # online-RL hook: generation, scoring and loss phases
+        from tuneplan.memory.online import estimate_online
+
+        return estimate_online(spec, job)
     views = _views(spec, job)
     view = views[0] if len(views) == 1 else max(views, key=lambda v: _rank_peak(spec, job, v))
     mo = _moments(spec, job, view)

@@ -67,12 +67,17 @@ class TaskTerms:
             the forward moment (the larger of: the chosen-half NLL, the reference's lm_head
             and log-softmax, the metrics' copies, the reference's mid-stack layer).
         backward_logits: the log-prob path's bytes at the start of backward.
+        late_embedding: bytes of a trained input embedding's gradient that the step counts as
+            lm_head's (tied) but that only exists at the end of backward: a scalar-head model has
+            no lm_head, so its embedding is used once (forward_view counts it as tied to drop the
+            [v, h] head); taken out of the decoder-stack moments and of the embedding's working set.
     """
 
     ref_weights: int
     forward_logits: int
     forward_ref: int
     backward_logits: int
+    late_embedding: int = 0
 
     def apply(self, base: tuple, candidates: tuple) -> tuple[tuple, tuple]:
         """The step's (base, candidates) with these terms: the reference weights in every moment,
@@ -85,6 +90,11 @@ class TaskTerms:
                          (REF_FORWARD, self.forward_ref))
             elif name == "backward":
                 parts = tuple((k, self.backward_logits if k == K.LOGITS else b) for k, b in parts)
+            elif self.late_embedding and name in ("backward_top", "backward_end"):
+                parts = tuple((k, b - self.late_embedding if k == K.GRADIENTS else b) for k, b in parts)
+            elif self.late_embedding and name == "backward_embed":
+                # the untied rule of tuneplan.memory.step: every gradient, the embedding's being made
+                parts = tuple((k, b - 2 * self.late_embedding if k == K.WORKING else b) for k, b in parts)
             out.append((name, parts))
         return base, tuple(out)
 
@@ -94,6 +104,75 @@ def _fused(job: Job) -> bool:
     A profile's default fused loss (TRL SFTTrainer's fused LM head, Unsloth's CE) is SFT's only."""
     t = job.training
     return t.cross_entropy is not None and t.loss.fused
+
+
+# trl/kernels/chunked_logprob.py (trl 1.16.0): TOKEN_CHUNK_SIZE tokens per projection tile, and
+# trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary columns per tile (mm_buf is
+# [min(N, 4096), 32768] in the compute dtype whatever the vocabulary)
+TRL_TILE_TOKENS = 4096
+TRL_TILE_VOCAB = 32768
+
+
+def _chunked(job: Job) -> bool:
+    """TRL's fused LM head (Task.chunked_logps, on a stack with trl >= 1.16: Stack.trl_chunked_logps)."""
+    return job.task_record.chunked_logps and job.training.versions.trl_chunked_logps
+
+
+def _chunked_terms(spec: ModelSpec, job: Job, ref_weights: int, ref_stack: int, ref_rows: int) -> TaskTerms:
+    """TRL's fused LM head (trl/trainer/utils.py add_fused_lm_head :1548-1695, trl/kernels/chunked_logprob.py
+    ChunkedLogProbFunction :299-465, trl 1.16.0) for the graded and the no-grad forwards.
+
+    Forward: the backbone output [rows, seq, h] while its valid positions are copied out
+    (hidden_states[mask], [n, h] with n = rows x (seq - 1); the copy is saved for backward and
+    stands where SFT saves lm_head's input) and one [min(n, 4096), 32768] tile in the compute dtype.
+    A no-grad forward (reference, KTO's KL pass) holds the same three at its head. Backward: the
+    saved copy, its fp32 gradient accumulator grad_hidden [n, h] and its cast, the tile, and for a
+    trainable lm_head the fp32 grad_weight [v, h] and its cast to the parameter dtype (PR #7076 skips
+    it for a frozen head). Per-token statistics (7 fp32 vectors) are left out: under 1% of the copy.
+    """
+    t = job.training
+    c, p, v, h, seq = t.compute_bytes, t.param_bytes, spec.vocab_size, spec.hidden_size, t.seq_len
+    rows = t.micro_batch
+    n = rows * (seq - 1)
+    tile = c * min(n, TRL_TILE_TOKENS) * TRL_TILE_VOCAB
+    fwd = c * rows * seq * h + tile
+    ref_n = ref_rows * (seq - 1)
+    ref_head = c * ref_rows * seq * h + c * ref_n * h + c * min(ref_n, TRL_TILE_TOKENS) * TRL_TILE_VOCAB
+    head_trains = job.method.kind == "full" or job.method.train_embeddings
+    grad_w = (4 + (p if p < 4 else 0)) * v * h if head_trains else 0
+    # SFT's step saves lm_head's input only for a trained head (tuneplan.memory.step head_saved);
+    # the fused function saves its copy either way (ctx.save_for_backward(hidden, ...))
+    copy = 0 if head_trains else c * n * h
+    fwd += copy
+    bwd = (4 + (c if c < 4 else 0)) * n * h + tile + grad_w + copy
+    # the graded head's tile and backbone output die when the fused forward returns, before the
+    # no-grad forwards run (dpo_trainer.py _compute_loss :1299-1338): the larger of the two is the moment
+    nograd = max(ref_stack, ref_head) if ref_rows else 0
+    return TaskTerms(ref_weights, fwd if fwd >= nograd else 0, nograd if nograd > fwd else 0, bwd)
+
+
+def _selective_kernel_terms(spec: ModelSpec, job: Job, ref_weights: int) -> TaskTerms:
+    """ORPO/CPO/SimPO on trl >= 1.16 on a GPU: full logits, but selective_log_softmax runs TRL's Triton
+    kernel (trl/trainer/utils.py:572-574 -> trl/kernels/logprob_entropy.py _LogProbEntropyFunction
+    :146-247: saves the logits, four fp32 [rows, seq] vectors, one contiguous logits-shaped gradient in
+    backward) instead of the per-row log_softmax loop. The NLL on the chosen half
+    (orpo_trainer.py concatenated_forward :779-796) is a .contiguous() copy and nn.CrossEntropyLoss,
+    whose log_softmax and nll_loss autocast runs in fp32 (torch autocast's fp32 op list).
+
+    Forward: the logits with, at the NLL, its copy, the fp32 upcast and the kept log_softmax.
+    Backward (measured by `tuneplan trace --task orpo`): the kernel's gradient next to the slice's
+    full-size gradient and the kept NLL log_softmax, or that full-size gradient next to the NLL's
+    three fp32 tensors (kept output, nll_loss and log_softmax gradients).
+    """
+    t, tk = job.training, job.task_record
+    c, v, seq, rows = t.compute_bytes, spec.vocab_size, t.seq_len, t.micro_batch
+    e = rows * seq * v
+    nll_e = int(e * tk.nll_rows)
+    nb = 4 if (t.autocast and c < 4) else c  # the NLL's log_softmax dtype
+    up = 4 * nll_e if nb > c else 0  # autocast's fp32 copy of the half
+    fwd = c * e + max(c * nll_e + up + nb * nll_e, nb * nll_e + 16 * rows * seq)
+    bwd = max(2 * c * e + nb * nll_e, c * e + 3 * nb * nll_e)
+    return TaskTerms(ref_weights, fwd, 0, bwd)
 
 
 def task_terms(spec: ModelSpec, job: Job, resident_weights: int, layer_saved_per_token: int) -> TaskTerms | None:
@@ -125,7 +204,20 @@ def task_terms(spec: ModelSpec, job: Job, resident_weights: int, layer_saved_per
     if tk.head == "scalar":
         # score head: [rows, seq, 1] in the compute dtype (reward_trainer.py :747), no vocabulary term
         head = c * rows * seq
-        return TaskTerms(ref_weights, head, ref_stack, 2 * head)
+        # a trained embedding of a checkpoint with tied embeddings: forward_view kept it tied, so the
+        # step counts its gradient from the top of the stack on (one GPU, no accumulation: the rule
+        # this corrects; measured by `tuneplan trace --task rm`, benchmarks/results/trace_tasks.md)
+        m, p = job.method, job.parallel
+        late = (t.param_bytes * v * h if spec.tie_embeddings and (m.kind == "full" or m.train_embeddings)
+                and p.num_gpus == 1 and t.grad_accum == 1 and not t.optimizer_in_backward else 0)
+        return TaskTerms(ref_weights, head, ref_stack, 2 * head, late)
+    if _chunked(job):
+        # KTO's policy KL pass runs under no_grad even with precomputed reference log-probs
+        nograd_rows = ref_rows or samples * tk.kl_rows_per_sample
+        nograd_stack = ref_stack or (layer_saved_per_token + c * h) * nograd_rows * seq
+        return _chunked_terms(spec, job, ref_weights, nograd_stack, nograd_rows)
+    if tk.logps == "selective" and not ref_forward and t.versions.trl_chunked_logps and not _fused(job):
+        return _selective_kernel_terms(spec, job, ref_weights)
     if _fused(job):
         # Liger (dpo_trainer.py _compute_loss_liger :1221-1330): backbone hidden states [rows, seq-1, h]
         # made contiguous, the fused linear+loss in chunks; the reference's hidden states likewise
@@ -166,8 +258,11 @@ def largest_block(spec: ModelSpec, job: Job) -> int | None:
         return None
     spec, job = forward_view(spec, job)
     t = job.training
-    if tk.head == "scalar" or _fused(job):
+    if tk.head == "scalar" or (_fused(job) and not _chunked(job)):
         return 0
+    if _chunked(job):  # the TRL tile or the backbone output, whichever is larger
+        return t.compute_bytes * max(min(t.micro_batch * (t.seq_len - 1), TRL_TILE_TOKENS) * TRL_TILE_VOCAB,
+                                     t.micro_batch * t.seq_len * spec.hidden_size)
     return t.compute_bytes * t.micro_batch * t.seq_len * spec.vocab_size
 
 
@@ -181,6 +276,13 @@ def task_notes(spec: ModelSpec, job: Job) -> dict[str, str]:
     rows = t.micro_batch * tk.rows_per_sample
     if tk.head == "scalar":
         logits = "scalar score head [rows, seq, 1], no vocabulary logits"
+    elif _chunked(job):
+        logits = (f"TRL fused LM head (trl >= 1.16): per-token log-probs of {rows} rows from "
+                  f"[{TRL_TILE_TOKENS}, {TRL_TILE_VOCAB}] logit tiles, no full logits")
+    elif tk.logps == "selective" and ref != "separate" and ref != "adapter" and t.versions.trl_chunked_logps \
+            and not _fused(job):
+        logits = (f"{t.compute_bytes * 8}-bit logits of {rows} rows; TRL selective_log_softmax as its Triton kernel "
+                  "(trl >= 1.16)" + (" + fp32 NLL on the chosen half" if tk.nll_rows else ""))
     elif _fused(job):
         logits = "TRL use_liger_kernel: fused linear + loss over hidden states (no full logits)"
     else:

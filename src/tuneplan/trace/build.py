@@ -171,12 +171,15 @@ def _lora_4bit_class():
 
 
 def apply_method(model: nn.Module, method: Method, training: Training,
-                 quantiser: Quantiser | None = None) -> nn.Module:
+                 quantiser: Quantiser | None = None, task_type: str = "CAUSAL_LM") -> nn.Module:
     """Set requires_grad / wrap with PEFT for the method; returns the model to train.
 
     `quantiser` replaces the decoder linears for qlora (default: the bitsandbytes-shaped
     stand-ins of `quantise`; `tuneplan probe` passes real bitsandbytes layers, which PEFT
-    wraps with its own bitsandbytes LoRA layers).
+    wraps with its own bitsandbytes LoRA layers). `task_type` is PEFT's; "SEQ_CLS" (a scalar-head
+    model) is PeftModelForSequenceClassification's effect without its class: the `score` head
+    trains in full (PEFT keeps it in modules_to_save, a trainable copy of an [h] weight; the copy
+    is a deepcopy that fake tensors do not survive, so the head itself is trained here).
 
     Raises:
         TuneplanError: the method cannot be traced (e.g. trainable layers > layers).
@@ -202,13 +205,15 @@ def apply_method(model: nn.Module, method: Method, training: Training,
         _kbit_upcast(model, training)
     cfg = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=method.lora_dropout,
                      target_modules=_target_names(model, method), use_dora=method.kind == "dora",
-                     bias="none", task_type="CAUSAL_LM")
+                     bias="none", task_type=None if task_type == "SEQ_CLS" else task_type)
     if method.kind == "qlora" and quantiser is None:
         _, quant_cls = _lora_4bit_class()
         cfg._register_custom_module({Linear4bitStandIn: quant_cls, Linear8bitStandIn: quant_cls})
     peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=training.profile.adapter_fp32)
     if method.kind == "qlora":
         _kbit_recast(peft_model, training, prec.param_dtype)
+    if task_type == "SEQ_CLS":
+        peft_model.get_base_model().score.requires_grad_(True)
     _train_embeddings(peft_model, method)
     return peft_model
 
@@ -265,7 +270,7 @@ def _train_embeddings(model: nn.Module, method: Method) -> None:
 
 
 def build_model(config: dict[str, Any], method: Method, training: Training, *, attn_impl: str | None = None,
-                quantiser: Quantiser | None = None) -> nn.Module:
+                quantiser: Quantiser | None = None, head: str = "lm") -> nn.Module:
     """Build the model on the current device/mode (call inside FakeTensorMode for a fake model).
 
     Args:
@@ -274,12 +279,14 @@ def build_model(config: dict[str, Any], method: Method, training: Training, *, a
         training: precision, attention kernel and checkpointing.
         attn_impl: transformers attn_implementation (default: what the trace runs, attention_impl).
         quantiser: how qlora replaces the decoder linears (see apply_method).
+        head: "lm" (AutoModelForCausalLM) or "scalar" (AutoModelForSequenceClassification with
+            num_labels=1, as TRL's RewardTrainer loads it: trl/trainer/reward_trainer.py, num_labels=1).
 
     Returns:
         The model in train mode, checkpointing enabled if asked (use_reentrant=False, the
         transformers 5 default in PreTrainedModel._activation_checkpointing_enable).
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if training.checkpointing == "offload":
         raise TuneplanError("trace cannot tell host from device memory on a CPU run; "
@@ -287,8 +294,14 @@ def build_model(config: dict[str, Any], method: Method, training: Training, *, a
     prec = precision_of(training)
     attn = attn_impl or attention_impl(training)
     cfg = hf_config(config, attn)
+    auto = AutoModelForCausalLM
+    if head == "scalar":
+        auto = AutoModelForSequenceClassification
+        cfg.num_labels = 1
+        if getattr(cfg, "pad_token_id", None) is None:  # the classifier finds each row's last token through the pad id
+            cfg.pad_token_id = 0
     try:
-        model = AutoModelForCausalLM.from_config(cfg, dtype=prec.param_dtype, attn_implementation=attn)
+        model = auto.from_config(cfg, dtype=prec.param_dtype, attn_implementation=attn)
     except ValueError as e:
         raise TuneplanError(f"transformers cannot build this model: {e}") from None
     if training.checkpointing == "full":
@@ -297,6 +310,6 @@ def build_model(config: dict[str, Any], method: Method, training: Training, *, a
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model = apply_method(model, method, training, quantiser)
+    model = apply_method(model, method, training, quantiser, "SEQ_CLS" if head == "scalar" else "CAUSAL_LM")
     model.train()
     return model

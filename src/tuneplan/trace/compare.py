@@ -13,6 +13,7 @@ from typing import Any
 
 from tuneplan.memory import MemoryEstimate
 from tuneplan.memory import components as K
+from tuneplan.memory.tasks import REF_FORWARD, REF_WEIGHTS
 
 NOT_TRACED = K.OVERHEAD
 
@@ -25,6 +26,8 @@ ROWS = (
     ("activations", "Activations", ("activations",), (K.ACTIVATIONS,)),
     ("logits", "Logits + loss", ("logits",), (K.LOGITS,)),
     ("temporaries", "Backward / optimizer temporaries", ("temporaries",), (K.WORKING, K.OPTIMIZER_TEMP)),
+    # preference tasks (tuneplan.trace.tasks): a separate reference's weights and the no-grad forwards
+    ("reference", "Reference model + no-grad forwards", ("reference",), (REF_WEIGHTS, REF_FORWARD)),
 )
 
 
@@ -44,9 +47,10 @@ def estimate_allocated(est: MemoryEstimate) -> int:
 
 
 def rows(at_peak: dict[str, int], est: MemoryEstimate) -> list[Row]:
-    """Per-category bytes at each side's peak moment."""
-    return [Row(key, label, sum(at_peak.get(c, 0) for c in tcats), sum(est.component(k) for k in ekeys))
-            for key, label, tcats, ekeys in ROWS]
+    """Per-category bytes at each side's peak moment (the reference row only where either side has one)."""
+    out = [Row(key, label, sum(at_peak.get(c, 0) for c in tcats), sum(est.component(k) for k in ekeys))
+           for key, label, tcats, ekeys in ROWS]
+    return [r for r in out if r.key != "reference" or r.trace or r.estimate]
 
 
 def relative_error(trace_peak: int, est: MemoryEstimate) -> float:

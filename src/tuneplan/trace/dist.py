@@ -49,6 +49,8 @@ from tuneplan.trace.run import (
     _swappable_fake_params,
     _vocab_size,
     make_optimizer,
+    result_of,
+    track_optimizer_states,
 )
 from tuneplan.trace.tracker import CATEGORIES, MemoryTracker, storage_resizes, storages_of
 
@@ -299,21 +301,12 @@ def run_dist_trace(config: dict[str, Any], job: Job, *, tp: int | None = None, f
                     with replicate():
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    for st in optimizer.state.values():
-                        for v in st.values():
-                            if isinstance(v, torch.Tensor):
-                                tracker.track(v, "optimizer")
+                    track_optimizer_states(optimizer, tracker)
             for h in handles:
                 h.remove()
-            trainable, total = _count_local(model)
-            resident = {k: v for k, v in tracker.current.items() if v}
-            result = DistTraceResult(
-                model=name, peak_bytes=tracker.peak.total, peak_phase=tracker.peak.phase,
-                phase_peaks=tuple((k, v) for k, v in tracker.phase_peaks.items() if k != "setup"),
-                at_peak={k: tracker.peak.by_category.get(k, 0) for k in DIST_CATEGORIES},
-                resident=resident, first_step_peak=first_peak, trainable_params=trainable, total_params=total,
-                elapsed_s=time.perf_counter() - start, fake=True, ops=tracker.ops, notes=tuple(notes),
-                layout=layout.to_dict())
+            result = result_of(tracker, DIST_CATEGORIES, name=name, first_peak=first_peak,
+                               counts=_count_local(model), start=start, fake=True, notes=notes,
+                               cls=DistTraceResult, layout=layout.to_dict())
             del model, inner, optimizer, params
             tracker_ref.clear()
     return result

@@ -212,6 +212,29 @@ def _install_hooks(model: nn.Module, tracker: MemoryTracker, progress: Progress 
     return handles
 
 
+def track_optimizer_states(optimizer: torch.optim.Optimizer, tracker: MemoryTracker) -> None:
+    """Tag every optimizer state tensor (exp_avg, exp_avg_sq, momentum, ...) as "optimizer"."""
+    for st in optimizer.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                tracker.track(v, "optimizer")
+
+
+def result_of(tracker: MemoryTracker, categories: tuple[str, ...], *, name: str, first_peak: int,
+              counts: tuple[int, int], start: float, fake: bool, notes: list[str] | tuple[str, ...],
+              cls: type = TraceResult, **extra: Any) -> TraceResult:
+    """The result of a traced step, assembled in one place (run_trace, tuneplan.trace.tasks and the
+    fake-process-group trace of tuneplan.trace.dist): the tracker's peak and its breakdown over
+    `categories`, what stays resident, (trainable, total) `counts`; `cls` and `extra` for a subclass."""
+    trainable, total = counts
+    return cls(model=name, peak_bytes=tracker.peak.total, peak_phase=tracker.peak.phase,
+               phase_peaks=tuple((k, v) for k, v in tracker.phase_peaks.items() if k != "setup"),
+               at_peak={k: tracker.peak.by_category.get(k, 0) for k in categories},
+               resident={k: v for k, v in tracker.current.items() if v}, first_step_peak=first_peak,
+               trainable_params=trainable, total_params=total, elapsed_s=time.perf_counter() - start, fake=fake,
+               ops=tracker.ops, notes=tuple(notes), **extra)
+
+
 def _count(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter elements; 4-bit packed weights count two per byte."""
     trainable = total = 0
@@ -300,23 +323,13 @@ def run_trace(config: dict[str, Any], job: Job, *, name: str = "model", fake: bo
                 say(f"step {step}/{steps} optimizer")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                for st in optimizer.state.values():
-                    for v in st.values():
-                        if isinstance(v, torch.Tensor):
-                            tracker.track(v, "optimizer")
+                track_optimizer_states(optimizer, tracker)
         for h in handles:
             h.remove()
-        trainable, total = _count(model)
         if any(p.ndim == 3 for p in model.parameters()):
             notes.append("MoE experts are fused 3-D parameters in transformers 5: PEFT targets (all-linear) and "
                          "the QLoRA stand-in leave them as they are (bf16, no adapters).")
-        resident = {k: v for k, v in tracker.current.items() if v}
-        result = TraceResult(
-            model=name, peak_bytes=tracker.peak.total, peak_phase=tracker.peak.phase,
-            phase_peaks=tuple((k, v) for k, v in tracker.phase_peaks.items() if k != "setup"),
-            at_peak={k: tracker.peak.by_category.get(k, 0) for k in CATEGORIES},
-            resident=resident, first_step_peak=first_peak, trainable_params=trainable, total_params=total,
-            elapsed_s=time.perf_counter() - start, fake=fake, ops=tracker.ops, notes=tuple(notes),
-        )
+        result = result_of(tracker, CATEGORIES, name=name, first_peak=first_peak, counts=_count(model), start=start,
+                           fake=fake, notes=notes)
         del model, optimizer
     return result

@@ -20,7 +20,7 @@ const COLOURS = {
   allocator: "#bab0ac", cuda_context: "#79706e",
 };
 const EXTRA_COLOURS = ["#76b7b2", "#d37295", "#b07aa1", "#499894", "#fabfd2"];
-const HEAT = { fits: "#2e9e5b", tight: "#e0a31a", no: "#d64545", na: "#c9ced6" };
+const HEAT = { fits: "#2e9e5b", tight: "#e0a31a", uncertain: "#e0a31a", no: "#d64545", na: "#c9ced6" };
 // the plan's time split (StepTime.breakdown terms): the colours of `plan --png` (tuneplan/cli/timebars.py)
 const TIME_COLOURS = {
   compute: "#4e79a7", "pipeline bubble": "#bab0ac", optimizer: "#59a14f",
@@ -30,7 +30,7 @@ const TIME_COLOURS = {
 const TIME_OTHER = "#ff9d9a";  // a kind of communication not named above
 const TIME_GROUPS = ["compute", "communication", "pipeline bubble", "optimizer"];
 const TIME_BAR_W = 140, TIME_BAR_H = 14;
-const VERDICT_TEXT = { fits: "fits", tight: "tight", no: "does not fit" };
+const VERDICT_TEXT = { fits: "fits", tight: "tight", uncertain: "uncertain", no: "does not fit" };
 
 const state = { options: null, models: [], devices: [], upload: null, updates: 0, planAll: false };
 const $ = (sel) => document.querySelector(sel);
@@ -299,7 +299,10 @@ function changeLine(title, change) {
 
 function renderEstimate(d, p) {
   const c = d.counters;
-  $("#peak-total").textContent = `${gib(c.device_used)} GiB device total, peak in ${d.peak_phase}`;
+  const u = d.uncertainty;  // the band of measured runs of this kind of job (tuneplan.uncertainty)
+  $("#peak-total").textContent = `${gib(c.device_used)} GiB device total, peak in ${d.peak_phase}` +
+    (u ? ` (${Math.round(100 * u.level)}% band ${gib(u.low_bytes)}-${gib(u.high_bytes)} GiB, from ${int(u.rows)} ` +
+      `measured runs of ${u.kind})` : "");
   const fit = d.fit;
   const badge = $("#verdict");
   const fix = $("#fix");
@@ -313,7 +316,8 @@ function renderEstimate(d, p) {
     $("#fit-title").textContent = `${fit.device}: peak ${gib(fit.peak_bytes)} GiB${pool} of ${gib(fit.usable_bytes)} GiB usable ` +
       `(${pct(fit.headroom)} headroom), device total as nvidia-smi shows it`;
     $("#fit-summary").textContent = fit.usable_rule ? `usable memory: ${fit.usable_rule}` : "";
-    if (fit.change) fix.append(changeLine(fit.verdict === "no" ? "Cheapest fix" : "For 10% headroom", fit.change));
+    const label = { no: "Cheapest fix", uncertain: "To clear the band" }[fit.verdict] || "For 10% headroom";
+    if (fit.change) fix.append(changeLine(label, fit.change));
     if (fit.keep_method_change) fix.append(changeLine(`Keeping ${d.method.kind}`, fit.keep_method_change));
     fix.hidden = !fit.change && !fit.keep_method_change;
     if (fit.max_micro_batch !== null) {

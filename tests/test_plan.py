@@ -607,3 +607,23 @@ def test_plan_says_why_the_winner_won():
     rep = plan_report(spec, Job.from_settings(method="full", framework="llamafactory"), Dataset(100_000_000), [d],
                       max_gpus=16)
     assert "does not fit one machine" in rep.why
+
+
+def test_a_device_whose_runtime_refuses_the_job_is_listed_not_fatal():
+    """vLLM does not run on Apple's MPS: plan, the online placement and matrix list that device
+    (unfit / n/a / HF generate only) and still answer for the others."""
+    from tuneplan.matrix import NA
+    from tuneplan.timing_generation import placements
+
+    spec = resolve_model("qwen2.5-7b")
+    job = Job.from_settings(method="lora", task="grpo", generation_engine="vllm-colocate")
+    devs = resolve_devices("rtx-4090,mac-studio-m4-max")
+    res = plan(spec, job, None, devs)
+    reasons = dict(res.unfit)
+    assert "MPS" in reasons["mac-studio-m4-max"] and "vllm" in reasons["mac-studio-m4-max"].lower()
+    assert res.setups and all(s.device.id == "rtx-4090" for s in res.setups)
+    mac = placements(spec, job, devs[1])
+    assert mac and {p.engine for p in mac} == {"hf"}
+    cells = fit_matrix([spec], ["lora"], devs, job)
+    by_dev = {c.device: c for c in cells}
+    assert by_dev["mac-studio-m4-max"].verdict == NA and by_dev["rtx-4090"].verdict != NA

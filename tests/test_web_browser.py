@@ -105,7 +105,7 @@ def test_pick_a_job_read_the_verdict_and_the_bar_change_the_sequence(server, bro
     _settle(page, n)
     assert page.text_content("#model-info").startswith("Qwen/Qwen2.5-7B")
     verdict = page.text_content("#verdict")
-    assert verdict in ("fits", "tight", "does not fit")
+    assert verdict in ("fits", "tight", "uncertain", "does not fit")
     assert "rtx-4090" in page.text_content("#fit-title") and "usable" in page.text_content("#fit-title")
     segments = page.locator("#bar rect[data-key]")
     assert segments.count() >= 5
@@ -143,6 +143,13 @@ def test_pick_a_job_read_the_verdict_and_the_bar_change_the_sequence(server, bro
     assert dl.value.suggested_filename == "trl.yaml"
     text = Path(dl.value.path()).read_text()
     assert "tuneplan export --to trl" in text and "Qwen/Qwen2.5-7B" in text
+
+    # an online task: the peak of each phase and, on a GPU, the step's time by phase
+    page.goto(server + "/?model=qwen2.5-7b&method=lora&task=grpo&generation-engine=vllm-colocate&gpu=h100")
+    _settle(page, 0)
+    note = page.text_content("#memory-note")
+    assert "Peak by phase" in note and "generation" in note and "scoring" in note, note
+    assert "bound by generation decode" in note and "generated tokens/s" in note, note
 
     # nothing but this server was asked for anything; no CSP violation or script error
     assert all(u.startswith(server) or u.startswith("blob:") for u in requests), requests

@@ -81,7 +81,11 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
                     cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0,
                                       f"{n} GPUs: one machine holds {d.max_count} x {d.id}"))
                     continue
-                jd = j.on_vendor(d.vendor)
+                try:  # on this vendor's runtime the job may be refused (a generation engine it lacks)
+                    jd = j.on_vendor(d.vendor)
+                except TuneplanError as e:
+                    cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0, str(e)))
+                    continue
                 unified = d.unified and offloads(jd)  # nothing offloaded: the same figures either way
                 memo = memos.setdefault((jd.training.runtime, unified), {})
                 try:

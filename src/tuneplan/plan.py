@@ -265,6 +265,11 @@ def plan(spec: ModelSpec, job: Job, dataset: Dataset | None, devices: list[Devic
         if why:
             unfit.append((d.id, why))
             continue
+        try:  # the job on this vendor's runtime may be refused (e.g. vLLM on Apple's MPS): listed, not fatal
+            job.on_vendor(d.vendor)
+        except TuneplanError as e:
+            unfit.append((d.id, str(e)))
+            continue
         counts_all = gpu_counts(d, max_gpus)
         limit = counts_all[-1] if counts_all else 0
         found = plan_base(spec, job, d, max_count=limit) if limit else None

@@ -7,12 +7,11 @@ const GiB = 2 ** 30;
 const DEBOUNCE_MS = 250;
 const PLAN_ROWS = 15;  // rows of the ranked table shown before "show all"
 const UPLOAD_KEY = "tuneplan-upload";
-// the job options (Job settings) every computing endpoint takes
-const JOB = ["method", "rank", "targets", "quant", "no-double-quant", "train-embeddings", "trainable-layers",
-  "batch", "seq-len", "grad-accum", "precision", "optimizer", "checkpointing", "attention", "framework",
-  "cross-entropy", "optimizer-in-backward", "allow-long-context", "gpus", "sharding", "offload-optimizer",
-  "offload-params"];
 const PLAN = ["devices", "dataset-tokens", "epochs", "rank-by", "max-gpus"];
+// form fields that are not job options: what to estimate, on which device, and the plan's and
+// matrix's own settings; every other named field is a job option (Job settings) that every
+// computing endpoint takes, so a control added to the form is sent without another list here
+const NOT_JOB = ["model", "gpu", "models", "methods", ...PLAN];
 const COLOURS = {
   weights: "#4e79a7", quant_constants: "#a0cbe8", adapters: "#f28e2b", param_gather: "#9c755f",
   gradients: "#ffbe7d", optimizer: "#59a14f", master_weights: "#8cd17d", ddp_buckets: "#86bcb6",
@@ -158,15 +157,19 @@ async function api(path, params, signal, opts = {}) {
   return data;
 }
 
+function jobNames() {
+  return fieldsOf().map((f) => f.name).filter((n) => !NOT_JOB.includes(n));
+}
+
 function estimateParams(p) {
-  const out = pick(p, JOB);
+  const out = pick(p, jobNames());
   if (!state.upload) out.model = p.model || defaultModel();
   if (p.gpu) out.gpu = p.gpu;
   return out;
 }
 
 function planParams(p) {
-  const out = pick(p, JOB.filter((k) => k !== "gpus"));  // plan chooses the GPU count
+  const out = pick(p, jobNames().filter((k) => k !== "gpus"));  // plan chooses the GPU count
   Object.assign(out, pick(p, PLAN));
   if (!state.upload) out.model = p.model || defaultModel();
   return out;
@@ -178,7 +181,7 @@ function methodKind(m) {
 }
 
 function matrixParams(p) {
-  const out = pick(p, JOB.filter((k) => k !== "method"));  // matrix compares methods
+  const out = pick(p, jobNames().filter((k) => k !== "method"));  // matrix compares methods
   const chosen = methodKind(p.method || "lora");
   out.methods = p.methods || Array.from(new Set(["full", "lora", "qlora", chosen])).join(",");
   out.devices = p.devices || state.options.matrix_defaults.devices;
@@ -340,6 +343,19 @@ function renderEstimate(d, p) {
   if (d.model_note) notes.push(d.model_note);
   if (d.cpu_bytes) notes.push(`CPU RAM for offload: ${gib(d.cpu_bytes)} GiB per GPU process.`);
   notes.push(`${int(d.trainable_params)} of ${int(d.total_params)} parameters trainable.`);
+  // the step's phases (forward/backward/optimizer; an online task's generation/scoring/loss) and,
+  // for an online task on a GPU, its time per phase (tuneplan.timing_generation)
+  const phases = Object.entries(d.phase_bytes || {});
+  if (phases.length > 1) {
+    notes.push(`Peak by phase (GiB = 2^30 bytes, before allocator overhead and CUDA context): ` +
+      `${phases.map(([k, v]) => `${k} ${gib(v)}`).join(", ")}; the ${d.peak_phase} phase bounds the GPU.`);
+  }
+  const t = d.time;
+  if (t && t.phases) {
+    notes.push(`Step on ${t.gpus} x ${t.device}: ${t.step_s.toFixed(2)} s, bound by ${t.bound_by} (seconds: ` +
+      `${Object.entries(t.phases).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")}); ` +
+      `${int(Math.round(t.generated_tokens_per_s))} generated tokens/s.`);
+  }
   $("#memory-note").textContent = notes.join(" ");
   $("#assumptions").replaceChildren(...d.assumptions.map((a) => el("li", { text: a })));
   if (!p.model && !state.upload) $("#model-info").textContent = `${d.model} (default)`;

@@ -191,7 +191,10 @@ SKIP_ROWS = {
     "nr26": "NeMo-RL DTensor worker with tensor parallelism 8 and the reference swapped in from CPU: not TRL",
 }
 SKIP_PREFIX = {
-    "nr": "NeMo-RL's Megatron-Core workers (and reference weights on the CPU): not TRL's GRPOTrainer",
+    "nr": "NeMo-RL's Megatron-Core policy worker (TP/CP/EP/PP as the row lists, fp32 main grads, sequence "
+          "packing) with vLLM generation at its own TP: no stack record for it; tuneplan's online tasks are TRL's "
+          "and verl's data-parallel FSDP trainers (--tp/--pp refused), and a step time of another stack would be "
+          "priced with an efficiency not fitted for it",
     "un": "Unsloth fast_inference: vLLM shares the training weights and its standby frees only the KV cache; "
           "not TRL's colocated vLLM (a separate copy) as tuneplan models it",
     "lk": "loss-head microbenchmark (lm_head + loss in isolation, Liger's fp32-upcast reference code), not a "
@@ -346,7 +349,9 @@ def markdown(result: dict[str, Any]) -> str:
         "predicted OOM, the rest inconclusive (sequence length is a cap)",
         f"- verl brackets (--framework verl, lengths at the caps): {s['verl_right']} of {s['verl_rows']} on the "
         f"right side, {s['verl_wrong']} wrong, the rest inconclusive (FITS rows over capacity at the caps); at "
-        f"GSM8K's mean lengths (shown apart): {s['verl_typical_right']} of {s['verl_typical']} on the right side",
+        f"GSM8K's mean lengths (shown apart): {s['verl_typical_right']} of {s['verl_typical']} on the right side "
+        "(padding is removed, so the real micro-batches lie between the two readings: an OOM predicted at the caps "
+        "is an upper-bound reading)",
         f"- Step times scored: {s['time_scored']}; median |error| "
         + (f"{s['time_median_abs_error']:.1%}" if s["time_median_abs_error"] is not None else "-"),
         f"- Not scored: {s['skipped']} rows (reasons below)",

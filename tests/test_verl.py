@@ -61,6 +61,17 @@ def test_grpo_phases_and_offload():
     assert dict(big.phase_bytes)["update"] - phases["update"] >= head_bytes(Q7, job)
 
 
+def test_offload_transfers_are_timed():
+    job, _ = _est(Q7, **GRPO, offload_params=True, offload_optimizer=True)
+    t = dict(online_time(Q7, job, H100).phases)
+    plain, _ = _est(Q7, **GRPO)
+    assert "offload transfers" not in dict(online_time(Q7, plain, H100).phases)
+    # 6 copies of the fp32 shards and 2 of the fp32 Adam moments of the LoRA matrices, per GPU, over the host link
+    lora = 40_370_176  # rank 16 on every linear of Qwen2.5-7B (the adapter count estimate shows)
+    moved = (6 * 4 * param_counts(Q7).total + 2 * 8 * lora) / 8
+    assert t["offload transfers"] == pytest.approx(moved / (H100.host_link_gbps * 1e9), rel=1e-6)
+
+
 def test_ppo_with_critic_and_time():
     kw = dict(task="ppo", framework="verl", method="full", micro_batch=2, prompt_len=1024, completion_len=512)
     job, e = _est(Q05, **kw)

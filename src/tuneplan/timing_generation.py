@@ -305,10 +305,15 @@ def placements(spec: ModelSpec, job: Job, device: Device, gpus: int | None = Non
     n = gpus or device.max_count
     base = job.settings()
     options: list[tuple[str, int, int]] = []
+    allowed = job.training.profile.rl_engines  # the stack's own engines (verl: vLLM colocated); empty: all
     for e in GENERATION_ENGINES.values():
-        if e.colocated and job.training.rt.name in e.runtimes:
+        if allowed and e.name not in allowed:
+            continue
+        # the runtime the stack runs on this device (an asked one wins): MPS has no vLLM
+        rt = job.training.runtime or job.training.profile.runtime_for(device.vendor)
+        if e.colocated and rt in e.runtimes:
             options.append((e.name, n, 0))
-        elif not e.colocated:
+        elif not e.colocated and rt in e.runtimes:
             options += [(e.name, n - g, g) for g in range(1, n)]
     out = []
     for name, train, gen in options:

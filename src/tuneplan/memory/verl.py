@@ -111,8 +111,8 @@ def estimate_verl(spec: ModelSpec, job: Job) -> MemoryEstimate:
         resident, critic_grads = critic_states_bytes(spec, job)
         if resident:
             critic.append(Component(CRITIC_STATES, LABELS[CRITIC_STATES], resident,
-                                    "fp32 value model and AdamW moments, FSDP-sharded over the GPUs "
-                                    "(not offloaded)"))
+                                    "fp32 value model and AdamW moments, FSDP-sharded over the GPUs, trained "
+                                    "in full (critic.model.lora_rank 0, the default; not offloaded)"))
 
     share = vllm_share_bytes(job)
     r = job.rollout
@@ -138,7 +138,7 @@ def estimate_verl(spec: ModelSpec, job: Job) -> MemoryEstimate:
     logprob = [*lp_states, *critic,
                Component(SCORING, GEN_LABELS[SCORING], layer + head + stored,
                          f"{', '.join(passes)}: one no-grad layer over {t.micro_batch} rows x "
-                         f"{prompt + completion:,} tokens, [tokens, vocab] logits in the compute dtype, fp32 "
+                         f"{prompt + completion:,} tokens, tokens x vocab logits in the compute dtype, fp32 "
                          "per-token results")]
 
     # update phase: the supervised micro-step with verl's head in place of the plain cross-entropy's
@@ -149,7 +149,7 @@ def estimate_verl(spec: ModelSpec, job: Job) -> MemoryEstimate:
     others = [c_ for c_ in parts.values() if c_.key != K.LOGITS]
     rest = upd_alloc - sum(c_.bytes for c_ in others)
     update = others + ([Component(K.LOGITS, K.LABELS[K.LOGITS], rest,
-                                  "verl's head: [tokens, vocab] logits kept for backward, gradient written in place "
+                                  "verl's head: tokens x vocab logits kept for backward, gradient written in place "
                                   "(flash-attn cross_entropy_loss inplace_backward), lm_head's input gradient")]
                        if rest > 0 else []) + critic
 
@@ -161,7 +161,7 @@ def estimate_verl(spec: ModelSpec, job: Job) -> MemoryEstimate:
                                                              critic_grads + acts,
                                                              "fp32 gradients of the value model and the "
                                                              "actor's activation estimate (same shape, "
-                                                             "a [hidden, 1] head)")]
+                                                             "a hidden x 1 head)")]
     totals = {k: sum(c_.bytes for c_ in v) for k, v in phases.items()}
     bound = max(totals, key=lambda k: totals[k])
     comps = list(phases[bound])

@@ -21,9 +21,11 @@ Pure Python, no torch; bytes throughout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuneplan.job import Job
+from tuneplan.memory import components as K
+from tuneplan.memory.step import Component, MemoryEstimate
 from tuneplan.model_spec import ModelSpec, param_counts
 from tuneplan.units import GiB
 
@@ -139,3 +141,26 @@ def server_fits(spec: ModelSpec, job: Job) -> str | None:
         return None
     return (f"the vLLM server's share ({share / GiB:.1f} GiB per GPU) cannot hold the weights "
             f"({weights / GiB:.1f} GiB per GPU over {r.generation_gpus} GPUs)")
+
+
+def bound_phase(lo: MemoryEstimate, job: Job, rt, phases: dict[str, list[Component]],
+                assumptions: list[str]) -> MemoryEstimate:
+    """The estimate of a step run in phases (generation, scoring, loss, ...): the phase with the
+    most allocated bytes bounds the GPU and its components are the breakdown; the caching
+    allocator's overhead is added on the training process's own bytes (not on vLLM's
+    reservation, which vLLM sizes itself) and the CUDA context once. `rt` is the runtime record."""
+    totals = {k: sum(c.bytes for c in v) for k, v in phases.items() if v}
+    bound = max(totals, key=lambda k: totals[k])
+    comps = list(phases[bound])
+    allocated = totals[bound]
+    own = allocated - sum(c.bytes for c in comps if c.key == VLLM)
+    over = int(own * rt.allocator_overhead)
+    if over:
+        comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], over,
+                               f"{rt.allocator_overhead:.0%} of the training process's allocated (caching allocator)"))
+    if rt.context_bytes:
+        comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], rt.context_bytes,
+                               "driver, kernels, cuBLAS workspace"))
+    return replace(lo, job=job, components=tuple(comps), peak_bytes=int(allocated + over + rt.context_bytes),
+                   peak_phase=bound, phase_bytes=tuple((k, int(v)) for k, v in totals.items()),
+                   assumptions=tuple(assumptions))

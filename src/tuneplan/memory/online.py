@@ -41,6 +41,7 @@ from tuneplan.memory.generation import (
     REWARD,
     SCORING,
     VLLM,
+    bound_phase,
     generation_bytes,
     local_generation_batch,
     row_tokens,
@@ -261,22 +262,7 @@ def estimate_online(spec: ModelSpec, job: Job) -> MemoryEstimate:
     generation = [*resident, *shared, *gen_parts]
 
     phases = {"generation": generation, "scoring": scoring, "loss": loss}
-    totals = {k: sum(c.bytes for c in v) for k, v in phases.items() if v}
-    bound = max(totals, key=lambda k: totals[k])
-    comps = list(phases[bound])
-    allocated = sum(c.bytes for c in comps)
-    own = allocated - sum(c.bytes for c in comps if c.key == VLLM)  # vLLM's share is its own reservation
-    over = int(own * rt.allocator_overhead)
-    if over:
-        comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], over,
-                               f"{rt.allocator_overhead:.0%} of the training process's allocated (caching allocator)"))
-    if rt.context_bytes:
-        comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], rt.context_bytes,
-                               "driver, kernels, cuBLAS workspace"))
-    peak = allocated + over + rt.context_bytes
-    return replace(lo, job=job, components=tuple(comps), peak_bytes=int(peak), peak_phase=bound,
-                   phase_bytes=tuple((k, int(v)) for k, v in totals.items()),
-                   assumptions=tuple(online_assumptions(spec, job, lo.assumptions, passes)))
+    return bound_phase(lo, job, rt, phases, online_assumptions(spec, job, lo.assumptions, passes))
 
 
 def online_peak_bytes(spec: ModelSpec, job: Job) -> int:

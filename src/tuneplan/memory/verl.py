@@ -37,7 +37,14 @@ from tuneplan.job import Job, Rollout
 from tuneplan.memory import components as K
 from tuneplan.memory.activations import logits_bytes
 from tuneplan.memory.generation import LABELS as GEN_LABELS
-from tuneplan.memory.generation import SCORING, VLLM, local_generation_batch, row_tokens, vllm_share_bytes
+from tuneplan.memory.generation import (
+    SCORING,
+    VLLM,
+    bound_phase,
+    local_generation_batch,
+    row_tokens,
+    vllm_share_bytes,
+)
 from tuneplan.memory.step import Component, MemoryEstimate, estimate_memory
 from tuneplan.model_spec import ModelSpec, param_counts
 
@@ -162,23 +169,8 @@ def estimate_verl(spec: ModelSpec, job: Job) -> MemoryEstimate:
                                                              "fp32 gradients of the value model and the "
                                                              "actor's activation estimate (same shape, "
                                                              "a hidden x 1 head)")]
-    totals = {k: sum(c_.bytes for c_ in v) for k, v in phases.items()}
-    bound = max(totals, key=lambda k: totals[k])
-    comps = list(phases[bound])
-    allocated = totals[bound]
-    own = allocated - sum(c_.bytes for c_ in comps if c_.key == VLLM)
-    over = int(own * rt.allocator_overhead)
-    if over:
-        comps.append(Component(K.ALLOCATOR, K.LABELS[K.ALLOCATOR], over,
-                               f"{rt.allocator_overhead:.0%} of the training process's allocated (caching allocator)"))
-    if rt.context_bytes:
-        comps.append(Component(K.CUDA_CONTEXT, K.LABELS[K.CUDA_CONTEXT], rt.context_bytes,
-                               "driver, kernels, cuBLAS workspace"))
-    peak = allocated + over + rt.context_bytes
-    return replace(lo, job=job, components=tuple(comps), peak_bytes=int(peak), peak_phase=bound,
-                   phase_bytes=tuple((k, int(v)) for k, v in totals.items()),
-                   assumptions=tuple(verl_assumptions(job, passes) + [a for a in lo.assumptions
-                                                                      if not a.startswith("Task ")]))
+    return bound_phase(lo, job, rt, phases, verl_assumptions(job, passes)
+                       + [a for a in lo.assumptions if not a.startswith("Task ")])
 
 
 def verl_assumptions(job: Job, passes: list[str]) -> list[str]:

@@ -209,6 +209,11 @@ def build(rows: list[dict]) -> list[dict]:
         bw = num(r["memory_bandwidth_GBps_num"])
         tf = num(r["bf16_dense_tflops_num"])
         basis = "bf16 dense tensor"
+        # a card without bf16 tensor cores (Turing: the CSV's bf16 column says "no BF16") lists its
+        # fp16 tensor rate; bf16 matmuls do not get it
+        bf16_tensor = "no bf16" not in (r.get("bf16_dense_tflops") or "").lower()
+        if not bf16_tensor:
+            basis = "fp16 dense tensor (no bf16 tensor cores)"
         if tf is None and r["vendor"] == "Apple" and num(r["fp32_tflops"]):
             tf = num(r["fp32_tflops"])
             basis = "fp32 (Apple publishes no tensor figure; MPS/MLX half precision runs at about the FP32 rate)"
@@ -244,6 +249,7 @@ def build(rows: list[dict]) -> list[dict]:
             "fp8_tflops": num(r["fp8_dense_tflops"]) / split if num(r["fp8_dense_tflops"]) else None,
             "fp4_tflops": FP4_DENSE_TFLOPS.get(cid),
             "tflops_basis": basis,
+            "bf16_tensor": bf16_tensor,
             "tflops_note": r["tflops_note"],
             "tdp_w": num(r["tdp_w_num"]),
             "pcie_gen": gen,

@@ -627,3 +627,17 @@ def test_a_device_whose_runtime_refuses_the_job_is_listed_not_fatal():
     cells = fit_matrix([spec], ["lora"], devs, job)
     by_dev = {c.device: c for c in cells}
     assert by_dev["mac-studio-m4-max"].verdict == NA and by_dev["rtx-4090"].verdict != NA
+
+
+def test_a_card_without_bf16_tensor_cores_says_so_for_bf16_jobs(capsys):
+    """The T4 (Turing) lists its fp16 tensor rate: a bf16 job there is told its time is optimistic
+    and to use fp16; an fp16 job is not."""
+    from tuneplan.fit import support_notes
+
+    t4, h100 = resolve_device("t4"), resolve_device("h100")
+    assert not t4.bf16_tensor and h100.bf16_tensor and "fp16" in t4.tflops_basis
+    bf16, fp16 = Job.from_settings(method="qlora"), Job.from_settings(method="qlora", precision="fp16")
+    assert any("no bf16 tensor cores" in n and "--precision fp16" in n for n in support_notes(t4, bf16))
+    assert not any("bf16 tensor" in n for n in support_notes(t4, fp16) + support_notes(h100, bf16))
+    assert main(["estimate", "qwen2.5-0.5b", "--method", "qlora", "--gpu", "t4"]) == 0
+    assert "t4 has no bf16 tensor cores" in " ".join(capsys.readouterr().out.split())

@@ -109,6 +109,10 @@ def support_notes(device: Device, job: Job) -> tuple[str, ...]:
     if rt.note:
         out.append(f"{device.id}: {rt.label}: {rt.note}")
     out.extend(note for vendor, note in t.profile.device_notes if vendor == device.vendor)
+    # torch dtype names of the precision record: the weights' and the autocast's
+    if not device.bf16_tensor and "bfloat16" in (t.dtypes.torch_param_dtype, t.dtypes.torch_autocast_dtype):
+        out.append(f"{device.id} has no bf16 tensor cores: bf16 matmuls run without them, far below the "
+                   f"{device.bf16_tflops:g} TFLOPS fp16 tensor rate the time assumes; use --precision fp16.")
     if device.category == "cloud-tpu":
         out.append("TPUs train through JAX/XLA or torch-xla; bitsandbytes, PEFT on CUDA and Unsloth do not apply.")
     return tuple(out)

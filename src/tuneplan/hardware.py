@@ -53,6 +53,8 @@ class Device:
         fp8_tflops / fp4_tflops: dense fp8 and fp4 tensor TFLOPS (hardware.csv fp8_dense_tflops;
             scripts/build_device_catalog.py FP4_DENSE_TFLOPS with its sources); None where the
             format is not run (tuneplan.lowprec refuses --precision fp8/mxfp8/nvfp4 there).
+        bf16_tensor: its tensor cores take bf16 (False for Turing, whose bf16_tflops is then the
+            fp16 tensor rate: hardware.csv bf16 column "n/a (no BF16)").
     """
 
     id: str
@@ -87,6 +89,7 @@ class Device:
     # dense fp8 / fp4 tensor TFLOPS (None: not run there); read by tuneplan.lowprec
     fp8_tflops: float | None = None
     fp4_tflops: float | None = None
+    bf16_tensor: bool = True
 
     @property
     def unified(self) -> bool:
@@ -194,6 +197,7 @@ def devices() -> dict[str, Device]:
             price_note=r["price_note"], cloud=tuple(CloudQuote(**q) for q in r["cloud"]),
             sources=r["sources"], unconfirmed=r["unconfirmed"],
             fp8_tflops=r.get("fp8_tflops"), fp4_tflops=r.get("fp4_tflops"),
+            bf16_tensor=r.get("bf16_tensor", True),
         )
     return out
 

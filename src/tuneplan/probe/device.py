@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten
 
 from tuneplan.cli.system import available_ram, total_ram
 from tuneplan.errors import TuneplanError
 from tuneplan.probe.system import cpu_name, peak_rss, reset_peak_rss, rss_bytes
-from tuneplan.trace.tracker import CUDA_BLOCK, MemoryTracker, rounded, storage_resizes, storages_of
+from tuneplan.trace.tracker import CUDA_BLOCK, MemoryTracker, rounded, storage_resizes
 
 KINDS = ("cuda", "mps", "cpu")
 
@@ -289,41 +288,13 @@ class CudaCounters(Counters):
         return self.peaks
 
 
-class LocalTracker(MemoryTracker):
-    """The trace's tracker, seeing through tensor subclasses: a DTensor op (tensor parallelism,
-    FSDP2's sharded parameters) reaches the mode with DTensor outputs while its local ops run
-    below it, so outputs are counted by their local storages."""
-
-    def track(self, tensor: torch.Tensor, category: str) -> None:
-        if tensor is None:
-            return
-        for s in storages_of(tensor):
-            entry = self._live.get(id(s))
-            if entry is None:
-                self._add(s, category)
-            elif entry[2] != category:
-                ref, nbytes, old = entry
-                self.current[old] -= nbytes
-                self.current[category] += nbytes
-                self._live[id(s)] = (ref, nbytes, category)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                for s in storages_of(t):
-                    self._add(s, self.category)
-        return out
-
-
 class TrackedCounters(Counters):
     """CPU and MPS: the trace's dispatch-level tracker (allocated), torch's CPU allocator events
     from the profiler (reserved, CPU only), RSS high-water mark (CPU) or the Metal driver (MPS)."""
 
     def __init__(self, dev: Device) -> None:
         self.dev = dev
-        self.tracker = LocalTracker(block=CUDA_BLOCK)
+        self.tracker = MemoryTracker(block=CUDA_BLOCK)
         self.profiler = None
         self.base = 0
         self.driver_peak = 0

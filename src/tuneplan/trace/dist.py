@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 
 from tuneplan.errors import TuneplanError
 from tuneplan.job import Job
@@ -52,7 +51,7 @@ from tuneplan.trace.run import (
     result_of,
     track_optimizer_states,
 )
-from tuneplan.trace.tracker import CATEGORIES, MemoryTracker, storage_resizes, storages_of
+from tuneplan.trace.tracker import CATEGORIES, MemoryTracker, storage_resizes
 
 # the tracker's categories plus the parameters FSDP gathers (unsharded copies, all-gather buffers)
 DIST_CATEGORIES = (*CATEGORIES, "gathered")
@@ -83,29 +82,14 @@ class DistTraceResult(TraceResult):
 
 
 class DistTracker(MemoryTracker):
-    """MemoryTracker that sees through DTensor and counts FSDP's gathered parameters apart.
-
-    A DTensor op is dispatched to the tracker with DTensor outputs (the local ops run below
-    it), so outputs are flattened to their local storages. Storages FSDP resizes in place
-    (unsharded parameters, all-gather outputs: UntypedStorage.resize_) are "gathered".
+    """MemoryTracker (which counts a DTensor by its local storages) that counts FSDP's gathered
+    parameters apart: storages FSDP resizes in place (unsharded parameters, all-gather outputs:
+    UntypedStorage.resize_) are "gathered".
     """
 
     def __init__(self, block: int) -> None:
         super().__init__(block=block)
         self.current = dict.fromkeys(DIST_CATEGORIES, 0)
-
-    def track(self, tensor: torch.Tensor, category: str) -> None:
-        if tensor is None:
-            return
-        for s in storages_of(tensor):
-            entry = self._live.get(id(s))
-            if entry is None:
-                self._add(s, category)
-            elif entry[2] != category:
-                ref, nbytes, old = entry
-                self.current[old] -= nbytes
-                self.current[category] += nbytes
-                self._live[id(s)] = (ref, nbytes, category)
 
     def resized(self, storage: torch.UntypedStorage) -> None:
         super().resized(storage)
@@ -115,16 +99,6 @@ class DistTracker(MemoryTracker):
             self.current[old] -= nbytes
             self.current["gathered"] += nbytes
             self._live[id(storage)] = (ref, nbytes, "gathered")
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                for s in storages_of(t):
-                    self._add(s, self.category)
-        return out
-
 
 @contextlib.contextmanager
 def _fsdp2_grad_tags(tracker: DistTracker):

@@ -21,7 +21,7 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 CUDA_BLOCK = 512  # bytes, CUDACachingAllocator kMinBlockSize
@@ -101,19 +101,19 @@ class MemoryTracker(TorchDispatchMode):
             self.peak = Snapshot(self.total, self.phase, dict(self.current))
 
     def track(self, tensor: torch.Tensor, category: str) -> None:
-        """Count `tensor`'s storage under `category`, re-tagging it if already counted."""
+        """Count `tensor`'s storages (storages_of: through a DTensor to its local tensor) under
+        `category`, re-tagging any already counted."""
         if tensor is None:
             return
-        storage = tensor.untyped_storage()
-        entry = self._live.get(id(storage))
-        if entry is None:
-            self._add(storage, category)
-            return
-        ref, nbytes, old = entry
-        if old != category:
-            self.current[old] -= nbytes
-            self.current[category] += nbytes
-            self._live[id(storage)] = (ref, nbytes, category)
+        for storage in storages_of(tensor):
+            entry = self._live.get(id(storage))
+            if entry is None:
+                self._add(storage, category)
+            elif entry[2] != category:
+                ref, nbytes, old = entry
+                self.current[old] -= nbytes
+                self.current[category] += nbytes
+                self._live[id(storage)] = (ref, nbytes, category)
 
     def resized(self, storage: torch.UntypedStorage) -> None:
         """Re-count a storage whose size changed in place (UntypedStorage.resize_, which FSDP2
@@ -155,9 +155,12 @@ class MemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.ops += 1
+        # a DTensor op (tensor parallelism, FSDP2's sharded parameters) reaches the mode with
+        # DTensor outputs while its local ops run below it: count outputs by their local storages
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self._add(t.untyped_storage(), self.category)
+                for storage in storages_of(t):
+                    self._add(storage, self.category)
         return out
 
 
@@ -165,8 +168,6 @@ def storages_of(t: torch.Tensor) -> list[torch.UntypedStorage]:
     """The storages behind `t`, through tensor subclasses (a DTensor -> its local tensor), as
     torch.distributed._tools.common_utils.get_untyped_storages does: what a tracker counts
     when a DTensor op reaches the dispatch mode (trace under a fake process group, probe)."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
     out, todo = [], [t]
     while todo:
         x = todo.pop()

@@ -81,17 +81,15 @@ def fit_matrix(specs: list[ModelSpec], methods: list[str], devices: list[Device]
                     cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0,
                                       f"{n} GPUs: one machine holds {d.max_count} x {d.id}"))
                     continue
-                try:  # on this vendor's runtime the job may be refused (a generation engine it lacks)
-                    jd = j.on_vendor(d.vendor)
-                except TuneplanError as e:
-                    cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0, str(e)))
-                    continue
-                unified = d.unified and offloads(jd)  # nothing offloaded: the same figures either way
-                memo = memos.setdefault((jd.training.runtime, unified), {})
+                # the stack may refuse this vendor's runtime: the job itself (a generation engine
+                # it lacks) or its estimate (a format it cannot run)
                 try:
+                    jd = j.on_vendor(d.vendor)
+                    unified = d.unified and offloads(jd)  # nothing offloaded: the same figures either way
+                    memo = memos.setdefault((jd.training.runtime, unified), {})
                     if b0 not in memo:
                         memo[b0] = pool_bytes(spec, jd, unified=unified)
-                except TuneplanError as e:  # the stack refuses this runtime (e.g. a format it cannot run)
+                except TuneplanError as e:
                     cells.append(Cell(spec.name, kind, d.id, NA, None, usable, 0, str(e)))
                     continue
                 mb = (max_micro_batch(spec, jd, usable, cap=batch_cap, memo=memo, unified=unified)

@@ -306,14 +306,14 @@ def placements(spec: ModelSpec, job: Job, device: Device, gpus: int | None = Non
     base = job.settings()
     options: list[tuple[str, int, int]] = []
     allowed = job.training.profile.rl_engines  # the stack's own engines (verl: vLLM colocated); empty: all
+    # the runtime the stack runs on this device (an asked one wins): MPS has no vLLM
+    rt = job.training.runtime or job.training.profile.runtime_for(device.vendor)
     for e in GENERATION_ENGINES.values():
-        if allowed and e.name not in allowed:
+        if (allowed and e.name not in allowed) or rt not in e.runtimes:
             continue
-        # the runtime the stack runs on this device (an asked one wins): MPS has no vLLM
-        rt = job.training.runtime or job.training.profile.runtime_for(device.vendor)
-        if e.colocated and rt in e.runtimes:
+        if e.colocated:
             options.append((e.name, n, 0))
-        elif not e.colocated and rt in e.runtimes:
+        else:
             options += [(e.name, n - g, g) for g in range(1, n)]
     out = []
     for name, train, gen in options:
